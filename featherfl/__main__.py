@@ -1,0 +1,5 @@
+import sys
+
+from featherfl.cli import main
+
+sys.exit(main())

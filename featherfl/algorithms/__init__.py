@@ -1,0 +1,32 @@
+"""Algorithm registry: name -> "module:Class". One file per method.
+
+Modules are imported lazily so a method's heavy optional dependencies load
+only when that method runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from featherfl.config import Field
+
+REGISTRY: dict[str, str] = {
+    "fedavg": "featherfl.algorithms.fedavg:FedAvg",
+    "fedsgd": "featherfl.algorithms.fedavg:FedSGD",
+}
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str):
+    mod, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def all_config_sections() -> dict[str, Field]:
+    out: dict[str, Field] = {}
+    for n in names():
+        out.update(get(n).CONFIG)
+    return out

@@ -1,0 +1,179 @@
+"""The algorithm interface: a server half and a client half with typed payloads.
+
+Follows the shape FL frameworks converge on (Flower's Strategy
+``configure_train`` / ``aggregate_train``; FedLab's server handler and client
+trainer). An algorithm never imports an engine: engines move its payloads.
+
+Server half (``Algorithm``):
+    init_state(); configure(round, client_ids) -> {cid: Payload};
+    uplink_specs(round, cid) -> {kind: wire.Spec};
+    aggregate(round, {cid: Payload}) -> metrics; evaluate(x, y) -> metrics
+Client half (``ClientHalf``):
+    downlink_specs(round) -> {kind: wire.Spec};
+    update(round, Payload, ClientData, state) -> Payload
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from featherfl.config import Config, ConfigError, Field
+from featherfl.models import build_model, count_parameters
+from featherfl.wire import Payload, Spec
+
+
+@dataclass
+class Context:
+    """What both halves may know about a run: its config and the data's shape (never the data)."""
+
+    cfg: Config
+    input_shape: tuple[int, ...]
+    num_classes: int
+    num_clients: int
+    run_id: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg["seed"]
+
+    def build_model(self, name: str | None = None) -> nn.Module:
+        """Build the configured model with the seed-determined initial weights."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            m = build_model(
+                name or self.cfg["model.name"],
+                self.input_shape,
+                self.num_classes,
+                norm=self.cfg["model.norm"],
+                activation=self.cfg["model.activation"],
+                width=self.cfg["model.width"],
+            )
+        if self.cfg["model.init"]:
+            load_init_weights(m, self.cfg["model.init"])
+        return m
+
+
+def load_init_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict from .safetensors or a weights-only torch file; mismatches are config errors."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"config key 'model.init': no file at {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+            if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+                sd = sd["model"]
+    except Exception as e:  # corrupt or foreign file
+        raise ConfigError(f"config key 'model.init': cannot read {p} ({e.__class__.__name__})") from None
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"config key 'model.init': {p} does not fit the model (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+
+
+@dataclass
+class ClientData:
+    cid: int
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from any tuple (e.g. run seed, round, client, step)."""
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**63 - 1)
+
+
+def generator(*parts: int | str) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+class ClientHalf(ABC):
+    """What runs on a device. ``state`` is the client's own persistent dict (tensors, numbers)."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    @abstractmethod
+    def downlink_specs(self, rnd: int) -> dict[str, Spec]: ...
+
+    @abstractmethod
+    def update(self, rnd: int, down: Payload, data: ClientData, state: dict) -> Payload: ...
+
+    def evaluate(self, state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """Per-client evaluation, for methods without a global model."""
+        raise NotImplementedError
+
+
+class Algorithm(ABC):
+    name: ClassVar[str] = ""
+    #: This method's config keys, full dotted names (e.g. "fedavg.lr").
+    CONFIG: ClassVar[dict[str, Field]] = {}
+    #: Whether a global model exists (False: each client's model is evaluated).
+    has_global_model: ClassVar[bool] = True
+    #: "backprop" or "forward-only": what clients compute.
+    client_compute: ClassVar[str] = "backprop"
+    client_class: ClassVar[type[ClientHalf]]
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        """Raise ConfigError for combinations this method cannot run."""
+
+    def make_client(self) -> ClientHalf:
+        return self.client_class(self.ctx)
+
+    @abstractmethod
+    def init_state(self) -> None: ...
+
+    @abstractmethod
+    def configure(self, rnd: int, client_ids: list[int]) -> dict[int, Payload]: ...
+
+    @abstractmethod
+    def uplink_specs(self, rnd: int, cid: int) -> dict[str, Spec]: ...
+
+    @abstractmethod
+    def aggregate(self, rnd: int, replies: dict[int, Payload]) -> dict: ...
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def summarize_client_eval(self, per_client: dict[int, dict]) -> dict:
+        """Combine per-client evaluations (methods without a global model)."""
+        accs = [m["accuracy"] for m in per_client.values()]
+        losses = [m["loss"] for m in per_client.values()]
+        return {"accuracy": sum(accs) / len(accs), "loss": sum(losses) / len(losses), "accuracy_min": min(accs), "accuracy_max": max(accs)}
+
+    @abstractmethod
+    def state_dict(self) -> dict: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def model_parameters(self) -> int:
+        return count_parameters(self.global_model) if hasattr(self, "global_model") else 0
+
+    def summary_extra(self) -> dict:
+        return {}
+
+    def artifacts(self, run_dir) -> None:
+        """Write method-specific files into the run folder at the end of a run."""

@@ -1,0 +1,204 @@
+"""FedAvg and FedSGD (McMahan et al. 2017, "Communication-Efficient Learning of Deep
+Networks from Decentralized Data"): the backprop baseline every method is compared with.
+
+Wire: down = all model state (flat float32 vector), up = all model state (FedAvg,
+Alg. 1: the sample-weighted average of client weights) or the local gradient
+(FedSGD: one gradient per client per round, averaged and applied by a server
+optimizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from featherfl.algorithms.aggregate import aggregation_fields, combine
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, generator
+from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
+from featherfl.config import Field
+from featherfl.models import flat_state, load_flat_state
+from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
+
+MAX_SAMPLES = 10**9
+
+
+@dataclass(frozen=True)
+class WeightsDown(Payload):
+    KIND = "fedavg.down"
+    CATEGORY = "weights"
+    weights: torch.Tensor
+
+
+@dataclass(frozen=True)
+class WeightsUp(Payload):
+    KIND = "fedavg.up"
+    CATEGORY = "weights"
+    weights: torch.Tensor
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class GradientUp(Payload):
+    KIND = "fedsgd.up"
+    CATEGORY = "gradients"
+    gradient: torch.Tensor
+    num_samples: int
+
+
+def weights_spec(cls, n: int, field_name: str, max_abs: float = 1e6, with_samples: bool = False) -> Spec:
+    scalars = {"num_samples": ScalarSpec("int", 1, MAX_SAMPLES)} if with_samples else {}
+    return Spec(cls, {field_name: TensorSpec("float32", (n,), max_abs=max_abs)}, scalars)
+
+
+class WeightsClient(ClientHalf):
+    """Client half of FedAvg: load the global weights, train E local epochs, send weights back."""
+
+    section = "fedavg"
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.model = ctx.build_model()
+        self.n = flat_state(self.model).numel()
+        self.opts = ctx.cfg.section(self.section)
+
+    def downlink_specs(self, rnd: int) -> dict[str, Spec]:
+        return {WeightsDown.KIND: weights_spec(WeightsDown, self.n, "weights")}
+
+    def update(self, rnd: int, down: WeightsDown, data: ClientData, state: dict) -> Payload:
+        load_flat_state(self.model, down.weights)
+        opt = make_optimizer(self.model.parameters(), self.opts)
+        gen = generator(self.ctx.seed, "fedavg-client", rnd, data.cid)
+        train_epochs(self.model, data.x, data.y, opt, self.opts["local_epochs"], self.opts["batch_size"], gen, self.opts["max_steps"])
+        return WeightsUp(flat_state(self.model), len(data))
+
+
+class FedAvg(Algorithm):
+    name = "fedavg"
+    client_class = WeightsClient
+    CONFIG = {
+        "fedavg.local_epochs": Field("int", 2, "Local epochs E per round.", min=1),
+        "fedavg.batch_size": Field("int", 32, "Local mini-batch size B (0 = all local data).", min=0),
+        "fedavg.max_steps": Field("int", 0, "Cap on local steps per round (0 = none).", min=0),
+        **optimizer_fields("fedavg", lr=0.05, momentum=0.9),
+        "fedavg.server_lr": Field("float", 1.0, "Server step on the averaged update (1.0 = plain FedAvg).", min=0.0, min_exclusive=True),
+        **aggregation_fields("fedavg"),
+    }
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.global_model = ctx.build_model()
+        self.n = flat_state(self.global_model).numel()
+
+    def init_state(self) -> None:
+        pass
+
+    def configure(self, rnd, client_ids):
+        w = flat_state(self.global_model)
+        return {cid: WeightsDown(w) for cid in client_ids}
+
+    def uplink_specs(self, rnd, cid):
+        return {WeightsUp.KIND: weights_spec(WeightsUp, self.n, "weights", with_samples=True)}
+
+    def aggregate(self, rnd, replies):
+        cids = sorted(replies)
+        stack = torch.stack([replies[c].weights for c in cids])
+        ns = torch.tensor([float(replies[c].num_samples) for c in cids])
+        old = flat_state(self.global_model)
+        sec = self.cfg.section("fedavg")
+        avg = combine(stack, ns, sec["aggregation"], sec["trim_beta"], sec["clip_norm"], reference=old)
+        new = old + sec["server_lr"] * (avg - old)
+        load_flat_state(self.global_model, new)
+        return {"update_norm": float((new - old).norm())}
+
+    def evaluate(self, x, y):
+        return evaluate_model(self.global_model, x, y, self.cfg["eval.batch_size"])
+
+    def state_dict(self):
+        return {"model": {k: v.clone() for k, v in self.global_model.state_dict().items()}}
+
+    def load_state_dict(self, state):
+        self.global_model.load_state_dict(state["model"])
+
+
+class GradientClient(WeightsClient):
+    """Client half of FedSGD: one gradient of the local loss at the global weights."""
+
+    section = "fedsgd"
+
+    def update(self, rnd: int, down: WeightsDown, data: ClientData, state: dict) -> Payload:
+        load_flat_state(self.model, down.weights)
+        self.model.train()
+        self.model.zero_grad(set_to_none=True)
+        bs = self.opts["batch_size"]
+        if bs and bs < len(data):
+            idx = torch.randperm(len(data), generator=generator(self.ctx.seed, "fedsgd-client", rnd, data.cid))[:bs]
+            x, y = data.x[idx], data.y[idx]
+        else:
+            x, y = data.x, data.y
+        F.cross_entropy(self.model(x), y).backward()
+        grad = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in self.model.parameters()])
+        self.model.zero_grad(set_to_none=True)
+        return GradientUp(grad.detach(), len(y))
+
+
+class FedSGD(Algorithm):
+    name = "fedsgd"
+    client_class = GradientClient
+    CONFIG = {
+        "fedsgd.batch_size": Field("int", 0, "Samples per client gradient (0 = all local data).", min=0),
+        "fedsgd.lr": Field("float", 0.5, "Server learning rate.", min=0.0, min_exclusive=True),
+        "fedsgd.optimizer": Field("str", "sgd", "Server optimizer.", choices=("sgd", "adam")),
+        "fedsgd.momentum": Field("float", 0.9, "Server SGD momentum.", min=0.0, max=0.999),
+        "fedsgd.weight_decay": Field("float", 0.0, "Server weight decay.", min=0.0),
+        **aggregation_fields("fedsgd"),
+    }
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        from featherfl.config import ConfigError
+
+        if cfg["model.norm"] == "batch":
+            raise ConfigError("fedsgd sends gradients only, so BatchNorm statistics would never be shared; use --set model.norm=group or none")
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.global_model = ctx.build_model()
+        self.n = flat_state(self.global_model).numel()
+        self.p = sum(p.numel() for p in self.global_model.parameters())
+        self.opt = make_optimizer(self.global_model.parameters(), self.cfg.section("fedsgd"))
+
+    def init_state(self) -> None:
+        pass
+
+    def configure(self, rnd, client_ids):
+        w = flat_state(self.global_model)
+        return {cid: WeightsDown(w) for cid in client_ids}
+
+    def uplink_specs(self, rnd, cid):
+        return {GradientUp.KIND: weights_spec(GradientUp, self.p, "gradient", with_samples=True)}
+
+    def aggregate(self, rnd, replies):
+        cids = sorted(replies)
+        stack = torch.stack([replies[c].gradient for c in cids])
+        ns = torch.tensor([float(replies[c].num_samples) for c in cids])
+        sec = self.cfg.section("fedsgd")
+        g = combine(stack, ns, sec["aggregation"], sec["trim_beta"], sec["clip_norm"])
+        i = 0
+        for p in self.global_model.parameters():
+            p.grad = g[i : i + p.numel()].view_as(p).clone()
+            i += p.numel()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"gradient_norm": float(g.norm())}
+
+    def evaluate(self, x, y):
+        return evaluate_model(self.global_model, x, y, self.cfg["eval.batch_size"])
+
+    def state_dict(self):
+        return {"model": {k: v.clone() for k, v in self.global_model.state_dict().items()}, "optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state):
+        self.global_model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])

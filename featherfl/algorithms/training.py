@@ -1,0 +1,75 @@
+"""Local training and evaluation loops shared by the backprop methods."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featherfl.config import Field
+
+
+def optimizer_fields(section: str, lr: float, optimizer: str = "sgd", momentum: float = 0.0) -> dict[str, Field]:
+    return {
+        f"{section}.lr": Field("float", lr, "Client learning rate.", min=0.0, min_exclusive=True),
+        f"{section}.optimizer": Field("str", optimizer, "Client optimizer.", choices=("sgd", "adam")),
+        f"{section}.momentum": Field("float", momentum, "SGD momentum.", min=0.0, max=0.999),
+        f"{section}.weight_decay": Field("float", 0.0, "L2 weight decay.", min=0.0),
+    }
+
+
+def make_optimizer(params: Iterable[torch.Tensor], opts: dict) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if opts["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
+    return torch.optim.SGD(params, lr=opts["lr"], momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool = True) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    bs = n if batch_size <= 0 else batch_size
+    return list(order.split(bs))
+
+
+def train_epochs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    gen: torch.Generator,
+    max_steps: int = 0,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Plain mini-batch training. ``loss_fn(logits, y, idx)`` overrides cross-entropy (e.g. FD's regulariser)."""
+    model.train()
+    steps, total = 0, 0.0
+    for _ in range(epochs):
+        for idx in batches(len(y), batch_size, gen):
+            opt.zero_grad(set_to_none=True)
+            logits = model(x[idx])
+            loss = F.cross_entropy(logits, y[idx]) if loss_fn is None else loss_fn(logits, y[idx], idx)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+            if max_steps and steps >= max_steps:
+                return {"train_loss": total / steps, "steps": steps}
+    return {"train_loss": total / max(steps, 1), "steps": steps}
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict:
+    was = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i : i + batch_size])
+        loss += float(F.cross_entropy(logits, y[i : i + batch_size], reduction="sum"))
+        correct += int((logits.argmax(1) == y[i : i + batch_size]).sum())
+    model.train(was)
+    n = max(len(y), 1)
+    return {"accuracy": correct / n, "loss": loss / n}

@@ -1,0 +1,126 @@
+"""Command line: ``featherfl run | report | compare | config-doc``.
+
+User errors (config, data, checkpoints) print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from featherfl.config import ConfigError, build_config, parse_set_args
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's own convention too)
+        print(f"featherfl: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="featherfl", description="Communication-light federated learning, measured in real bytes.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    r = sub.add_parser("run", help="run one experiment (default: FedAvg on digits)")
+    r.add_argument("config", nargs="?", help="TOML config file")
+    r.add_argument("--algorithm")
+    r.add_argument("--dataset")
+    r.add_argument("--model")
+    r.add_argument("--rounds")
+    r.add_argument("--clients")
+    r.add_argument("--seed")
+    r.add_argument("--out", help="run folder (default runs/<algorithm>-<dataset>-<timestamp>)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config key, e.g. --set partition.alpha=0.1")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    rp = sub.add_parser("report", help="table and plots for one run folder")
+    rp.add_argument("run_dir")
+    rp.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text")
+    c = sub.add_parser("compare", help="one table and one accuracy-vs-MB plot across runs")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--out", help="plot path (default accuracy_vs_megabytes.png)")
+    c.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text")
+    sub.add_parser("config-doc", help="print the config reference (markdown)")
+    return p
+
+
+def _overrides(a) -> list:
+    ov = []
+    for key, attr in (("algorithm", "algorithm"), ("dataset", "dataset"), ("model.name", "model"), ("rounds", "rounds"), ("clients", "clients"), ("seed", "seed")):
+        v = getattr(a, attr)
+        if v is not None:
+            ov.append((key, v))
+    ov += parse_set_args(a.set)
+    return ov
+
+
+def cmd_run(a) -> int:
+    from featherfl.experiment import Experiment, config_for_resume, default_run_dir, prepare
+
+    overrides = _overrides(a)
+    if a.resume:
+        if not a.out:
+            raise ConfigError("--resume needs --out RUN_DIR")
+        cfg = config_for_resume(Path(a.out), overrides)
+    else:
+        text = None
+        if a.config:
+            cp = Path(a.config)
+            if not cp.exists():
+                raise ConfigError(f"config file {cp} does not exist")
+            text = cp.read_text()
+        cfg = build_config(text, overrides)
+    prepared = prepare(cfg)
+    out = Path(a.out) if a.out else default_run_dir(cfg)
+    if not a.resume and (out / "checkpoint.pt").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    summary = Experiment(prepared, out, resume=a.resume, progress=not a.quiet).run()
+    acc = summary.get("final_accuracy")
+    mb = (summary["bytes_up"] + summary["bytes_down"]) / 1e6
+    line = f"{summary['algorithm']} on {summary['dataset']}: {summary['rounds_completed']} rounds, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"-> {out}"
+    print(line)
+    if summary.get("stopped"):
+        print(f"featherfl: run stopped: {summary['stopped']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    if a.command is None:
+        p.print_help()
+        return EXIT_USAGE
+    from featherfl.runfolder import CheckpointError
+
+    try:
+        if a.command == "run":
+            return cmd_run(a)
+        if a.command == "report":
+            from featherfl.report import report
+
+            print(report(Path(a.run_dir), a.format))
+            return 0
+        if a.command == "compare":
+            from featherfl.report import compare
+
+            print(compare([Path(d) for d in a.run_dirs], Path(a.out) if a.out else None, a.format))
+            return 0
+        if a.command == "config-doc":
+            from featherfl.config import reference_markdown
+
+            print(reference_markdown())
+            return 0
+    except (ConfigError, CheckpointError) as e:
+        print(f"featherfl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("featherfl: interrupted; resume with --resume --out RUN_DIR", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

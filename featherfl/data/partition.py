@@ -1,0 +1,127 @@
+"""Partitioners: split training indices across clients, each driven by a seed.
+
+All return ``list[np.ndarray]`` of sorted sample indices, one per client.
+Except ``label_deficient`` (which drops samples on purpose, as the FD paper
+does) every sample is assigned to exactly one client.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from featherfl.config import ConfigError
+
+
+def iid(labels: np.ndarray, n_clients: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(labels))
+    return [np.sort(p) for p in np.array_split(perm, n_clients)]
+
+
+def dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_samples: int = 10, max_tries: int = 1000) -> list[np.ndarray]:
+    """Per class, client shares ~ Dir(alpha) (Hsu et al. 2019). Redrawn until every client has ``min_samples``."""
+    if min_samples * n_clients > len(labels):
+        raise ConfigError(f"partition.min_samples={min_samples} x clients={n_clients} exceeds the {len(labels)} training samples")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    for _ in range(max_tries):
+        parts: list[list[int]] = [[] for _ in range(n_clients)]
+        for c in classes:
+            idx = np.flatnonzero(labels == c)
+            rng.shuffle(idx)
+            p = rng.dirichlet(np.full(n_clients, alpha))
+            cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
+            for k, chunk in enumerate(np.split(idx, cuts)):
+                parts[k].extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_samples:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise ConfigError(
+        f"dirichlet split could not give every one of {n_clients} clients {min_samples} samples in {max_tries} draws; raise partition.alpha or lower partition.min_samples"
+    )
+
+
+def shards(labels: np.ndarray, n_clients: int, shards_per_client: int, seed: int) -> list[np.ndarray]:
+    """Sort by label, cut into ``n_clients * k`` shards, give each client ``k`` (McMahan et al. 2017)."""
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    n_shards = n_clients * shards_per_client
+    if n_shards > len(labels):
+        raise ConfigError(f"shards: {n_shards} shards for only {len(labels)} samples")
+    pieces = np.array_split(order, n_shards)
+    assign = rng.permutation(n_shards)
+    return [np.sort(np.concatenate([pieces[s] for s in assign[i * shards_per_client : (i + 1) * shards_per_client]])) for i in range(n_clients)]
+
+
+def quantity_skew(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_samples: int = 10) -> list[np.ndarray]:
+    """IID labels, client sizes ~ Dir(alpha), each at least ``min_samples``."""
+    n = len(labels)
+    if min_samples * n_clients > n:
+        raise ConfigError(f"partition.min_samples={min_samples} x clients={n_clients} exceeds the {n} training samples")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    extra = n - min_samples * n_clients
+    p = rng.dirichlet(np.full(n_clients, alpha))
+    sizes = min_samples + np.floor(p * extra).astype(int)
+    sizes[np.argmax(p)] += n - sizes.sum()
+    cuts = np.cumsum(sizes)[:-1]
+    return [np.sort(c) for c in np.split(perm, cuts)]
+
+
+def label_deficient(
+    labels: np.ndarray, n_clients: int, seed: int, samples_per_client: int = 0, target_labels: int = 3, target_keep: int = 5
+) -> tuple[list[np.ndarray], list[list[int]]]:
+    """The FD paper's non-IID setup (Jeong et al. 2018, Sec. 4): each device draws S samples
+    at random, then for T random *target labels* keeps only R samples.
+
+    Returns (indices per client, target labels per client).
+    """
+    n = len(labels)
+    classes = np.unique(labels)
+    s = samples_per_client or n // n_clients
+    if s * n_clients > n:
+        raise ConfigError(f"partition.samples_per_client={s} x clients={n_clients} exceeds the {n} training samples")
+    if target_labels > len(classes):
+        raise ConfigError(f"partition.target_labels={target_labels} exceeds the {len(classes)} labels")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    parts, targets = [], []
+    for i in range(n_clients):
+        idx = perm[i * s : (i + 1) * s]
+        tgt = sorted(rng.choice(classes, size=target_labels, replace=False).tolist())
+        keep = [idx[~np.isin(labels[idx], tgt)]]
+        for t in tgt:
+            keep.append(idx[labels[idx] == t][:target_keep])
+        parts.append(np.sort(np.concatenate(keep)))
+        targets.append([int(t) for t in tgt])
+    return parts, targets
+
+
+def partition(cfg, labels: np.ndarray) -> tuple[list[np.ndarray], dict]:
+    """Apply the configured partitioner. Returns (indices per client, extra info for the run folder)."""
+    name = cfg["partition.name"]
+    n = cfg["clients"]
+    seed = cfg["seed"]
+    info: dict = {}
+    if name == "iid":
+        parts = iid(labels, n, seed)
+    elif name == "dirichlet":
+        parts = dirichlet(labels, n, cfg["partition.alpha"], seed, cfg["partition.min_samples"])
+    elif name == "shards":
+        parts = shards(labels, n, cfg["partition.shards_per_client"], seed)
+    elif name == "quantity-skew":
+        parts = quantity_skew(labels, n, cfg["partition.alpha"], seed, cfg["partition.min_samples"])
+    elif name == "label-deficient":
+        parts, targets = label_deficient(
+            labels, n, seed, cfg["partition.samples_per_client"], cfg["partition.target_labels"], cfg["partition.target_keep"]
+        )
+        info["target_labels"] = targets
+    else:  # pragma: no cover - the schema restricts the choices
+        raise ConfigError(f"unknown partitioner {name!r}")
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ConfigError(f"partition {name} left clients {empty} with no data; use fewer clients or another partitioner")
+    return parts, info
+
+
+def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> list[list[int]]:
+    return [np.bincount(labels[p], minlength=num_classes).astype(int).tolist() for p in parts]

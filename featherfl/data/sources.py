@@ -1,0 +1,222 @@
+"""Data sources. Each returns a :class:`Dataset` with a train and a test split.
+
+``digits`` (scikit-learn's bundled 8x8 digits) is the embedded default and needs
+no files. ``mnist`` / ``fashion-mnist`` read the original IDX ``.gz`` files and
+``cifar10`` the original binary release from ``data.dir`` (or download them when
+online); ``synthetic`` is a seeded generator for tests.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featherfl.config import ConfigError
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+    note: str = ""
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return self.train_y.numpy()
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic per-class split into (train_idx, test_idx)."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_test = int(round(len(idx) * test_fraction))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    _, keep = stratified_split(labels, n / len(labels), seed)
+    return keep
+
+
+def _digits(cfg) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.int64)
+    tr, te = stratified_split(d.target, cfg["data.test_fraction"], seed=12345)
+    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10, (1, 8, 8), "scikit-learn digits, 80/20 stratified split (seed 12345)")
+
+
+def _synthetic(cfg) -> Dataset:
+    """Ten Gaussian class clusters shaped as 1x8x8 images; fully determined by the run seed."""
+    n = cfg["data.synthetic_samples"]
+    g = torch.Generator().manual_seed(1_000_003 + cfg["seed"])
+    centers = torch.rand(10, 1, 8, 8, generator=g)
+    y = torch.arange(n) % 10
+    x = (centers[y] + 0.25 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
+    tr, te = stratified_split(y.numpy(), cfg["data.test_fraction"], seed=cfg["seed"])
+    return Dataset("synthetic", x[tr], y[tr], x[te], y[te], 10, (1, 8, 8), "seeded Gaussian clusters")
+
+
+_MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz",
+    "test_y": "t10k-labels-idx1-ubyte.gz",
+}
+_MIRRORS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic (0,0,dtype,ndim), big-endian dims, data."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ConfigError(f"data file {path} is unreadable or corrupt ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ConfigError(f"data file {path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ConfigError(f"data file {path} is truncated")
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    n = int(np.prod(dims))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != n:
+        raise ConfigError(f"data file {path} has {body.size} values, header says {n}")
+    return body.reshape(dims)
+
+
+def _download(url: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+            f.write(r.read())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"could not download {url} ({e.__class__.__name__}); offline? put the file in {dest.parent} and pass --set data.dir={dest.parent}") from None
+    os.replace(tmp, dest)
+
+
+def _data_dir(cfg, name: str) -> Path:
+    if cfg["data.dir"]:
+        return Path(cfg["data.dir"]).expanduser()
+    return Path(os.environ.get("FEATHERFL_DATA", Path.home() / ".cache" / "featherfl" / "data")) / name
+
+
+def _mnist_like(cfg, name: str) -> Dataset:
+    root = _data_dir(cfg, name)
+    have = {k: (root / f).exists() for k, f in _MNIST_FILES.items()}
+    if not (have["test_x"] and have["test_y"]):
+        if cfg["data.dir"] or not cfg["data.download"]:
+            raise ConfigError(
+                f"{name}: no {_MNIST_FILES['test_x']} / {_MNIST_FILES['test_y']} in {root}; download the original IDX files there or set data.dir"
+            )
+        for k, f in _MNIST_FILES.items():
+            _download(_MIRRORS[name] + f, root / f)
+        have = {k: True for k in _MNIST_FILES}
+    tx = read_idx(root / _MNIST_FILES["test_x"])
+    ty = read_idx(root / _MNIST_FILES["test_y"])
+    if len(tx) != len(ty):
+        raise ConfigError(f"{name}: {len(tx)} images but {len(ty)} labels in {root}")
+    to_x = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1) / 255.0  # noqa: E731
+    if have["train_x"] and have["train_y"]:
+        trx, try_ = read_idx(root / _MNIST_FILES["train_x"]), read_idx(root / _MNIST_FILES["train_y"])
+        note = "official train/test split"
+        ds = Dataset(name, to_x(trx), torch.tensor(try_, dtype=torch.int64), to_x(tx), torch.tensor(ty, dtype=torch.int64), 10, (1, 28, 28), note)
+    else:
+        tr, te = stratified_split(ty, cfg["data.test_fraction"], seed=12345)
+        note = f"only the t10k set found: split {len(tr)}/{len(te)} stratified (seed 12345)"
+        x, y = to_x(tx), torch.tensor(ty, dtype=torch.int64)
+        ds = Dataset(name, x[tr], y[tr], x[te], y[te], 10, (1, 28, 28), note)
+    return ds
+
+
+def _cifar10(cfg) -> Dataset:
+    """The binary CIFAR-10 release (cifar-10-binary.tar.gz or its extracted folder): no pickle involved."""
+    root = _data_dir(cfg, "cifar10")
+    folder = root / "cifar-10-batches-bin"
+    tar = root / "cifar-10-binary.tar.gz"
+    if not folder.exists():
+        if not tar.exists():
+            if cfg["data.dir"] or not cfg["data.download"]:
+                raise ConfigError(f"cifar10: neither {folder} nor {tar} found; get the binary version of CIFAR-10 there or set data.dir")
+            _download("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", tar)
+        with tarfile.open(tar) as t:
+            t.extractall(root, filter="data")
+
+    def read(names):
+        xs, ys = [], []
+        for n in names:
+            p = folder / n
+            if not p.exists():
+                raise ConfigError(f"cifar10: missing {p}")
+            raw = np.fromfile(p, dtype=np.uint8)
+            if raw.size % 3073:
+                raise ConfigError(f"cifar10: {p} is corrupt (size {raw.size})")
+            raw = raw.reshape(-1, 3073)
+            ys.append(raw[:, 0].astype(np.int64))
+            xs.append(raw[:, 1:].reshape(-1, 3, 32, 32))
+        return torch.tensor(np.concatenate(xs), dtype=torch.float32) / 255.0, torch.tensor(np.concatenate(ys))
+
+    trx, try_ = read([f"data_batch_{i}.bin" for i in range(1, 6)])
+    tex, tey = read(["test_batch.bin"])
+    return Dataset("cifar10", trx, try_, tex, tey, 10, (3, 32, 32), "official binary release")
+
+
+_SOURCES = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "mnist": lambda cfg: _mnist_like(cfg, "mnist"),
+    "fashion-mnist": lambda cfg: _mnist_like(cfg, "fashion-mnist"),
+    "cifar10": _cifar10,
+}
+
+
+def register_source(name: str, fn) -> None:
+    _SOURCES[name] = fn
+
+
+def load_dataset(cfg) -> Dataset:
+    name = cfg["dataset"]
+    if name not in _SOURCES:
+        try:
+            from featherfl.data import text  # noqa: F401  (registers sst2/agnews)
+        except ImportError as e:
+            raise ConfigError(f"dataset {name!r} needs the text extra: pip install 'featherfl[text]' ({e})") from None
+    if name not in _SOURCES:
+        raise ConfigError(f"config key 'dataset': got {name!r}, expected one of {', '.join(sorted(_SOURCES))}")
+    ds = _SOURCES[name](cfg)
+    if cfg["data.max_train"]:
+        keep = stratified_subset(ds.train_y.numpy(), cfg["data.max_train"], seed=cfg["seed"])
+        ds.train_x, ds.train_y = ds.train_x[keep], ds.train_y[keep]
+    if cfg["data.max_test"]:
+        keep = stratified_subset(ds.test_y.numpy(), cfg["data.max_test"], seed=cfg["seed"])
+        ds.test_x, ds.test_y = ds.test_x[keep], ds.test_y[keep]
+    return ds

@@ -1,0 +1,158 @@
+"""What every engine does the same way: sample clients, encode and count payloads,
+drop replies that come late or fail validation, enforce the quorum, aggregate.
+
+Subclasses only say *where* client code runs (``_execute``): in-process, in Ray
+actors, or on Flower SuperNodes. The client side is :func:`run_client`, the same
+function in every engine, so bytes and results match across engines.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from featherfl import wire
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, derive_seed
+
+
+class QuorumError(RuntimeError):
+    """Too few valid replies and ``engine.on_quorum_fail = stop``."""
+
+
+@dataclass
+class ClientOutcome:
+    """What came back from one client: reply bytes, or why nothing usable came."""
+
+    reply: bytes | None = None
+    error: str | None = None  # "dropout" | "error: ..." ; None when a reply came
+    seconds: float = 0.0
+    state: dict | None = None  # the client's new persistent state (engines that keep it server-side)
+
+
+@dataclass
+class RoundStats:
+    round: int
+    clients_sampled: int = 0
+    clients_ok: int = 0
+    clients_dropped: int = 0
+    clients_rejected: int = 0
+    dropped_reasons: dict[str, int] = field(default_factory=dict)
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    aggregated: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def run_client(client: ClientHalf, rnd: int, down_bytes: bytes, data: ClientData, state: dict, run_id: int) -> bytes:
+    """The device side of a round: decode (validating) the downlink, update, encode the reply."""
+    down = wire.decode(down_bytes, client.downlink_specs(rnd), round=rnd, run=run_id)
+    up = client.update(rnd, down, data, state)
+    return wire.encode(up, rnd, run_id)
+
+
+def sample_clients(seed: int, rnd: int, num_clients: int, fraction: float) -> list[int]:
+    k = max(1, int(round(fraction * num_clients)))
+    rng = np.random.default_rng(derive_seed(seed, "sample", rnd))
+    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+
+
+def dropped_clients(seed: int, rnd: int, sampled: list[int], p: float) -> set[int]:
+    if p <= 0:
+        return set()
+    rng = np.random.default_rng(derive_seed(seed, "dropout", rnd))
+    draws = rng.random(len(sampled))
+    return {c for c, u in zip(sampled, draws) if u < p}
+
+
+class Engine(ABC):
+    def __init__(self, cfg, algorithm: Algorithm, client_data: list[ClientData], ledger: wire.Ledger, run_id: int):
+        self.cfg = cfg
+        self.algorithm = algorithm
+        self.client_data = client_data
+        self.ledger = ledger
+        self.run_id = run_id
+        self.max_bytes = int(cfg["engine.max_payload_mb"] * 2**20)
+
+    # --- where client code runs -------------------------------------------------
+    @abstractmethod
+    def _execute(self, rnd: int, jobs: dict[int, bytes]) -> dict[int, ClientOutcome]:
+        """Run ``run_client`` for each (cid -> downlink bytes); return each client's outcome."""
+
+    @abstractmethod
+    def client_states(self) -> dict[int, dict]: ...
+
+    @abstractmethod
+    def load_client_states(self, states: dict[int, dict]) -> None: ...
+
+    @abstractmethod
+    def evaluate_clients(self, x, y) -> dict[int, dict]: ...
+
+    def close(self) -> None:
+        pass
+
+    # --- the round, identical for every engine ------------------------------------
+    def run_round(self, rnd: int) -> RoundStats:
+        cfg = self.cfg
+        seed = cfg["seed"]
+        sampled = sample_clients(seed, rnd, len(self.client_data), cfg["engine.fraction"])
+        stats = RoundStats(rnd, clients_sampled=len(sampled))
+        downs = self.algorithm.configure(rnd, sampled)
+        jobs: dict[int, bytes] = {}
+        for cid in sampled:
+            data = wire.encode(downs[cid], rnd, self.run_id)
+            self.ledger.record(rnd, "down", cid, len(data), downs[cid].CATEGORY)
+            jobs[cid] = data
+        gone = dropped_clients(seed, rnd, sampled, cfg["engine.dropout"])
+        outcomes = self._execute(rnd, {c: b for c, b in jobs.items() if c not in gone})
+        dropped: Counter = Counter({"dropout": len(gone)} if gone else {})
+        rejected: Counter = Counter()
+        replies: dict[int, wire.Payload] = {}
+        deadline = cfg["engine.deadline"]
+        for cid in sorted(outcomes):
+            out = outcomes[cid]
+            if out.reply is None:
+                dropped[(out.error or "no-reply").split(":")[0]] += 1
+                continue
+            if deadline and out.seconds > deadline:
+                dropped["deadline"] += 1
+                continue
+            if cid in replies:
+                rejected["duplicate"] += 1
+                continue
+            try:
+                if len(out.reply) > self.max_bytes:
+                    raise wire.PayloadError("oversized", f"{len(out.reply)} bytes")
+                payload = wire.decode(out.reply, self.algorithm.uplink_specs(rnd, cid), round=rnd, run=self.run_id)
+            except wire.PayloadError as e:
+                self.ledger.record(rnd, "up", cid, len(out.reply) if isinstance(out.reply, (bytes, bytearray)) else 0, "rejected")
+                rejected[e.reason] += 1
+                continue
+            self.ledger.record(rnd, "up", cid, len(out.reply), payload.CATEGORY)
+            replies[cid] = payload
+        for cid in sampled:
+            if cid not in outcomes and cid not in gone:
+                dropped["no-reply"] += 1
+        stats.clients_ok = len(replies)
+        stats.clients_dropped = sum(dropped.values())
+        stats.clients_rejected = sum(rejected.values())
+        stats.dropped_reasons = dict(sorted(dropped.items()))
+        stats.rejected_reasons = dict(sorted(rejected.items()))
+        if len(replies) < cfg["engine.min_replies"]:
+            msg = f"round {rnd}: {len(replies)} valid replies, fewer than engine.min_replies={cfg['engine.min_replies']}"
+            if cfg["engine.on_quorum_fail"] == "stop":
+                raise QuorumError(msg)
+            stats.metrics["skipped"] = msg
+            return stats
+        stats.metrics.update(self.algorithm.aggregate(rnd, replies))
+        stats.aggregated = True
+        return stats
+
+
+def timed(fn, *args) -> tuple[Any, float]:
+    t = time.perf_counter()
+    r = fn(*args)
+    return r, time.perf_counter() - t

@@ -1,0 +1,40 @@
+"""The in-process engine: clients run one after another in this process.
+
+The default, and the reference the Ray and Flower engines are checked against.
+Client state lives in a dict keyed by client id and is saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+
+from featherfl.engines.base import ClientOutcome, Engine, run_client
+
+
+class LocalEngine(Engine):
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.client = self.algorithm.make_client()
+        self.states: dict[int, dict] = {}
+
+    def _execute(self, rnd, jobs):
+        out: dict[int, ClientOutcome] = {}
+        for cid, down in jobs.items():
+            state = self.states.setdefault(cid, {})
+            t = time.perf_counter()
+            try:
+                reply = run_client(self.client, rnd, down, self.client_data[cid], state, self.run_id)
+            except Exception as e:  # a failing client must not end the run
+                out[cid] = ClientOutcome(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t)
+                continue
+            out[cid] = ClientOutcome(reply=reply, seconds=time.perf_counter() - t)
+        return out
+
+    def client_states(self):
+        return self.states
+
+    def load_client_states(self, states):
+        self.states = {int(k): v for k, v in states.items()}
+
+    def evaluate_clients(self, x, y):
+        return {cid: self.client.evaluate(self.states.setdefault(cid, {}), x, y) for cid in range(len(self.client_data))}

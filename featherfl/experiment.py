@@ -1,0 +1,255 @@
+"""Build everything from a config, run it round by round, write the run folder.
+
+Everything that can fail because of the user's input (config, data, partition,
+method constraints) is checked in :func:`prepare`, before the run folder is
+touched, so a bad command leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from featherfl import algorithms, wire
+from featherfl.algorithms.base import ClientData, Context
+from featherfl.config import Config, ConfigError, build_config
+from featherfl.data.partition import label_histogram, partition
+from featherfl.data.sources import Dataset, load_dataset
+from featherfl.engines import make_engine
+from featherfl.engines.base import QuorumError
+from featherfl.runfolder import append_jsonl, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
+
+TIMING_KEYS = ("seconds", "wall_seconds")
+
+
+def run_id_for(cfg: Config) -> int:
+    """A 32-bit tag carried by every payload, so replies from another run are rejected."""
+    return zlib.crc32(f"{cfg['seed']}|{cfg['algorithm']}|{cfg['dataset']}|{cfg['clients']}|{cfg['name']}".encode())
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg['algorithm']}-{cfg['dataset']}-{stamp}"
+
+
+@dataclass
+class Prepared:
+    cfg: Config
+    dataset: Dataset
+    parts: list
+    part_info: dict
+    ctx: Context
+    algorithm: algorithms.base.Algorithm
+    client_data: list[ClientData]
+
+
+def prepare(cfg: Config) -> Prepared:
+    if cfg["engine.threads"]:
+        torch.set_num_threads(cfg["engine.threads"])
+    alg_cls = algorithms.get(cfg["algorithm"])
+    alg_cls.validate(cfg)
+    ds = load_dataset(cfg)
+    labels = ds.train_y.numpy()
+    parts, info = partition(cfg, labels)
+    info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
+    ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info))
+    ctx.info["data_note"] = ds.note
+    client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
+    algorithm = alg_cls(ctx)
+    return Prepared(cfg, ds, parts, info, ctx, algorithm, client_data)
+
+
+class Experiment:
+    """One run: rounds, evaluation, metrics, checkpoints, summary and plots."""
+
+    def __init__(self, prepared: Prepared, out: Path, resume: bool = False, progress: bool = True, on_round: Callable | None = None):
+        self.p = prepared
+        self.cfg = prepared.cfg
+        self.out = Path(out)
+        self.resume = resume
+        self.progress = progress
+        self.on_round = on_round
+        self.ledger = wire.Ledger()
+        self.engine = make_engine(self.cfg["engine.name"], self.cfg, prepared.algorithm, prepared.client_data, self.ledger, prepared.ctx.run_id)
+        self.metrics: list[dict] = []
+        self.start_round = 1
+
+    # --- run folder ---------------------------------------------------------------
+    def _init_folder(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "plots").mkdir(exist_ok=True)
+        atomic_write_text(self.out / "config.toml", self.cfg.to_toml())
+        clients = {
+            "label_histogram": self.p.part_info["label_histogram"],
+            "samples": [len(c) for c in self.p.client_data],
+            **{k: v for k, v in self.p.part_info.items() if k != "label_histogram"},
+            "data_note": self.p.dataset.note,
+        }
+        atomic_write_text(self.out / "clients.json", json.dumps(clients, indent=1))
+
+    def _restore(self) -> None:
+        ck = load_checkpoint(self.out / "checkpoint.pt")
+        if ck["run_id"] != self.p.ctx.run_id:
+            raise ConfigError(f"{self.out}: checkpoint belongs to another run (seed/algorithm/dataset/clients differ from config.toml)")
+        self.p.algorithm.load_state_dict(ck["algorithm"])
+        self.engine.load_client_states(ck["client_states"])
+        self.metrics = list(ck["metrics"])
+        self.start_round = int(ck["round"]) + 1
+        write_jsonl(self.out / "metrics.jsonl", self.metrics)
+
+    def _checkpoint(self, rnd: int) -> None:
+        save_checkpoint(
+            self.out / "checkpoint.pt",
+            {
+                "round": rnd,
+                "run_id": self.p.ctx.run_id,
+                "algorithm": self.p.algorithm.state_dict(),
+                "client_states": self.engine.client_states(),
+                "metrics": self.metrics,
+            },
+        )
+
+    # --- the loop -----------------------------------------------------------------
+    def _evaluate(self) -> dict:
+        ds = self.p.dataset
+        alg = self.p.algorithm
+        if alg.has_global_model:
+            return alg.evaluate(ds.test_x, ds.test_y)
+        return alg.summarize_client_eval(self.engine.evaluate_clients(ds.test_x, ds.test_y))
+
+    def run(self) -> dict:
+        if self.resume and (self.out / "checkpoint.pt").exists():
+            self._init_folder()
+            self._restore()
+        else:
+            self._init_folder()
+            self.p.algorithm.init_state()
+            write_jsonl(self.out / "metrics.jsonl", [])
+        rounds = self.cfg["rounds"]
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=rounds, initial=self.start_round - 1, desc=f"{self.cfg['algorithm']}", unit="round", leave=True, dynamic_ncols=True)
+        stopped = None
+        try:
+            for rnd in range(self.start_round, rounds + 1):
+                t0 = time.perf_counter()
+                try:
+                    stats = self.engine.run_round(rnd)
+                except QuorumError as e:
+                    stopped = str(e)
+                    break
+                evaluate = rnd % self.cfg["eval.every"] == 0 or rnd == rounds
+                ev = self._evaluate() if evaluate else {}
+                totals = self.ledger.round_totals(rnd)
+                prev = self.metrics[-1] if self.metrics else {"cumulative_bytes_up": 0, "cumulative_bytes_down": 0}
+                row = {
+                    "round": rnd,
+                    "accuracy": ev.get("accuracy"),
+                    "loss": ev.get("loss"),
+                    "bytes_up": totals["bytes_up"],
+                    "bytes_down": totals["bytes_down"],
+                    "cumulative_bytes_up": prev["cumulative_bytes_up"] + totals["bytes_up"],
+                    "cumulative_bytes_down": prev["cumulative_bytes_down"] + totals["bytes_down"],
+                    "clients_sampled": stats.clients_sampled,
+                    "clients_ok": stats.clients_ok,
+                    "clients_dropped": stats.clients_dropped,
+                    "clients_rejected": stats.clients_rejected,
+                    "dropped_reasons": stats.dropped_reasons,
+                    "rejected_reasons": stats.rejected_reasons,
+                    "aggregated": stats.aggregated,
+                    "bytes_by_category": totals["bytes_by_category"],
+                    "bytes_up_per_client": totals["bytes_up_per_client"],
+                    "bytes_down_per_client": totals["bytes_down_per_client"],
+                    **{k: v for k, v in ev.items() if k not in ("accuracy", "loss")},
+                    **_clean(stats.metrics),
+                    "seconds": round(time.perf_counter() - t0, 4),
+                }
+                self.metrics.append(row)
+                self._checkpoint(rnd)
+                append_jsonl(self.out / "metrics.jsonl", row)
+                if bar is not None:
+                    mb = (row["cumulative_bytes_up"] + row["cumulative_bytes_down"]) / 1e6
+                    acc = row["accuracy"]
+                    bar.set_postfix_str(f"acc={acc:.3f} MB={mb:.2f}" if acc is not None else f"MB={mb:.2f}")
+                    bar.update(1)
+                if self.on_round:
+                    self.on_round(row)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.engine.close()
+        summary = self.summary(stopped)
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+        self.p.algorithm.artifacts(self.out)
+        from featherfl.report import plot_run
+
+        plot_run(self.out)
+        return summary
+
+    def summary(self, stopped: str | None = None) -> dict:
+        evaluated = [m for m in self.metrics if m.get("accuracy") is not None]
+        last = evaluated[-1] if evaluated else {}
+        up = sum(m["bytes_up"] for m in self.metrics)
+        down = sum(m["bytes_down"] for m in self.metrics)
+        n = self.cfg["clients"]
+        alg = self.p.algorithm
+        s = {
+            "algorithm": self.cfg["algorithm"],
+            "dataset": self.cfg["dataset"],
+            "model": self.cfg["model.name"],
+            "partition": self.cfg["partition.name"],
+            "clients": n,
+            "rounds": self.cfg["rounds"],
+            "rounds_completed": len(self.metrics),
+            "final_accuracy": last.get("accuracy"),
+            "final_loss": last.get("loss"),
+            "best_accuracy": max((m["accuracy"] for m in evaluated), default=None),
+            "bytes_up": up,
+            "bytes_down": down,
+            "mb_up_per_client": up / n / 1e6,
+            "mb_down_per_client": down / n / 1e6,
+            "model_parameters": alg.model_parameters(),
+            "client_compute": alg.client_compute,
+            "clients_rejected": sum(m["clients_rejected"] for m in self.metrics),
+            "clients_dropped": sum(m["clients_dropped"] for m in self.metrics),
+            "rounds_skipped": sum(1 for m in self.metrics if not m["aggregated"]),
+            "wall_seconds": round(sum(m["seconds"] for m in self.metrics), 3),
+            "data_note": self.p.dataset.note,
+        }
+        if stopped:
+            s["stopped"] = stopped
+        s.update(alg.summary_extra())
+        return s
+
+
+def _clean(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def run_experiment(cfg: Config, out: Path | None = None, resume: bool = False, progress: bool = False) -> tuple[Path, dict]:
+    prepared = prepare(cfg)
+    out = Path(out) if out else default_run_dir(cfg)
+    summary = Experiment(prepared, out, resume=resume, progress=progress).run()
+    return out, summary
+
+
+def config_for_resume(out: Path, overrides: list) -> Config:
+    p = Path(out) / "config.toml"
+    if not p.exists():
+        raise ConfigError(f"--resume: no config.toml in {out}")
+    return build_config(p.read_text(), overrides)

@@ -1,0 +1,75 @@
+"""Model registry: a method or a user adds an architecture in one place.
+
+``build_model(name, input_shape, num_classes, norm=..., activation=..., width=...)``
+returns a ``torch.nn.Module`` mapping a batch of inputs to class logits.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def model_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **opts) -> nn.Module:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](input_shape=tuple(input_shape), num_classes=num_classes, **opts)
+
+
+def _load_builtin() -> None:
+    from featherfl.models import vision  # noqa: F401  (registers on import)
+
+    try:
+        from featherfl.models import vit  # noqa: F401
+    except ImportError:
+        pass
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Trainable parameters plus floating-point buffers (e.g. BatchNorm statistics), in a fixed order."""
+    out = [(n, p) for n, p in model.named_parameters()]
+    out += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+    return out
+
+
+def flat_state(model: nn.Module) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).float() for _, t in state_tensors(model)])
+
+
+@torch.no_grad()
+def load_flat_state(model: nn.Module, vec: torch.Tensor) -> None:
+    i = 0
+    for _, t in state_tensors(model):
+        n = t.numel()
+        t.copy_(vec[i : i + n].view_as(t))
+        i += n
+    if i != vec.numel():
+        raise ValueError(f"flat state has {vec.numel()} values, model needs {i}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,81 @@
+"""Run-folder files: atomic writes and checksummed checkpoints.
+
+A checkpoint is ``b"FFCK" + sha256(body) + body`` where body is ``torch.save``
+output, replaced atomically (temp file, fsync, rename) so a crash at any point
+leaves the previous checkpoint intact. Loading verifies the checksum and uses
+``weights_only=True``: a checkpoint cannot execute code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CK_MAGIC = b"FFCK"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    body = buf.getvalue()
+    atomic_write_bytes(path, CK_MAGIC + hashlib.sha256(body).digest() + body)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}; cannot resume")
+    raw = path.read_bytes()
+    if len(raw) < 36 or raw[:4] != CK_MAGIC:
+        raise CheckpointError(f"checkpoint {path} is not a featherfl checkpoint or is truncated")
+    body = raw[36:]
+    if hashlib.sha256(body).digest() != raw[4:36]:
+        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch); delete it to start over")
+    try:
+        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({e.__class__.__name__})") from None
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line:
+            rows.append(json.loads(line))
+    return rows
