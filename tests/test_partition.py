@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from featherfl.config import ConfigError
+from featherfl.data import partition as P
+
+
+def _labels(n, k=10, seed=0):
+    return np.random.default_rng(seed).integers(0, k, size=n)
+
+
+def _assert_exact_cover(parts, n):
+    allidx = np.concatenate(parts)
+    assert len(allidx) == n
+    assert len(np.unique(allidx)) == n
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(200, 800), clients=st.integers(2, 12), seed=st.integers(0, 10_000))
+def test_every_sample_assigned_exactly_once(n, clients, seed):
+    y = _labels(n, seed=seed)
+    _assert_exact_cover(P.iid(y, clients, seed), n)
+    _assert_exact_cover(P.dirichlet(y, clients, 0.5, seed, min_samples=2), n)
+    _assert_exact_cover(P.shards(y, clients, 2, seed), n)
+    _assert_exact_cover(P.quantity_skew(y, clients, 0.5, seed, min_samples=2), n)
+
+
+def _mean_label_entropy(parts, y, k=10):
+    ents = []
+    for p in parts:
+        h = np.bincount(y[p], minlength=k) / len(p)
+        h = h[h > 0]
+        ents.append(-(h * np.log(h)).sum())
+    return float(np.mean(ents))
+
+
+def test_dirichlet_alpha_controls_skew():
+    y = _labels(5000)
+    skewed = _mean_label_entropy(P.dirichlet(y, 10, 0.05, 1, min_samples=5), y)
+    uniform = _mean_label_entropy(P.dirichlet(y, 10, 1000.0, 1, min_samples=5), y)
+    assert uniform > np.log(10) - 0.05  # near-uniform label mix
+    assert skewed < uniform - 0.8
+
+
+def test_dirichlet_is_seeded():
+    y = _labels(1000)
+    a, b = P.dirichlet(y, 5, 0.3, 7), P.dirichlet(y, 5, 0.3, 7)
+    assert all((x == z).all() for x, z in zip(a, b))
+    c = P.dirichlet(y, 5, 0.3, 8)
+    assert not all(len(x) == len(z) and (x == z).all() for x, z in zip(a, c))
+
+
+def test_shards_give_k_classes_per_client():
+    y = np.repeat(np.arange(10), 100)
+    parts = P.shards(y, 10, 2, 0)
+    assert all(len(np.unique(y[p])) <= 2 for p in parts)
+
+
+def test_label_deficient_counts_exact():
+    y = np.repeat(np.arange(10), 200)
+    parts, targets = P.label_deficient(y, 4, seed=3, samples_per_client=400, target_labels=3, target_keep=5)
+    for p, tgt in zip(parts, targets):
+        counts = np.bincount(y[p], minlength=10)
+        assert len(tgt) == 3
+        for t in tgt:
+            assert counts[t] == 5
+        assert all(counts[c] > 5 for c in range(10) if c not in tgt)
+    # disjoint across clients
+    allidx = np.concatenate(parts)
+    assert len(np.unique(allidx)) == len(allidx)
+
+
+def test_too_many_clients_is_config_error():
+    with pytest.raises(ConfigError):
+        P.dirichlet(_labels(50), 20, 0.5, 0, min_samples=10)
