@@ -28,7 +28,7 @@ venv: $(VENV)/.core
 venv-full: $(VENV)/.full
 
 demo: $(VENV)/.core
-	$(VENV)/bin/featherfl run
+	$(VENV)/bin/featherfl demo
 
 test: $(VENV)/.full
 	$(PY) -m pytest

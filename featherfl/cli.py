@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="plot path (default accuracy_vs_megabytes.png)")
     c.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text")
     sub.add_parser("config-doc", help="print the config reference (markdown)")
+    d = sub.add_parser("demo", help="every method on the same digits split: one table, one accuracy-vs-MB plot")
+    d.add_argument("--quick", action="store_true", help="fewer rounds (under a minute)")
+    d.add_argument("--out", help="demo folder (default runs/demo-<timestamp>)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--only", action="append", help="run only this method label (repeatable)")
+    d.add_argument("--quiet", action="store_true")
     return p
 
 
@@ -107,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             from featherfl.report import compare
 
             print(compare([Path(d) for d in a.run_dirs], Path(a.out) if a.out else None, a.format))
+            return 0
+        if a.command == "demo":
+            from featherfl.demo import run_demo
+
+            _, text = run_demo(Path(a.out) if a.out else None, quick=a.quick, seed=a.seed, quiet=a.quiet, only=a.only)
+            print(text)
             return 0
         if a.command == "config-doc":
             from featherfl.config import reference_markdown
