@@ -11,8 +11,10 @@ import importlib
 from featherfl.config import Field
 
 REGISTRY: dict[str, str] = {
+    "baffle": "featherfl.algorithms.baffle:Baffle",
     "fedavg": "featherfl.algorithms.fedavg:FedAvg",
     "fedsgd": "featherfl.algorithms.fedavg:FedSGD",
+    "fd": "featherfl.algorithms.fd:FD",
 }
 
 

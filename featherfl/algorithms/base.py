@@ -154,6 +154,21 @@ class Algorithm(ABC):
     @abstractmethod
     def aggregate(self, rnd: int, replies: dict[int, Payload]) -> dict: ...
 
+    def setup_configure(self, rnd: int, client_ids: list[int]) -> dict[int, Payload]:
+        """One-time exchanges before training (e.g. FAug's seed upload and generator download).
+
+        The engine calls this at the start of every round with all client ids and runs one
+        exchange per non-empty answer, until it answers ``{}`` (the default: no setup).
+        """
+        return {}
+
+    def setup_uplink_specs(self, rnd: int, cid: int) -> dict[str, Spec]:
+        return {}
+
+    def setup_aggregate(self, rnd: int, replies: dict[int, Payload]) -> dict:
+        """Consume one setup exchange's replies; must advance so ``setup_configure`` ends."""
+        return {}
+
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         raise NotImplementedError
 

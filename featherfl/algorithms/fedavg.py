@@ -4,7 +4,8 @@ Networks from Decentralized Data"): the backprop baseline every method is compar
 Wire: down = all model state (flat float32 vector), up = all model state (FedAvg,
 Alg. 1: the sample-weighted average of client weights) or the local gradient
 (FedSGD: one gradient per client per round, averaged and applied by a server
-optimizer).
+optimizer). ``fedavg.faug = true`` runs FAug (``featherfl.algorithms.faug``) as a
+one-time first phase; off, FedAvg is unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from featherfl.algorithms.aggregate import aggregation_fields, combine
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, generator
+from featherfl.algorithms.faug import FAUG_CONFIG, FAugClient, FAugServer
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import Field
 from featherfl.models import flat_state, load_flat_state
@@ -52,7 +54,7 @@ def weights_spec(cls, n: int, field_name: str, max_abs: float = 1e6, with_sample
     return Spec(cls, {field_name: TensorSpec("float32", (n,), max_abs=max_abs)}, scalars)
 
 
-class WeightsClient(ClientHalf):
+class WeightsClient(FAugClient, ClientHalf):
     """Client half of FedAvg: load the global weights, train E local epochs, send weights back."""
 
     section = "fedavg"
@@ -62,19 +64,24 @@ class WeightsClient(ClientHalf):
         self.model = ctx.build_model()
         self.n = flat_state(self.model).numel()
         self.opts = ctx.cfg.section(self.section)
+        self.faug_client_init(bool(self.opts.get("faug", False)))
 
     def downlink_specs(self, rnd: int) -> dict[str, Spec]:
-        return {WeightsDown.KIND: weights_spec(WeightsDown, self.n, "weights")}
+        return {WeightsDown.KIND: weights_spec(WeightsDown, self.n, "weights"), **self.faug_downlink_specs()}
 
     def update(self, rnd: int, down: WeightsDown, data: ClientData, state: dict) -> Payload:
+        setup = self.faug_update(down, data, state) if self.faug_enabled else None
+        if setup is not None:
+            return setup
         load_flat_state(self.model, down.weights)
         opt = make_optimizer(self.model.parameters(), self.opts)
         gen = generator(self.ctx.seed, "fedavg-client", rnd, data.cid)
-        train_epochs(self.model, data.x, data.y, opt, self.opts["local_epochs"], self.opts["batch_size"], gen, self.opts["max_steps"])
-        return WeightsUp(flat_state(self.model), len(data))
+        x, y = self.training_set(data, state)
+        train_epochs(self.model, x, y, opt, self.opts["local_epochs"], self.opts["batch_size"], gen, self.opts["max_steps"])
+        return WeightsUp(flat_state(self.model), len(y))
 
 
-class FedAvg(Algorithm):
+class FedAvg(FAugServer, Algorithm):
     name = "fedavg"
     client_class = WeightsClient
     CONFIG = {
@@ -84,12 +91,15 @@ class FedAvg(Algorithm):
         **optimizer_fields("fedavg", lr=0.05, momentum=0.9),
         "fedavg.server_lr": Field("float", 1.0, "Server step on the averaged update (1.0 = plain FedAvg).", min=0.0, min_exclusive=True),
         **aggregation_fields("fedavg"),
+        "fedavg.faug": Field("bool", False, "Run federated augmentation (the [faug] keys) as a one-time first phase."),
+        **FAUG_CONFIG,
     }
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.global_model = ctx.build_model()
         self.n = flat_state(self.global_model).numel()
+        self.faug_init(self.cfg["fedavg.faug"])
 
     def init_state(self) -> None:
         pass
@@ -116,10 +126,11 @@ class FedAvg(Algorithm):
         return evaluate_model(self.global_model, x, y, self.cfg["eval.batch_size"])
 
     def state_dict(self):
-        return {"model": {k: v.clone() for k, v in self.global_model.state_dict().items()}}
+        return {"model": {k: v.clone() for k, v in self.global_model.state_dict().items()}, **self.faug_state_dict()}
 
     def load_state_dict(self, state):
         self.global_model.load_state_dict(state["model"])
+        self.faug_load_state_dict(state)
 
 
 class GradientClient(WeightsClient):

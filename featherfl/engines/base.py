@@ -18,6 +18,10 @@ import numpy as np
 
 from featherfl import wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, derive_seed
+from featherfl.attacks import attack_for
+
+
+MAX_SETUP_EXCHANGES = 8
 
 
 class QuorumError(RuntimeError):
@@ -32,6 +36,7 @@ class ClientOutcome:
     error: str | None = None  # "dropout" | "error: ..." ; None when a reply came
     seconds: float = 0.0
     state: dict | None = None  # the client's new persistent state (engines that keep it server-side)
+    duplicates: list[bytes] = field(default_factory=list)  # later replies from the same client this round
 
 
 @dataclass
@@ -48,9 +53,17 @@ class RoundStats:
 
 
 def run_client(client: ClientHalf, rnd: int, down_bytes: bytes, data: ClientData, state: dict, run_id: int) -> bytes:
-    """The device side of a round: decode (validating) the downlink, update, encode the reply."""
+    """The device side of a round: decode (validating) the downlink, update, encode the reply.
+
+    A client the ``[attack]`` config marks Byzantine alters its reply here,
+    before encoding, so attacks behave the same on every engine.
+    """
     down = wire.decode(down_bytes, client.downlink_specs(rnd), round=rnd, run=run_id)
     up = client.update(rnd, down, data, state)
+    ctx = getattr(client, "ctx", None)
+    attack = attack_for(ctx.cfg, data.cid, ctx.num_clients) if ctx is not None else None
+    if attack is not None:
+        up = attack.apply(rnd, data.cid, down, up)
     return wire.encode(up, rnd, run_id)
 
 
@@ -100,6 +113,7 @@ class Engine(ABC):
         seed = cfg["seed"]
         sampled = sample_clients(seed, rnd, len(self.client_data), cfg["engine.fraction"])
         stats = RoundStats(rnd, clients_sampled=len(sampled))
+        stats.metrics.update(self._run_setup(rnd))
         downs = self.algorithm.configure(rnd, sampled)
         jobs: dict[int, bytes] = {}
         for cid in sampled:
@@ -114,6 +128,9 @@ class Engine(ABC):
         deadline = cfg["engine.deadline"]
         for cid in sorted(outcomes):
             out = outcomes[cid]
+            for extra in out.duplicates:  # only a client's first reply counts; never decoded
+                self.ledger.record(rnd, "up", cid, len(extra) if isinstance(extra, (bytes, bytearray)) else 0, "rejected")
+                rejected["duplicate"] += 1
             if out.reply is None:
                 dropped[(out.error or "no-reply").split(":")[0]] += 1
                 continue
@@ -150,6 +167,41 @@ class Engine(ABC):
         stats.metrics.update(self.algorithm.aggregate(rnd, replies))
         stats.aggregated = True
         return stats
+
+    def _run_setup(self, rnd: int) -> dict:
+        """Run the one-time exchanges the algorithm asks for (``Algorithm.setup_configure``).
+
+        Every client takes part (no sampling or simulated dropout); replies are validated and
+        counted in this round's ledger like any other payload.
+        """
+        metrics: dict = {}
+        everyone = list(range(len(self.client_data)))
+        for _ in range(MAX_SETUP_EXCHANGES):
+            downs = self.algorithm.setup_configure(rnd, everyone)
+            if not downs:
+                break
+            jobs: dict[int, bytes] = {}
+            for cid, payload in downs.items():
+                data = wire.encode(payload, rnd, self.run_id)
+                self.ledger.record(rnd, "down", cid, len(data), payload.CATEGORY)
+                jobs[cid] = data
+            replies: dict[int, wire.Payload] = {}
+            for cid, out in sorted(self._execute(rnd, jobs).items()):
+                if out.reply is None:
+                    metrics["setup_dropped"] = metrics.get("setup_dropped", 0) + 1
+                    continue
+                try:
+                    if len(out.reply) > self.max_bytes:
+                        raise wire.PayloadError("oversized", f"{len(out.reply)} bytes")
+                    payload = wire.decode(out.reply, self.algorithm.setup_uplink_specs(rnd, cid), round=rnd, run=self.run_id)
+                except wire.PayloadError:
+                    self.ledger.record(rnd, "up", cid, len(out.reply), "rejected")
+                    metrics["setup_rejected"] = metrics.get("setup_rejected", 0) + 1
+                    continue
+                self.ledger.record(rnd, "up", cid, len(out.reply), payload.CATEGORY)
+                replies[cid] = payload
+            metrics.update(self.algorithm.setup_aggregate(rnd, replies))
+        return metrics
 
 
 def timed(fn, *args) -> tuple[Any, float]:

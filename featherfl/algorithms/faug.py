@@ -1,0 +1,416 @@
+"""FAug: federated augmentation (Jeong et al. 2018, "Communication-Efficient On-Device
+Machine Learning: Federated Distillation and Augmentation under Non-IID Private Data", Sec. 3).
+
+A one-time phase before training, for any method that mixes these halves in
+(``fd.faug = true``, ``fedavg.faug = true``). It runs as the engine's setup
+exchange (``Algorithm.setup_configure``), in two steps, all bytes counted:
+
+1. ``SeedRequest`` down (control) -> ``SeedsUp`` up (category ``samples``): each
+   device finds its *target labels* L_t (fewer samples than ``faug.threshold`` x its
+   uniform share) and uploads ``faug.seeds_per_label`` seed samples of each, plus
+   seeds of ``faug.redundant_labels`` random non-target labels L_r so the server
+   cannot tell which labels are targets. Pixels travel as uint8 (8 bits each).
+2. The server oversamples the pooled seeds with small random affine transforms and
+   noise and trains a conditional GAN (``featherfl.models.cgan``).
+   ``GeneratorDown`` down (category ``generator``, once per device) -> ``AugmentDone``
+   up (control): each device generates samples of its target labels until its label
+   counts are close to uniform, keeps them (uint8) in its own state and reports the
+   paper's privacy-leakage measures (Sec. 3, "privacy leakage"):
+   device-server PL = |L_t| / (|L_t| + |L_r|) and inter-device
+   PL = |L_t^(i)| / |U_j (L_t^(j) u L_r^(j))|.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from featherfl.algorithms.base import ClientData, derive_seed, generator
+from featherfl.config import Field
+from featherfl.models import flat_state, load_flat_state
+from featherfl.models.cgan import Discriminator, Generator
+from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
+
+FAUG_CONFIG: dict[str, Field] = {
+    "faug.threshold": Field("float", 0.5, "A label is a target label when the device holds fewer than threshold x (its samples / labels) of it.", min=0.0, max=1.0, min_exclusive=True),
+    "faug.seeds_per_label": Field("int", 5, "Seed samples uploaded per target or redundant label.", min=1, max=10_000),
+    "faug.redundant_labels": Field("int", 2, "Non-target labels each device also uploads seeds of, hiding which labels are targets.", min=0),
+    "faug.gan_steps": Field("int", 1000, "Server-side conditional GAN training steps.", min=1),
+    "faug.gan_batch": Field("int", 64, "GAN mini-batch (drawn with replacement from the augmented seeds).", min=2),
+    "faug.gan_lr": Field("float", 2e-4, "Adam learning rate of the generator and the discriminator.", min=0.0, min_exclusive=True),
+    "faug.noise_dim": Field("int", 100, "Generator noise dimension.", min=1),
+    "faug.gen_hidden": Field("list[int]", [256, 512, 1024], "Generator hidden layer widths."),
+    "faug.disc_hidden": Field("list[int]", [512, 512, 512], "Discriminator hidden layer widths."),
+    "faug.aug_rotate": Field("float", 10.0, "Seed oversampling: max random rotation (degrees).", min=0.0, max=180.0),
+    "faug.aug_shift": Field("float", 0.1, "Seed oversampling: max random shift (fraction of the image side).", min=0.0, max=0.5),
+    "faug.aug_noise": Field("float", 0.05, "Seed oversampling: std of added pixel noise (pixels in [0, 1]).", min=0.0),
+    "faug.grid_per_label": Field("int", 8, "Generated samples per label in the run folder's faug_samples.png.", min=1, max=64),
+}
+
+MAX_GENERATED = 10**9
+
+
+@dataclass(frozen=True)
+class SeedRequest(Payload):
+    KIND = "faug.request"
+    CATEGORY = "control"
+
+
+@dataclass(frozen=True)
+class SeedsUp(Payload):
+    KIND = "faug.seeds"
+    CATEGORY = "samples"
+    pixels: torch.Tensor  # uint8 (n, C, H, W)
+    labels: list
+
+
+@dataclass(frozen=True)
+class GeneratorDown(Payload):
+    KIND = "faug.generator"
+    CATEGORY = "generator"
+    weights: torch.Tensor  # the generator's flat state, float32
+    labels: list  # labels the generator was trained on (it can only produce these)
+    uploaded_labels: int  # |U_j (L_t^(j) u L_r^(j))|, for the inter-device PL
+
+
+@dataclass(frozen=True)
+class AugmentDone(Payload):
+    KIND = "faug.done"
+    CATEGORY = "control"
+    generated: int
+    pl_device_server: float
+    pl_inter_device: float
+
+
+# --- what the paper computes, as small pure functions --------------------------------------
+
+
+def label_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(y, minlength=num_classes)
+
+
+def find_target_labels(counts: torch.Tensor, threshold: float) -> list[int]:
+    """Labels the device lacks: fewer than ``threshold`` x its uniform share (total / labels)."""
+    share = float(counts.sum()) / len(counts)
+    return [int(c) for c in range(len(counts)) if float(counts[c]) < threshold * share]
+
+
+def choose_redundant(counts: torch.Tensor, targets: list[int], k: int, gen: torch.Generator) -> list[int]:
+    """``k`` random labels the device does have (non-targets with samples), uploaded as cover."""
+    pool = [c for c in range(len(counts)) if c not in targets and int(counts[c]) > 0]
+    order = torch.randperm(len(pool), generator=gen).tolist()
+    return sorted(pool[i] for i in order[:k])
+
+
+def pl_device_server(n_target: int, n_redundant: int) -> float:
+    """|L_t| / (|L_t| + |L_r|): the chance the server guesses a given uploaded label is a target."""
+    total = n_target + n_redundant
+    return n_target / total if total else 0.0
+
+
+def pl_inter_device(n_target: int, union_size: int) -> float:
+    """|L_t^(i)| / |U_j (L_t^(j) u L_r^(j))|: what another device can infer from the generator's labels."""
+    return n_target / union_size if union_size else 0.0
+
+
+def generation_plan(counts: torch.Tensor, targets: list[int], available: list[int]) -> dict[int, int]:
+    """How many samples to generate per target label so the device's label counts become
+    close to uniform: each target label is topped up to the mean count of its non-target labels."""
+    others = [int(counts[c]) for c in range(len(counts)) if c not in targets and int(counts[c]) > 0]
+    quota = round(sum(others) / len(others)) if others else int(counts.max())
+    return {t: quota - int(counts[t]) for t in targets if t in available and quota > int(counts[t])}
+
+
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> uint8, 8 bits per pixel on the wire."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def from_pixels(p: torch.Tensor) -> torch.Tensor:
+    return p.float() / 255.0
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, rotate_deg: float, shift: float, noise: float) -> torch.Tensor:
+    """Oversampling transform of the seeds: random rotation and shift (affine grid), plus pixel noise."""
+    n = x.shape[0]
+    a = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotate_deg)
+    t = (torch.rand(n, 2, generator=gen) * 2 - 1) * 2 * shift
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
+    theta[:, :, 2] = t
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    if noise > 0:
+        out = out + noise * torch.randn(out.shape, generator=gen)
+    return out.clamp(0, 1)
+
+
+def build_generator(ctx, opts: dict) -> Generator:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(ctx.seed, "faug-generator-init"))
+        return Generator(opts["noise_dim"], ctx.num_classes, ctx.input_shape, list(opts["gen_hidden"]))
+
+
+def train_cgan(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict) -> Generator:
+    """Train the conditional GAN on oversampled, augmented seeds (pixels in [0, 1])."""
+    g = build_generator(ctx, opts)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(ctx.seed, "faug-discriminator-init"))
+        d = Discriminator(ctx.num_classes, ctx.input_shape, list(opts["disc_hidden"]))
+    opt_g = torch.optim.Adam(g.parameters(), lr=opts["gan_lr"], betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=opts["gan_lr"], betas=(0.5, 0.999))
+    gen = generator(ctx.seed, "faug-gan")
+    bs = opts["gan_batch"]
+    ones, zeros = torch.ones(bs), torch.zeros(bs)
+    g.train()
+    d.train()
+    for _ in range(opts["gan_steps"]):
+        idx = torch.randint(len(y), (bs,), generator=gen)
+        real = augment(x[idx], gen, opts["aug_rotate"], opts["aug_shift"], opts["aug_noise"]) * 2 - 1
+        lab = y[idx]
+        fake = g(torch.randn(bs, opts["noise_dim"], generator=gen), lab)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d = F.binary_cross_entropy_with_logits(d(real, lab), ones) + F.binary_cross_entropy_with_logits(d(fake.detach(), lab), zeros)
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(d(fake, lab), ones).backward()
+        opt_g.step()
+    g.eval()
+    return g
+
+
+@torch.no_grad()
+def sample_generator(g: Generator, plan: dict[int, int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate ``plan[label]`` samples per label; returns (uint8 pixels, labels)."""
+    g.eval()
+    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in sorted(plan.items())]) if plan else torch.zeros(0, dtype=torch.int64)
+    if len(labels) == 0:
+        return torch.zeros(0, *g.out_shape, dtype=torch.uint8), labels
+    z = torch.randn(len(labels), g.noise_dim, generator=gen)
+    return to_pixels((g(z, labels) + 1) / 2), labels
+
+
+# --- the two halves, mixed into a method's client and server --------------------------------
+
+
+class FAugClient:
+    """Client side of FAug, mixed into a ``ClientHalf``; call ``faug_client_init`` in ``__init__``."""
+
+    def faug_client_init(self, enabled: bool) -> None:
+        self.faug_enabled = enabled
+        if enabled:
+            self.faug_opts = self.ctx.cfg.section("faug")
+            self.faug_generator = build_generator(self.ctx, self.faug_opts)
+            self.faug_n = flat_state(self.faug_generator).numel()
+
+    def faug_downlink_specs(self) -> dict[str, Spec]:
+        if not self.faug_enabled:
+            return {}
+        L = self.ctx.num_classes
+        return {
+            SeedRequest.KIND: Spec(SeedRequest, {}),
+            GeneratorDown.KIND: Spec(
+                GeneratorDown,
+                {"weights": TensorSpec("float32", (self.faug_n,), max_abs=1e6)},
+                {"labels": ScalarSpec("list[int]", 0, L - 1, max_len=L), "uploaded_labels": ScalarSpec("int", 0, L)},
+            ),
+        }
+
+    def faug_update(self, down: Payload, data: ClientData, state: dict) -> Payload | None:
+        """Answer a FAug setup payload; ``None`` for anything else (a normal training round)."""
+        if isinstance(down, SeedRequest):
+            return self._faug_seeds(data, state)
+        if isinstance(down, GeneratorDown):
+            return self._faug_generate(down, data, state)
+        return None
+
+    def _faug_targets(self, data: ClientData) -> tuple[torch.Tensor, list[int]]:
+        counts = label_counts(data.y, data.num_classes)
+        return counts, find_target_labels(counts, self.faug_opts["threshold"])
+
+    def _faug_seeds(self, data: ClientData, state: dict) -> SeedsUp:
+        counts, targets = self._faug_targets(data)
+        gen = generator(self.ctx.seed, "faug-seeds", data.cid)
+        redundant = choose_redundant(counts, targets, self.faug_opts["redundant_labels"], gen)
+        k = self.faug_opts["seeds_per_label"]
+        picks, labels = [], []
+        for c in sorted(targets + redundant):
+            idx = torch.nonzero(data.y == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=gen)[:k]]
+            picks.append(idx)
+            labels += [c] * len(idx)
+        idx = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.int64)
+        state["faug_targets"] = [c for c in targets if int(counts[c]) > 0]
+        state["faug_redundant"] = redundant
+        return SeedsUp(to_pixels(data.x[idx]), labels)
+
+    def _faug_generate(self, down: GeneratorDown, data: ClientData, state: dict) -> AugmentDone:
+        load_flat_state(self.faug_generator, down.weights)
+        counts, targets = self._faug_targets(data)
+        plan = generation_plan(counts, targets, list(down.labels))
+        x, y = sample_generator(self.faug_generator, plan, generator(self.ctx.seed, "faug-sample", data.cid))
+        state["faug_x"], state["faug_y"] = x, y
+        n_t = len(state.get("faug_targets", []))
+        n_r = len(state.get("faug_redundant", []))
+        return AugmentDone(len(y), pl_device_server(n_t, n_r), pl_inter_device(n_t, down.uploaded_labels))
+
+    def training_set(self, data: ClientData, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device's own samples plus the ones it generated with the FAug generator (if any)."""
+        if "faug_y" not in state or len(state["faug_y"]) == 0:
+            return data.x, data.y
+        return torch.cat([data.x, from_pixels(state["faug_x"])]), torch.cat([data.y, state["faug_y"]])
+
+
+class FAugServer:
+    """Server side of FAug, mixed into an ``Algorithm``; call ``faug_init`` in ``__init__``."""
+
+    def faug_init(self, enabled: bool) -> None:
+        self.faug_enabled = enabled
+        self.faug_phase = "seeds" if enabled else "done"
+        self.faug_labels: list[int] = []
+        self.faug_union = 0
+        self.faug_weights: torch.Tensor | None = None
+        self.faug_pl: dict[int, list[float]] = {}
+        self.faug_generated: dict[int, int] = {}
+        if enabled:
+            self.faug_opts = self.cfg.section("faug")
+
+    def setup_configure(self, rnd, client_ids):
+        if self.faug_phase == "seeds":
+            return {cid: SeedRequest() for cid in client_ids}
+        if self.faug_phase == "generator":
+            return {cid: GeneratorDown(self.faug_weights, self.faug_labels, self.faug_union) for cid in client_ids}
+        return {}
+
+    def setup_uplink_specs(self, rnd, cid):
+        L = self.ctx.num_classes
+        if self.faug_phase == "seeds":
+            most = L * self.faug_opts["seeds_per_label"]
+            return {
+                SeedsUp.KIND: Spec(
+                    SeedsUp,
+                    {"pixels": TensorSpec("uint8", (None, *self.ctx.input_shape), max_elems=most * math.prod(self.ctx.input_shape))},
+                    {"labels": ScalarSpec("list[int]", 0, L - 1, max_len=most)},
+                )
+            }
+        if self.faug_phase == "generator":
+            return {
+                AugmentDone.KIND: Spec(
+                    AugmentDone,
+                    {},
+                    {"generated": ScalarSpec("int", 0, MAX_GENERATED), "pl_device_server": ScalarSpec("float", 0, 1), "pl_inter_device": ScalarSpec("float", 0, 1)},
+                )
+            }
+        return {}
+
+    def setup_aggregate(self, rnd, replies):
+        if self.faug_phase == "seeds":
+            return self._faug_train(replies)
+        if self.faug_phase == "generator":
+            for cid, r in replies.items():
+                self.faug_pl[cid] = [r.pl_device_server, r.pl_inter_device]
+                self.faug_generated[cid] = r.generated
+            self.faug_phase = "done"
+            return self.faug_metrics()
+        return {}
+
+    def _faug_train(self, replies: dict) -> dict:
+        """Pool the seeds (dropping replies whose labels do not match their pixels or exceed the
+        per-label cap), train the cGAN, and move on to the generator download."""
+        xs, ys, bad = [], [], 0
+        k = self.faug_opts["seeds_per_label"]
+        for cid in sorted(replies):
+            r = replies[cid]
+            y = torch.tensor(r.labels, dtype=torch.int64)
+            if len(y) != r.pixels.shape[0] or (len(y) and int(torch.bincount(y).max()) > k):
+                bad += 1
+                continue
+            xs.append(from_pixels(r.pixels))
+            ys.append(y)
+        y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.int64)
+        self.faug_labels = sorted(set(y.tolist()))
+        self.faug_union = len(self.faug_labels)
+        if len(y):
+            g = train_cgan(torch.cat(xs), y, self.ctx, self.faug_opts)
+            self.faug_weights = flat_state(g)
+            self.faug_phase = "generator"
+        else:
+            self.faug_phase = "done"
+        return {"faug_seed_samples": len(y), "faug_seed_labels": self.faug_union, "faug_seeds_rejected": bad}
+
+    def faug_metrics(self) -> dict:
+        if not self.faug_pl:
+            return {}
+        ds = [v[0] for v in self.faug_pl.values()]
+        inter = [v[1] for v in self.faug_pl.values()]
+        return {
+            "faug_generated": sum(self.faug_generated.values()),
+            "faug_pl_device_server_mean": sum(ds) / len(ds),
+            "faug_pl_inter_device_mean": sum(inter) / len(inter),
+        }
+
+    def faug_state_dict(self) -> dict:
+        if not self.faug_enabled:
+            return {}
+        return {
+            "faug": {
+                "phase": self.faug_phase,
+                "labels": list(self.faug_labels),
+                "union": self.faug_union,
+                "weights": self.faug_weights,
+                "pl": {int(c): list(v) for c, v in self.faug_pl.items()},
+                "generated": {int(c): int(v) for c, v in self.faug_generated.items()},
+            }
+        }
+
+    def faug_load_state_dict(self, state: dict) -> None:
+        if not self.faug_enabled or "faug" not in state:
+            return
+        s = state["faug"]
+        self.faug_phase = s["phase"]
+        self.faug_labels = list(s["labels"])
+        self.faug_union = int(s["union"])
+        self.faug_weights = s["weights"]
+        self.faug_pl = {int(c): list(v) for c, v in s["pl"].items()}
+        self.faug_generated = {int(c): int(v) for c, v in s["generated"].items()}
+
+    def summary_extra(self) -> dict:
+        if not self.faug_enabled:
+            return {}
+        out = {"faug_labels": self.faug_labels, **self.faug_metrics()}
+        out["faug_pl_per_client"] = {str(c): {"device_server": v[0], "inter_device": v[1]} for c, v in sorted(self.faug_pl.items())}
+        return out
+
+    def artifacts(self, run_dir) -> None:
+        """Write ``faug_samples.png``: one row per label, ``faug.grid_per_label`` generated samples each."""
+        if not self.faug_enabled or self.faug_weights is None:
+            return
+        g = build_generator(self.ctx, self.faug_opts)
+        load_flat_state(g, self.faug_weights)
+        write_sample_grid(g, self.faug_labels, self.ctx.num_classes, self.faug_opts["grid_per_label"], Path(run_dir) / "faug_samples.png", self.ctx.seed)
+
+
+def write_sample_grid(g: Generator, labels: list[int], num_classes: int, per_label: int, path: Path, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, h, w = g.out_shape
+    grid = torch.zeros(num_classes * (h + 1), per_label * (w + 1), c)
+    x, y = sample_generator(g, {lab: per_label for lab in labels}, generator(seed, "faug-grid"))
+    for i, (img, lab) in enumerate(zip(from_pixels(x), y.tolist())):
+        col = i % per_label
+        grid[lab * (h + 1) : lab * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = img.permute(1, 2, 0)
+    scale = max(1, 256 // max(grid.shape[0], grid.shape[1]))
+    arr = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if c == 1:
+        plt.imsave(path, arr[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        plt.imsave(path, arr)

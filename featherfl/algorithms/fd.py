@@ -1,0 +1,327 @@
+"""FD: federated distillation (Jeong et al. 2018, "Communication-Efficient On-Device Machine
+Learning: Federated Distillation and Augmentation under Non-IID Private Data", Sec. 2, Alg. 1).
+
+Weights never leave a device and there is no global model. In global iteration k,
+device i runs ``fd.local_steps`` steps on its own model and, for every training
+sample, adds its model's softmax output to a per-label running sum and count.
+It uploads the per-label mean output vectors (L x L float32) and the counts.
+The server keeps each device's latest upload and sends device i its own
+*leave-one-out* teacher: per label, the combination over the other devices
+j != i that have that label (the paper's sum_{j != i} F^(j) / (M - 1)); labels no
+other device has are marked absent (contributor count 0). The local loss is
+cross-entropy with the true label plus ``gamma`` x cross-entropy between the
+model's output and the teacher vector of the sample's label; until a teacher
+arrives, or for labels without one, only cross-entropy is used.
+
+Wire per device per iteration, both ways: 4 L^2 bytes of vectors + 4 L bytes of
+counts (int32) + the codec header. Devices may run different architectures
+(``fd.models``, assigned round-robin): only the output dimension L must match.
+
+``fd.logit_noise`` adds Gaussian noise to the uploaded vectors (Gaussian mechanism;
+the paper lists this as future work): each row is clipped to L2 norm C, so two
+uploads differ by at most 2 C sqrt(L) in L2 whatever the device's data, and
+noise of std ``logit_noise`` x 2 C sqrt(L) makes each upload device-level
+(epsilon, delta)-DP, composed over rounds with the RDP accountant. The counts
+are sent in the clear and are not covered.
+
+``fd.faug = true`` runs FAug (``featherfl.algorithms.faug``) as a one-time first phase.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from featherfl.algorithms.aggregate import aggregation_fields, combine
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, derive_seed, generator
+from featherfl.algorithms.faug import FAUG_CONFIG, FAugClient, FAugServer
+from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
+from featherfl.config import ConfigError, Field
+from featherfl.models import count_parameters, model_names
+from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
+
+MAX_COUNT = 2**31 - 1
+NOISY_MAX_ABS = 1e6
+
+
+@dataclass(frozen=True)
+class TeacherDown(Payload):
+    KIND = "fd.teacher"
+    CATEGORY = "logits"
+    teacher: torch.Tensor  # (L, L) float32: row l = the other devices' mean output for label l
+    contributors: torch.Tensor  # (L,) int32: how many other devices gave label l (0 = absent)
+
+
+@dataclass(frozen=True)
+class LogitsUp(Payload):
+    KIND = "fd.logits"
+    CATEGORY = "logits"
+    logits: torch.Tensor  # (L, L) float32: row l = this device's mean output on label-l samples
+    counts: torch.Tensor  # (L,) int32: outputs summed into each row
+
+
+# --- Alg. 1, as small pure functions ----------------------------------------------------------
+
+
+def accumulate(sums: torch.Tensor, counts: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> None:
+    """Add each sample's output vector to its label's running sum (Alg. 1, local logit update)."""
+    sums.index_add_(0, y, probs)
+    counts += torch.bincount(y, minlength=len(counts))
+
+
+def label_means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-label mean output vectors; rows of labels never seen stay zero."""
+    return sums / counts.clamp_min(1).to(sums.dtype).unsqueeze(1)
+
+
+def leave_one_out(
+    vectors: torch.Tensor, present: torch.Tensor, rule: str = "mean", beta: float = 0.1, clip: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher of every device i: per label l, ``rule`` over devices j != i holding l.
+
+    ``vectors`` (M, L, L), ``present`` (M, L) bool. Returns teachers (M, L, L) and the
+    contributor counts (M, L). With ``mean`` this is the paper's sum_{j != i} F^(j) / (M - 1)
+    when every device holds every label. ``norm-clip`` clips around the others' median.
+    """
+    m, n_labels, _ = vectors.shape
+    teachers = torch.zeros_like(vectors)
+    contributors = torch.zeros(m, n_labels, dtype=torch.int32)
+    for lab in range(n_labels):
+        holders = torch.nonzero(present[:, lab]).flatten().tolist()
+        for i in range(m):
+            others = [j for j in holders if j != i]
+            if not others:
+                continue
+            stack = vectors[others, lab]
+            ref = stack.median(0).values if rule == "norm-clip" else None
+            teachers[i, lab] = combine(stack, torch.ones(len(others)), rule, beta, clip, reference=ref)
+            contributors[i, lab] = len(others)
+    return teachers, contributors
+
+
+def distillation_loss(logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, has_teacher: torch.Tensor, gamma: float, temperature: float) -> torch.Tensor:
+    """CE(true label) + gamma * CE(teacher[y], softmax(logits / T)), the regulariser only for
+    samples whose label has a teacher (averaged over the whole batch)."""
+    loss = F.cross_entropy(logits, y)
+    mask = has_teacher[y]
+    if gamma == 0 or not bool(mask.any()):
+        return loss
+    logp = F.log_softmax(logits[mask] / temperature, 1)
+    return loss + gamma * (-(teacher[y[mask]] * logp).sum(1)).sum() / len(y)
+
+
+def noise_std(multiplier: float, clip: float, num_labels: int) -> float:
+    """Gaussian-mechanism std: multiplier x L2 sensitivity 2 C sqrt(L) of a row-clipped upload."""
+    return multiplier * 2 * clip * math.sqrt(num_labels)
+
+
+def dp_epsilon(multiplier: float, releases: int, delta: float) -> float:
+    """epsilon after ``releases`` Gaussian-mechanism uploads (RDP accountant, sampling rate 1)."""
+    if multiplier <= 0 or releases <= 0:
+        return 0.0 if releases <= 0 else math.inf
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 256))
+    rdp = compute_rdp(q=1.0, noise_multiplier=multiplier, steps=releases, orders=orders)
+    eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+def clip_rows(v: torch.Tensor, clip: float) -> torch.Tensor:
+    norms = v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return v * (clip / norms).clamp(max=1.0)
+
+
+def model_for(cfg, cid: int) -> str:
+    """Round-robin assignment of ``fd.models`` (default: ``model.name`` for everyone)."""
+    names = cfg["fd.models"] or [cfg["model.name"]]
+    return names[cid % len(names)]
+
+
+def step_batches(n: int, batch_size: int, gen: torch.Generator):
+    while True:
+        yield from batches(n, batch_size, gen)
+
+
+# --- the two halves ----------------------------------------------------------------------------
+
+
+class FDClient(FAugClient, ClientHalf):
+    """Device side: own model (kept in the device's state), local steps with the distillation
+    regulariser, upload of per-label mean outputs."""
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.opts = ctx.cfg.section("fd")
+        self.models: dict[str, torch.nn.Module] = {}
+        self.inits: dict[str, dict] = {}
+        self.faug_client_init(self.opts["faug"])
+
+    def _model(self, state: dict, cid: int) -> torch.nn.Module:
+        name = state.get("model_name") or model_for(self.ctx.cfg, cid)
+        if name not in self.models:
+            self.models[name] = self.ctx.build_model(name)
+            self.inits[name] = {k: v.clone() for k, v in self.models[name].state_dict().items()}
+        m = self.models[name]
+        m.load_state_dict(state["model"] if "model" in state else self.inits[name])
+        state["model_name"] = name
+        return m
+
+    def downlink_specs(self, rnd):
+        L = self.ctx.num_classes
+        specs = {TeacherDown.KIND: Spec(TeacherDown, {"teacher": TensorSpec("float32", (L, L), max_abs=NOISY_MAX_ABS), "contributors": TensorSpec("int32", (L,), min_value=0, max_value=MAX_COUNT)})}
+        specs.update(self.faug_downlink_specs())
+        return specs
+
+    def update(self, rnd: int, down: Payload, data: ClientData, state: dict) -> Payload:
+        setup = self.faug_update(down, data, state) if self.faug_enabled else None
+        if setup is not None:
+            return setup
+        o = self.opts
+        L = self.ctx.num_classes
+        model = self._model(state, data.cid)
+        x, y = self.training_set(data, state)
+        teacher = down.teacher.clamp_min(0)
+        mass = teacher.sum(1)
+        has_teacher = (down.contributors > 0) & (mass > 0)
+        teacher = teacher / mass.clamp_min(1e-12).unsqueeze(1)
+        opt = make_optimizer(model.parameters(), o)
+        gen = generator(self.ctx.seed, "fd-client", rnd, data.cid)
+        sums, counts = torch.zeros(L, L), torch.zeros(L, dtype=torch.int64)
+        model.train()
+        for _, idx in zip(range(o["local_steps"]), step_batches(len(y), o["batch_size"], gen)):
+            opt.zero_grad(set_to_none=True)
+            logits = model(x[idx])
+            distillation_loss(logits, y[idx], teacher, has_teacher, o["gamma"], o["temperature"]).backward()
+            opt.step()
+            accumulate(sums, counts, F.softmax(logits.detach() / o["temperature"], 1), y[idx])
+        state["model"] = {k: v.clone() for k, v in model.state_dict().items()}
+        means = label_means(sums, counts)
+        if o["logit_noise"] > 0:
+            noise = torch.randn(means.shape, generator=generator(self.ctx.seed, "fd-noise", rnd, data.cid))
+            means = clip_rows(means, o["noise_clip"]) + noise_std(o["logit_noise"], o["noise_clip"], L) * noise
+        return LogitsUp(means.float(), counts.clamp(max=MAX_COUNT).to(torch.int32))
+
+    def evaluate(self, state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """The device's own model on the common test set; ``None`` for a device that never trained."""
+        if "model" not in state:
+            return {"accuracy": None, "loss": None}
+        return evaluate_model(self._model(state, -1), x, y, self.ctx.cfg["eval.batch_size"])
+
+
+class FD(FAugServer, Algorithm):
+    name = "fd"
+    client_class = FDClient
+    has_global_model = False
+    CONFIG = {
+        "fd.local_steps": Field("int", 250, "Local steps n per global iteration (Alg. 1).", min=1),
+        "fd.batch_size": Field("int", 32, "Local mini-batch size.", min=1),
+        **optimizer_fields("fd", lr=0.05, momentum=0.9),
+        "fd.gamma": Field("float", 1.0, "Weight of the distillation regulariser (0 = independent local training).", min=0.0),
+        "fd.temperature": Field("float", 1.0, "Softmax temperature of the uploaded outputs and the regulariser.", min=0.0, min_exclusive=True),
+        "fd.models": Field("list[str]", [], "Per-device architectures, assigned round-robin (empty = model.name)."),
+        "fd.logit_noise": Field("float", 0.0, "Gaussian noise multiplier on uploaded vectors (0 = off); std = multiplier x 2 C sqrt(L).", min=0.0),
+        "fd.noise_clip": Field("float", 1.0, "L2 clip C of each uploaded per-label vector when logit_noise > 0.", min=0.0, min_exclusive=True),
+        "fd.noise_delta": Field("float", 1e-5, "delta of the reported (epsilon, delta) when logit_noise > 0.", min=0.0, max=1.0, min_exclusive=True),
+        "fd.faug": Field("bool", False, "Run federated augmentation (the [faug] keys) as a one-time first phase."),
+        **aggregation_fields("fd"),
+        **FAUG_CONFIG,
+    }
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        known = model_names()
+        for name in cfg["fd.models"]:
+            if name not in known:
+                raise ConfigError(f"config key 'fd.models': got {name!r}, expected names from {', '.join(known)}")
+        if cfg["fd.logit_noise"] > 0:
+            try:
+                import opacus  # noqa: F401
+            except ImportError:
+                raise ConfigError("config key 'fd.logit_noise': the privacy accountant needs the dp extra: pip install 'featherfl[dp]'") from None
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        L, m = ctx.num_classes, ctx.num_clients
+        self.vectors = torch.zeros(m, L, L)
+        self.present = torch.zeros(m, L, dtype=torch.bool)
+        self.releases = torch.zeros(m, dtype=torch.int64)
+        rng = np.random.default_rng(derive_seed(ctx.seed, "fd-reference-client"))
+        self.reference_client = int(rng.integers(m))
+        self.faug_init(self.cfg["fd.faug"])
+
+    def init_state(self) -> None:
+        pass
+
+    def configure(self, rnd, client_ids):
+        sec = self.cfg.section("fd")
+        teachers, contributors = leave_one_out(self.vectors, self.present, sec["aggregation"], sec["trim_beta"], sec["clip_norm"])
+        return {cid: TeacherDown(teachers[cid].contiguous(), contributors[cid].contiguous()) for cid in client_ids}
+
+    def uplink_specs(self, rnd, cid):
+        L = self.ctx.num_classes
+        if self.cfg["fd.logit_noise"] > 0:
+            vec = TensorSpec("float32", (L, L), max_abs=NOISY_MAX_ABS)
+        else:
+            vec = TensorSpec("float32", (L, L), min_value=0.0, max_value=1.0)
+        return {LogitsUp.KIND: Spec(LogitsUp, {"logits": vec, "counts": TensorSpec("int32", (L,), min_value=0, max_value=MAX_COUNT)})}
+
+    def aggregate(self, rnd, replies):
+        """Keep each device's latest per-label vectors; teachers are built from them in ``configure``."""
+        for cid, r in replies.items():
+            self.vectors[cid] = r.logits
+            self.present[cid] = r.counts > 0
+            self.releases[cid] += 1
+        out = {"fd_labels_reported": float(self.present[sorted(replies)].sum(1).float().mean())}
+        if self.cfg["fd.logit_noise"] > 0:
+            out["dp_epsilon"] = dp_epsilon(self.cfg["fd.logit_noise"], int(self.releases.max()), self.cfg["fd.noise_delta"])
+        return out
+
+    def summarize_client_eval(self, per_client: dict[int, dict]) -> dict:
+        """Mean / min / max over devices that have trained, plus the seed-chosen reference device."""
+        done = {c: m for c, m in per_client.items() if m.get("accuracy") is not None}
+        if not done:
+            return {"accuracy": None, "loss": None}
+        accs = [m["accuracy"] for m in done.values()]
+        ref = done.get(self.reference_client, {})
+        out = {
+            "accuracy": sum(accs) / len(accs),
+            "loss": sum(m["loss"] for m in done.values()) / len(done),
+            "accuracy_min": min(accs),
+            "accuracy_max": max(accs),
+            "accuracy_reference": ref.get("accuracy"),
+            "reference_client": self.reference_client,
+            "clients_evaluated": len(done),
+        }
+        if len(per_client) <= 32:
+            out["accuracy_per_client"] = {str(c): m["accuracy"] for c, m in sorted(done.items())}
+        return out
+
+    def model_parameters(self) -> int:
+        return max(self._parameters_per_model().values())
+
+    def _parameters_per_model(self) -> dict[str, int]:
+        names = self.cfg["fd.models"] or [self.cfg["model.name"]]
+        return {n: count_parameters(self.ctx.build_model(n)) for n in dict.fromkeys(names)}
+
+    def summary_extra(self) -> dict:
+        out = {"client_models": {str(c): model_for(self.cfg, c) for c in range(min(self.ctx.num_clients, 32))}, "model_parameters_per_model": self._parameters_per_model()}
+        out["reference_client"] = self.reference_client
+        if self.cfg["fd.logit_noise"] > 0:
+            out["dp_epsilon"] = dp_epsilon(self.cfg["fd.logit_noise"], int(self.releases.max()), self.cfg["fd.noise_delta"])
+            out["dp_delta"] = self.cfg["fd.noise_delta"]
+        out.update(super().summary_extra())
+        return out
+
+    def state_dict(self):
+        return {"vectors": self.vectors.clone(), "present": self.present.clone(), "releases": self.releases.clone(), **self.faug_state_dict()}
+
+    def load_state_dict(self, state):
+        self.vectors = state["vectors"].clone()
+        self.present = state["present"].clone()
+        self.releases = state["releases"].clone()
+        self.faug_load_state_dict(state)
