@@ -62,13 +62,15 @@ def flat_state(model: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def load_flat_state(model: nn.Module, vec: torch.Tensor) -> None:
+    tensors = state_tensors(model)
+    need = sum(t.numel() for _, t in tensors)
+    if need != vec.numel():
+        raise ValueError(f"flat state has {vec.numel()} values, model needs {need}")
     i = 0
-    for _, t in state_tensors(model):
+    for _, t in tensors:
         n = t.numel()
         t.copy_(vec[i : i + n].view_as(t))
         i += n
-    if i != vec.numel():
-        raise ValueError(f"flat state has {vec.numel()} values, model needs {i}")
 
 
 def count_parameters(model: nn.Module) -> int:
