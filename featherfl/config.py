@@ -90,6 +90,11 @@ CORE_SCHEMA: dict[str, Field] = {
     "engine.num_cpus": _f("int", 2, "CPUs for a local Ray cluster.", min=1),
     "engine.address": _f("str", "", "Address of an existing Ray cluster ('' = start a local one)."),
     "engine.threads": _f("int", 0, "torch intra-op threads (0 = leave torch's default).", min=0),
+    "attack.fraction": _f("float", 0.0, "Experiments: share of clients that are Byzantine (chosen from the seed; see featherfl.attacks).", min=0.0, max=1.0),
+    "attack.kind": _f("str", "scale", "Experiments: how attackers alter their update.", choices=("scale", "sign-flip", "noise", "constant")),
+    "attack.scale": _f("float", 10.0, "scale: send ref + s*update; sign-flip: send ref - s*update.", min=0.0, min_exclusive=True, max=1e6),
+    "attack.noise_std": _f("float", 1.0, "noise: the update is replaced by Gaussian noise of this std.", min=0.0, min_exclusive=True, max=1e6),
+    "attack.value": _f("float", 1.0, "constant: every entry of the update is replaced by this value.", min=-1e6, max=1e6),
     "eval.every": _f("int", 1, "Evaluate every N rounds (the last round always).", min=1),
     "eval.batch_size": _f("int", 512, "Evaluation batch size.", min=1),
 }
