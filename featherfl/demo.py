@@ -39,7 +39,7 @@ METHODS = [
     DemoMethod("fedpeft-bias", "fedpeft", 20, 6, {"fedpeft.method": "bias"}),
     DemoMethod("fedpeft-lora", "fedpeft", 20, 6, {"fedpeft.method": "lora"}),
     DemoMethod("fd", "fd", 20, 6, {"partition.name": "label-deficient"}),
-    DemoMethod("fd+faug", "fd", 20, 6, {"partition.name": "label-deficient", "faug.enabled": True}),
+    DemoMethod("fd+faug", "fd", 20, 6, {"partition.name": "label-deficient", "fd.faug": True}),
 ]
 
 
