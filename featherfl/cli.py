@@ -1,4 +1,4 @@
-"""Command line: ``featherfl run | report | compare | config-doc``.
+"""Command line: ``featherfl run | report | compare | config-doc | demo | pretrain``.
 
 User errors (config, data, checkpoints) print one line to stderr and exit 2.
 """
@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--only", action="append", help="run only this method label (repeatable)")
     d.add_argument("--quiet", action="store_true")
+    pt = sub.add_parser("pretrain", help="pretrain the vit-tiny backbone on a source task for fedpeft")
+    pt.add_argument("--dataset", default="digits")
+    pt.add_argument("--classes", default="0,1,2,3,4", help="source-task labels, comma separated (default 0-4)")
+    pt.add_argument("--epochs", type=int)
+    pt.add_argument("--width", type=int, default=0)
+    pt.add_argument("--out", help="checkpoint path (default: the cache that fedpeft uses when model.pretrained is empty)")
+    pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="data keys, e.g. --set data.dir=PATH")
     return p
 
 
@@ -119,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
             _, text = run_demo(Path(a.out) if a.out else None, quick=a.quick, seed=a.seed, quiet=a.quiet, only=a.only)
             print(text)
+            return 0
+        if a.command == "pretrain":
+            from featherfl.models.pretrain import cmd_pretrain
+
+            print(cmd_pretrain(a.dataset, a.classes, a.epochs, a.width, a.out, parse_set_args(a.set)))
             return 0
         if a.command == "config-doc":
             from featherfl.config import reference_markdown

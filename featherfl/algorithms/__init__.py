@@ -13,6 +13,7 @@ from featherfl.config import Field
 REGISTRY: dict[str, str] = {
     "baffle": "featherfl.algorithms.baffle:Baffle",
     "fedavg": "featherfl.algorithms.fedavg:FedAvg",
+    "fedpeft": "featherfl.algorithms.fedpeft:FedPEFT",
     "fedsgd": "featherfl.algorithms.fedavg:FedSGD",
     "fd": "featherfl.algorithms.fd:FD",
 }

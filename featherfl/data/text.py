@@ -1,0 +1,105 @@
+"""Text classification sources: SST-2 and AG News, tokenized for the configured backbone.
+
+Files (``data.dir``), in the formats the public releases use:
+
+- ``sst2``: ``train.tsv`` and ``dev.tsv`` with a header ``sentence<TAB>label``
+  (label 0/1); ``dev.tsv`` is the test split.
+- ``agnews``: TSV without header, ``text<TAB>label_name`` with the names World,
+  Sports, Business, Sci/Tech. ``train.tsv`` is the training split when present;
+  with only ``dev.tsv`` and ``test.tsv`` (the offline copy), ``dev.tsv`` trains.
+
+Without ``data.dir`` the Hugging Face ``datasets`` hub copies are used when that
+package is installed and online. ``x`` holds token ids (N x L, int64) padded
+with the tokenizer's pad id to the longest example (at most ``data.max_length``).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from featherfl.config import ConfigError
+from featherfl.data.sources import Dataset, register_source
+
+AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
+
+
+def _read_tsv(path: Path, header: bool) -> list[list[str]]:
+    if not path.is_file():
+        raise ConfigError(f"config key 'data.dir': missing {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return rows[1:] if header else rows
+
+
+def _sst2_rows(root: Path, split: str) -> tuple[list[str], list[int]]:
+    rows = _read_tsv(root / f"{split}.tsv", header=True)
+    try:
+        return [r[0] for r in rows], [int(r[1]) for r in rows]
+    except (IndexError, ValueError):
+        raise ConfigError(f"{root / (split + '.tsv')}: expected rows 'sentence<TAB>0|1'") from None
+
+
+def _agnews_rows(root: Path, split: str) -> tuple[list[str], list[int]]:
+    rows = _read_tsv(root / f"{split}.tsv", header=False)
+    index = {n: i for i, n in enumerate(AGNEWS_LABELS)}
+    try:
+        return [r[0] for r in rows], [index[r[1]] for r in rows]
+    except (IndexError, KeyError):
+        raise ConfigError(f"{root / (split + '.tsv')}: expected rows 'text<TAB>{'|'.join(AGNEWS_LABELS)}'") from None
+
+
+def _from_hub(name: str) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]]]:
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"{name}: set data.dir to a folder with the TSV files (see docs/methods/fedpeft.md), or install `datasets` when online") from None
+    try:
+        if name == "sst2":
+            d = datasets.load_dataset("glue", "sst2")
+            return (d["train"]["sentence"], d["train"]["label"]), (d["validation"]["sentence"], d["validation"]["label"])
+        d = datasets.load_dataset("ag_news")
+        return (d["train"]["text"], d["train"]["label"]), (d["test"]["text"], d["test"]["label"])
+    except Exception as e:  # offline, hub errors
+        raise ConfigError(f"{name}: could not fetch from the Hugging Face hub ({e.__class__.__name__}); set data.dir") from None
+
+
+def tokenize(texts: list[str], tokenizer, max_length: int, length: int | None = None) -> torch.Tensor:
+    """Token ids padded with the pad id to ``length`` (default: the longest, at most ``max_length``)."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+    n = length or max((len(e) for e in enc), default=1)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = torch.full((len(enc), n), pad, dtype=torch.int64)
+    for i, e in enumerate(enc):
+        out[i, : min(n, len(e))] = torch.tensor(e[:n], dtype=torch.int64)
+    return out
+
+
+def _load(cfg, name: str) -> Dataset:
+    from featherfl.models.text import load_tokenizer
+
+    if cfg["data.dir"]:
+        root = Path(cfg["data.dir"]).expanduser()
+        if name == "sst2":
+            train, test = _sst2_rows(root, "train"), _sst2_rows(root, "dev")
+        else:
+            train = _agnews_rows(root, "train" if (root / "train.tsv").is_file() else "dev")
+            test = _agnews_rows(root, "test")
+    else:
+        train, test = _from_hub(name)
+    tok = load_tokenizer(cfg["model.pretrained"])
+    max_len = cfg["data.max_length"]
+    trx = tokenize(train[0], tok, max_len)
+    tex = tokenize(test[0], tok, max_len)
+    n = max(trx.shape[1], tex.shape[1])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    trx, tex = (torch.nn.functional.pad(t, (0, n - t.shape[1]), value=pad) for t in (trx, tex))
+    classes = 2 if name == "sst2" else 4
+    note = f"{name} from {cfg['data.dir'] or 'the Hugging Face hub'}, {len(train[1])} train / {len(test[1])} test, <= {n} tokens"
+    return Dataset(name, trx, torch.tensor(train[1]), tex, torch.tensor(test[1]), classes, (n,), note)
+
+
+register_source("sst2", lambda cfg: _load(cfg, "sst2"))
+register_source("agnews", lambda cfg: _load(cfg, "agnews"))
