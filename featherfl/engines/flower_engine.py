@@ -1,0 +1,209 @@
+"""The Flower engine: clients are Flower SuperNodes, reached through a ServerApp's ``Grid``.
+
+Why Flower: it is the deployment runtime of the field (SuperLink, SuperNodes, TLS,
+node authentication), so featherfl writes no networking of its own. This engine
+runs inside the generic ServerApp (:mod:`featherfl.flower_app.server_app`), which
+``flwr run`` starts; the round logic (sampling, dropout, decoding and validation,
+the byte ledger, the quorum) stays in :class:`~featherfl.engines.base.Engine`, so a
+Flower run counts the same bytes as the local engine.
+
+Protocol (three message types, all ``grid.send_and_receive`` with a timeout):
+
+``query.featherfl_setup``   the resolved config (TOML) to every new node; the node
+                            answers with its ``partition-id`` / ``num-partitions``
+                            (node config) and the run tag it derived, so the server
+                            knows which SuperNode is which featherfl client id.
+``train.<algorithm>``       one encoded downlink payload (``wire.encode`` bytes, kept
+                            raw in an ``Array`` inside an ``ArrayRecord``; Flower
+                            chunks large ones, nothing is pickled); the reply holds
+                            the encoded uplink bytes the same way.
+``evaluate.<algorithm>``    methods without a global model: each node evaluates its
+                            own client state on its copy of the test split.
+
+Client state stays on the node (``context.state``), as it would on a device: it
+never crosses the network, so it is not in the server's checkpoints either.
+
+Bounded waiting: a round waits at most ``node_wait`` seconds for the SuperNodes of
+its sampled clients to appear and at most ``reply_timeout`` seconds for replies;
+clients it could not reach count as dropped ("no-reply"), and the quorum rule
+(``engine.min_replies`` / ``engine.on_quorum_fail``) decides what happens next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import Any, Iterator
+
+from featherfl.config import ConfigError
+from featherfl.engines.base import ClientOutcome, Engine
+
+RECORD = "featherfl"
+PAYLOAD = "payload"
+SETUP = "query.featherfl_setup"
+LOG = logging.getLogger("featherfl.flower")
+
+_BINDING: dict[str, Any] = {}
+
+
+def train_type(algorithm: str) -> str:
+    return f"train.{algorithm}"
+
+
+def evaluate_type(algorithm: str) -> str:
+    return f"evaluate.{algorithm}"
+
+
+def pack(payload: bytes | None = None, **scalars) -> Any:
+    """A RecordDict: optional raw payload bytes (an ``Array`` of uint8) plus small scalars."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+    rd = RecordDict()
+    rd[RECORD] = ConfigRecord({k: v for k, v in scalars.items() if v is not None})
+    if payload is not None:
+        rd[PAYLOAD] = ArrayRecord({PAYLOAD: Array(dtype="uint8", shape=(len(payload),), stype="featherfl.wire", data=bytes(payload))})
+    return rd
+
+
+def unpack(content) -> tuple[bytes | None, dict]:
+    """(payload bytes or None, scalars) from a RecordDict made by :func:`pack`."""
+    scalars = dict(content.config_records[RECORD]) if RECORD in content.config_records else {}
+    payload = None
+    if PAYLOAD in content.array_records:
+        payload = bytes(content.array_records[PAYLOAD][PAYLOAD].data)
+    return payload, scalars
+
+
+@contextlib.contextmanager
+def bind(grid, node_wait: float = 60.0, reply_timeout: float = 300.0) -> Iterator[None]:
+    """Make ``grid`` the one FlowerEngines created inside this block talk through."""
+    _BINDING.update(grid=grid, node_wait=node_wait, reply_timeout=reply_timeout)
+    try:
+        yield
+    finally:
+        _BINDING.clear()
+
+
+class FlowerEngine(Engine):
+    def __init__(self, *args, grid=None, node_wait: float | None = None, reply_timeout: float | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.grid = grid if grid is not None else _BINDING.get("grid")
+        if self.grid is None:
+            raise ConfigError(
+                "config key 'engine.name': 'flower' runs inside a Flower ServerApp; start it with "
+                "`flwr run flower/ <superlink>` (see docs/deployment.md)"
+            )
+        self.node_wait = float(node_wait if node_wait is not None else _BINDING.get("node_wait", 60.0))
+        self.reply_timeout = float(reply_timeout if reply_timeout is not None else _BINDING.get("reply_timeout", 300.0))
+        self.algorithm_name = self.cfg["algorithm"]
+        self.config_toml = self.cfg.to_toml()
+        self.node_of: dict[int, int] = {}  # featherfl client id -> Flower node id
+        self.seen: set[int] = set()  # node ids that answered the setup query (accepted or not)
+
+    # --- which SuperNode is which client -------------------------------------------
+    def _setup(self, node_ids: list[int], timeout: float) -> None:
+        from flwr.app import Message
+
+        msgs = [Message(pack(config=self.config_toml), dst_node_id=n, message_type=SETUP, ttl=max(timeout, 1.0)) for n in node_ids]
+        for reply in self.grid.send_and_receive(msgs, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.seen.add(node)
+                LOG.warning("SuperNode %s failed the featherfl setup: %s", node, reply.error.reason)
+                continue
+            _, info = unpack(reply.content)
+            self.seen.add(node)
+            pid, parts, tag = info.get("partition-id"), info.get("num-partitions"), info.get("run-id")
+            if parts != self.cfg["clients"] or not isinstance(pid, int) or not 0 <= pid < self.cfg["clients"]:
+                LOG.warning(
+                    "SuperNode %s has node config partition-id=%s num-partitions=%s but this run has clients=%s; ignoring it",
+                    node, pid, parts, self.cfg["clients"],
+                )
+                continue
+            if tag != self.run_id:
+                LOG.warning("SuperNode %s derived run tag %s, expected %s (different featherfl version?); ignoring it", node, tag, self.run_id)
+                continue
+            if pid in self.node_of and self.node_of[pid] != node:
+                LOG.warning("SuperNodes %s and %s both claim partition-id=%s; keeping %s", self.node_of[pid], node, pid, self.node_of[pid])
+                continue
+            self.node_of[pid] = node
+
+    def _discover(self, wanted: set[int]) -> None:
+        """Map new SuperNodes to client ids, waiting up to ``node_wait`` s for the wanted ones."""
+        deadline = time.monotonic() + self.node_wait
+        while True:
+            known = set(self.node_of.values())
+            new = sorted(n for n in self.grid.get_node_ids() if n not in self.seen and n not in known)
+            left = deadline - time.monotonic()
+            if new:
+                self._setup(new, timeout=max(left, 5.0))
+            if wanted <= set(self.node_of) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        missing = sorted(wanted - set(self.node_of))
+        if missing:
+            hint = " ".join(f"'partition-id={c} num-partitions={self.cfg['clients']}'" for c in missing[:3])
+            LOG.warning(
+                "waited %.0fs: no SuperNode holds partition(s) %s; they count as dropped this round. "
+                "Start them with flower-supernode ... --node-config %s",
+                self.node_wait, missing, hint,
+            )
+
+    # --- the round ---------------------------------------------------------------------
+    def _execute(self, rnd, jobs):
+        from flwr.app import Message
+
+        self._discover(set(jobs))
+        msgs, cid_of = [], {}
+        for cid, down in sorted(jobs.items()):
+            node = self.node_of.get(cid)
+            if node is None:
+                continue
+            cid_of[node] = cid
+            msgs.append(
+                Message(pack(down, round=rnd, cid=cid), dst_node_id=node, message_type=train_type(self.algorithm_name), group_id=str(rnd), ttl=self.reply_timeout)
+            )
+        out: dict[int, ClientOutcome] = {}
+        if not msgs:
+            return out
+        for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
+            cid = cid_of.get(reply.metadata.src_node_id)
+            if cid is None:
+                continue
+            if reply.has_error():
+                out[cid] = ClientOutcome(error=f"error: {reply.error.reason}")
+                continue
+            payload, info = unpack(reply.content)
+            seconds = float(info.get("seconds", 0.0))
+            if info.get("error"):
+                out[cid] = ClientOutcome(error=str(info["error"]), seconds=seconds)
+            else:
+                out[cid] = ClientOutcome(reply=payload, seconds=seconds)
+        return out
+
+    def client_states(self):
+        return {}  # held by the SuperNodes themselves
+
+    def load_client_states(self, states):
+        if states:
+            LOG.warning("resuming on Flower: client states live on the SuperNodes and are not restored from the checkpoint")
+
+    def evaluate_clients(self, x, y):
+        """Each node evaluates its own state on its own copy of the test split (the same split: same config)."""
+        from flwr.app import Message
+
+        self._discover(set(range(self.cfg["clients"])))
+        msgs = [Message(pack(), dst_node_id=n, message_type=evaluate_type(self.algorithm_name), ttl=self.reply_timeout) for n in self.node_of.values()]
+        cid_of = {n: c for c, n in self.node_of.items()}
+        res: dict[int, dict] = {}
+        for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
+            if reply.has_error():
+                LOG.warning("evaluation failed on SuperNode %s: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            _, info = unpack(reply.content)
+            res[cid_of[reply.metadata.src_node_id]] = json.loads(info["metrics"])
+        if not res:
+            raise RuntimeError("no SuperNode answered the evaluation request")
+        return dict(sorted(res.items()))

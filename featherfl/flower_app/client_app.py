@@ -1,0 +1,138 @@
+"""The generic featherfl ClientApp: one SuperNode = one featherfl client.
+
+It answers the three message types of :mod:`featherfl.engines.flower_engine`:
+
+- ``query.featherfl_setup``: keep the run's resolved config in ``context.state``
+  and report this node's ``partition-id`` / ``num-partitions`` (node config);
+- ``train.<algorithm>``: decode the downlink, run the algorithm's client half on
+  this node's partition, reply with the encoded uplink. This is
+  :func:`featherfl.engines.base.run_client`, the function every engine calls;
+- ``evaluate.<algorithm>``: evaluate this client's own state (methods without a
+  global model).
+
+The partition is the local engine's partition for the same client id: the node
+runs :func:`featherfl.experiment.prepare` on the same config and takes
+``client_data[partition-id]``. Node config ``data-dir`` points at a local data
+folder (``data.dir``) for datasets that are not bundled.
+
+Client state is kept in ``context.state`` between messages (bytes of a
+``torch.save`` of tensors and numbers, read back with ``weights_only=True``, as
+checkpoints are); it never leaves the node.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from featherfl.engines.flower_engine import SETUP, pack, unpack
+
+STATE = "featherfl-state"
+_CACHE: dict[tuple, object] = {}
+
+app = ClientApp()
+
+
+def _node_setting(context: Context, key: str, default=None):
+    return context.node_config.get(key, default)
+
+
+def _prepared(context: Context):
+    """The node's Prepared run (config -> data, partition, client half), cached per process."""
+    from featherfl.config import build_config
+    from featherfl.experiment import prepare
+
+    st = context.state.config_records.get(STATE)
+    if st is None or "config" not in st:
+        raise RuntimeError("featherfl: this SuperNode received no setup message for the run")
+    toml_text = str(st["config"])
+    data_dir = str(_node_setting(context, "data-dir", "") or "")
+    key = (context.run_id, toml_text, data_dir)
+    if key not in _CACHE:
+        overrides = [("data.dir", data_dir)] if data_dir else []
+        prepared = prepare(build_config(toml_text, overrides))
+        _CACHE.clear()
+        _CACHE[key] = (prepared, prepared.algorithm.make_client())
+    return _CACHE[key]
+
+
+def _partition_id(context: Context) -> int:
+    pid = _node_setting(context, "partition-id")
+    if pid is None:
+        raise RuntimeError("featherfl: start the SuperNode with --node-config 'partition-id=N num-partitions=M'")
+    return int(pid)
+
+
+def _load_state(context: Context) -> dict:
+    import torch
+
+    st = context.state.config_records.get(STATE)
+    if st is None or "client" not in st:
+        return {}
+    return torch.load(io.BytesIO(st["client"]), map_location="cpu", weights_only=True)
+
+
+def _save_state(context: Context, state: dict) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    context.state.config_records[STATE]["client"] = buf.getvalue()
+
+
+@app.query(SETUP.split(".", 1)[1])
+def setup(message: Message, context: Context) -> Message:
+    from featherfl.config import build_config
+    from featherfl.experiment import run_id_for
+
+    _, info = unpack(message.content)
+    context.state.config_records[STATE] = ConfigRecord({"config": info["config"]})
+    cfg = build_config(info["config"])
+    parts = _node_setting(context, "num-partitions")
+    return Message(
+        pack(**{"partition-id": _partition_id(context), "num-partitions": int(parts) if parts is not None else None, "run-id": run_id_for(cfg)}),
+        reply_to=message,
+    )
+
+
+def train(message: Message, context: Context) -> Message:
+    from featherfl.engines.base import run_client
+
+    payload, info = unpack(message.content)
+    prepared, client = _prepared(context)
+    cid = _partition_id(context)
+    state = _load_state(context)
+    t = time.perf_counter()
+    try:
+        reply = run_client(client, int(info["round"]), payload, prepared.client_data[cid], state, prepared.ctx.run_id)
+    except Exception as e:  # reported like the local engine's failing client, not as a crash
+        return Message(pack(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t), reply_to=message)
+    seconds = time.perf_counter() - t
+    _save_state(context, state)
+    return Message(pack(reply, seconds=seconds), reply_to=message)
+
+
+def evaluate(message: Message, context: Context) -> Message:
+    prepared, client = _prepared(context)
+    state = _load_state(context)
+    ds = prepared.dataset
+    metrics = client.evaluate(state, ds.test_x, ds.test_y)
+    _save_state(context, state)
+    return Message(pack(metrics=json.dumps(metrics)), reply_to=message)
+
+
+def _register() -> None:
+    """Route ``train.<name>`` / ``evaluate.<name>`` of every registered algorithm."""
+    from featherfl import algorithms
+
+    for name in algorithms.names():
+        if name.isidentifier():
+            app.train(name)(train)
+            app.evaluate(name)(evaluate)
+
+
+_register()
