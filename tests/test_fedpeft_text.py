@@ -128,3 +128,9 @@ def test_missing_model_folder_or_hub_name_offline_is_a_config_error(sst2_folder,
 def test_missing_text_files_are_config_errors(bert_folder, tmp_path):
     with pytest.raises(ConfigError, match="train.tsv"):
         prepare(tcfg(bert_folder, str(tmp_path), "head"))
+
+
+def test_sample_level_dp_runs_through_the_encoder(bert_folder, sst2_folder, tmp_path):
+    pytest.importorskip("opacus")
+    _, s = run_experiment(tcfg(bert_folder, sst2_folder, "lora", fedpeft__dp="sample", fedpeft__dp_target_epsilon=5.0), tmp_path / "dp")
+    assert 0 < s["dp_epsilon"] <= 5.0

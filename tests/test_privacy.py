@@ -125,3 +125,17 @@ def test_client_level_dp_run_reports_the_server_accountant(tmp_backbone, tmp_pat
     for n, t in alg.model.named_parameters():
         if n not in alg.names:
             assert torch.equal(t, frozen_before[n]), n
+
+
+def test_per_example_loop_fallback_matches_vmap():
+    from featherfl.privacy.dpsgd import _one_at_a_time
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    names = ["2.weight", "2.bias"]
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    a, la = per_sample_grads(model, names, x, y)
+    b, lb = _one_at_a_time(model, names, x, y)
+    torch.testing.assert_close(la, lb)
+    for n in names:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=1e-6)

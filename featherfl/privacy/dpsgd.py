@@ -3,7 +3,8 @@
 Each step draws a Poisson sample (every example independently with rate q,
 the sampling the RDP accountant assumes), computes per-example gradients of
 the *trainable* tensors only (``torch.func``: ``vmap`` of ``grad`` through a
-``functional_call``), clips each example's joint gradient to L2 norm C, sums,
+``functional_call``; a backward pass per example for models that
+cannot be vmapped), clips each example's joint gradient to L2 norm C, sums,
 adds N(0, (sigma C)^2) per coordinate and divides by the expected batch q n.
 The optimizer (SGD with momentum, or Adam) then steps: post-processing, so
 the privacy cost is that of the noisy gradients alone.
@@ -26,9 +27,29 @@ def per_sample_grads(model: nn.Module, names: list[str], x: torch.Tensor, y: tor
         out = functional_call(model, th, (xi.unsqueeze(0),), strict=False)
         return F.cross_entropy(out, yi.unsqueeze(0))
 
-    fn = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))
-    parts = [fn(theta, x[i : i + chunk], y[i : i + chunk]) for i in range(0, len(y), chunk)]
-    return {n: torch.cat([g[n] for g, _ in parts]) for n in names}, torch.cat([v for _, v in parts])
+    if not getattr(model, "_featherfl_no_vmap", False):
+        fn = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))
+        try:
+            parts = [fn(theta, x[i : i + chunk], y[i : i + chunk]) for i in range(0, len(y), chunk)]
+            return {n: torch.cat([g[n] for g, _ in parts]) for n in names}, torch.cat([v for _, v in parts])
+        except RuntimeError:
+            # data-dependent control flow inside the model (e.g. Hugging Face mask shortcuts) cannot be vmapped
+            model._featherfl_no_vmap = True
+    return _one_at_a_time(model, names, x, y)
+
+
+def _one_at_a_time(model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The same per-example gradients by a backward pass per example: slower, works for any model."""
+    params = dict(model.named_parameters())
+    grads: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    losses = []
+    for i in range(len(y)):
+        loss = F.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+        gs = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+        for n, g in zip(names, gs):
+            grads[n].append(torch.zeros_like(params[n]) if g is None else g)
+        losses.append(loss.detach())
+    return {n: torch.stack(v) for n, v in grads.items()}, torch.stack(losses)
 
 
 def dp_sgd_epochs(
