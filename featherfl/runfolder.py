@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if hashlib.sha256(body).digest() != raw[4:36]:
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch); delete it to start over")
     try:
-        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # keep the error a single line
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} cannot be loaded ({e.__class__.__name__})") from None
 

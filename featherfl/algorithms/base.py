@@ -16,6 +16,7 @@ Client half (``ClientHalf``):
 from __future__ import annotations
 
 import hashlib
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -47,14 +48,19 @@ class Context:
         """Build the configured model with the seed-determined initial weights."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            m = build_model(
-                name or self.cfg["model.name"],
-                self.input_shape,
-                self.num_classes,
-                norm=self.cfg["model.norm"],
-                activation=self.cfg["model.activation"],
-                width=self.cfg["model.width"],
-            )
+            try:
+                m = build_model(
+                    name or self.cfg["model.name"],
+                    self.input_shape,
+                    self.num_classes,
+                    norm=self.cfg["model.norm"],
+                    activation=self.cfg["model.activation"],
+                    width=self.cfg["model.width"],
+                )
+            except (MemoryError, RuntimeError) as e:  # e.g. a huge model.width: a user error, not a crash
+                if not isinstance(e, MemoryError) and "allocate" not in str(e):
+                    raise
+                raise ConfigError(f"config key 'model.width': {self.cfg['model.width']} makes {name or self.cfg['model.name']} too large for this machine's memory") from None
         if self.cfg["model.init"]:
             load_init_weights(m, self.cfg["model.init"])
         return m
@@ -73,7 +79,9 @@ def load_init_weights(model: nn.Module, path: str) -> None:
 
             sd = load_file(str(p))
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a foreign pickle's protocol warning would break the one-line error
+                warnings.simplefilter("ignore")
+                sd = torch.load(p, map_location="cpu", weights_only=True)
             if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
                 sd = sd["model"]
     except Exception as e:  # corrupt or foreign file

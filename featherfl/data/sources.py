@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import tarfile
 import urllib.request
@@ -168,8 +169,19 @@ def _cifar10(cfg) -> Dataset:
             if cfg["data.dir"] or not cfg["data.download"]:
                 raise ConfigError(f"cifar10: neither {folder} nor {tar} found; get the binary version of CIFAR-10 there or set data.dir")
             _download("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", tar)
-        with tarfile.open(tar) as t:
-            t.extractall(root, filter="data")
+        staging = root / ".cifar10-extracting"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:  # extract aside, then rename: a corrupt or cut-off archive leaves no half folder behind
+            with tarfile.open(tar) as t:
+                t.extractall(staging, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ConfigError(f"cifar10: {tar} is corrupt or truncated ({e.__class__.__name__}); delete it and download it again") from None
+        if (staging / folder.name).is_dir():
+            os.replace(staging / folder.name, folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        if not folder.exists():
+            raise ConfigError(f"cifar10: {tar} holds no {folder.name} folder")
 
     def read(names):
         xs, ys = [], []
