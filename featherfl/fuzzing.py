@@ -135,7 +135,7 @@ def catalog(algorithms: list[str] | None = None, rounds: tuple[int, ...] = (1, 2
                 groups.append(("down", client.setup_downlink_specs(rnd)))
         for direction, specs in groups:
             for kind, spec in (specs or {}).items():
-                key = f"{name}:{kind}"
+                key = kind  # a kind shared by two methods (e.g. fedavg.down) is fuzzed once
                 if key not in out:
                     out[key] = Entry(name, direction, kind, dict(specs), synthesize(spec, seed=len(out)))
     return list(out.values())
@@ -151,15 +151,28 @@ def raw_encode(kind: str | bytes, meta: bytes, blob: bytes, rnd: int = ROUND, ru
     return head + k + struct.pack("<H", len(meta) & 0xFFFF) + meta + blob
 
 
+_PARTS: dict[int, tuple] = {}
+
+
+def _split(p: Payload) -> tuple[dict, dict, bytes, bytes]:
+    """(meta, tensors, safetensors blob, valid encoding) of an example, computed once per example."""
+    hit = _PARTS.get(id(p))
+    if hit is None or hit[4] is not p:
+        meta, tensors = {}, {}
+        for f in dataclasses.fields(p):
+            v = getattr(p, f.name)
+            if isinstance(v, torch.Tensor):
+                tensors[f.name] = v.detach().contiguous()
+            else:
+                meta[f.name] = list(v) if isinstance(v, (list, tuple)) else v
+        hit = _PARTS[id(p)] = (meta, tensors, st_save(tensors) if tensors else b"", wire.encode(p, ROUND, RUN), p)
+    return hit[:4]
+
+
 def parts(p: Payload) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    meta, tensors = {}, {}
-    for f in dataclasses.fields(p):
-        v = getattr(p, f.name)
-        if isinstance(v, torch.Tensor):
-            tensors[f.name] = v.detach().contiguous()
-        else:
-            meta[f.name] = list(v) if isinstance(v, (list, tuple)) else v
-    return meta, tensors
+    """Fresh (meta, tensors) dicts of ``p`` that a mutation may change freely (tensors are never edited in place)."""
+    meta, tensors, _, _ = _split(p)
+    return dict(meta), dict(tensors)
 
 
 def assemble(kind: str, meta: dict, tensors: dict, **kw) -> bytes:
@@ -176,12 +189,16 @@ _ANY_ENVELOPE = frozenset({"truncated", "bad-magic", "bad-version", "bad-kind", 
 
 
 def _good(e: Entry) -> bytes:
-    return wire.encode(e.example, ROUND, RUN)
+    return _split(e.example)[3]
+
+
+def _blob(e: Entry) -> bytes:
+    return _split(e.example)[2]
 
 
 def m_random_bytes(e, rng):
     n = rng.choice((0, 1, 5, 14, 20, 64, 300, 2000))
-    data = bytes(rng.getrandbits(8) for _ in range(n))
+    data = rng.randbytes(n)
     if rng.random() < 0.5:  # a valid start makes the decoder go deeper
         data = _good(e)[: rng.randint(0, 20)] + data
     return data, None
@@ -201,9 +218,9 @@ def m_bitflip(e, rng):
 
 
 def m_header(e, rng):
-    meta, tensors = parts(e.example)
+    meta, _ = parts(e.example)
     m = json.dumps(meta, separators=(",", ":")).encode() if meta else b""
-    blob = st_save(tensors) if tensors else b""
+    blob = _blob(e)
     which = rng.choice(("magic", "version", "round", "run", "kind", "kind_len", "meta_len"))
     if which == "magic":
         return raw_encode(e.kind, m, blob, magic=rng.choice((b"PK", b"\x80\x04", b"ff", b"\x00\x00"))), frozenset({"bad-magic"})
@@ -224,27 +241,31 @@ def m_header(e, rng):
     return head + struct.pack("<H", bad_len & 0xFFFF) + m + blob, frozenset(_ANY_ENVELOPE)
 
 
+def _with_meta(e: Entry, meta: dict, blob: bytes) -> bytes:
+    return raw_encode(e.kind, json.dumps(meta, separators=(",", ":")).encode() if meta else b"", blob)
+
+
 def _bounded(ss: ScalarSpec) -> bool:
     return ss.type in ("str", "bool") or ss.min is not None or ss.max is not None
 
 
 def m_meta(e, rng):
     meta, tensors = parts(e.example)
-    blob = st_save(tensors) if tensors else b""
+    blob = _blob(e)
     which = rng.choice(("drop", "extra", "type", "range", "nan", "huge", "notdict", "deep", "badjson"))
     if which == "drop" and meta:
         meta.pop(rng.choice(sorted(meta)))
-        return assemble(e.kind, meta, tensors), frozenset({"bad-fields", "truncated"})
+        return _with_meta(e, meta, blob), frozenset({"bad-fields", "truncated"})
     if which == "extra":
         meta["zz_" + str(rng.randrange(100))] = 1
-        return assemble(e.kind, meta, tensors), frozenset({"bad-fields"})
+        return _with_meta(e, meta, blob), frozenset({"bad-fields"})
     if which in ("type", "range", "nan", "huge") and meta:
         key = rng.choice(sorted(meta))
         ss = e.spec.scalars[key]
         is_list = ss.type.startswith("list[")
         if which == "type":
             meta[key] = rng.choice(({"a": 1}, None, "s" if ss.type != "str" else 5, [[1]] if is_list else [1], True if ss.type != "bool" else 1))
-            return assemble(e.kind, meta, tensors), frozenset({"bad-field"})
+            return _with_meta(e, meta, blob), frozenset({"bad-field"})
         if which == "nan":
             meta[key] = [float("nan")] if is_list else rng.choice((float("nan"), float("inf"), -float("inf")))
             m = json.dumps(meta, separators=(",", ":"), allow_nan=True).encode()
@@ -252,10 +273,10 @@ def m_meta(e, rng):
         if which == "range" and (ss.min is not None or ss.max is not None):
             v = (math.floor(ss.min) - 1) if ss.min is not None else (math.ceil(ss.max) + 1)
             meta[key] = [v] if is_list else v
-            return assemble(e.kind, meta, tensors), frozenset({"out-of-range", "bad-field"})
+            return _with_meta(e, meta, blob), frozenset({"out-of-range", "bad-field"})
         v = rng.choice((10**30, -(10**30), 1e308))
         meta[key] = [v] * 3 if is_list else v
-        return assemble(e.kind, meta, tensors), (frozenset({"bad-field", "out-of-range"}) if _bounded(ss) else None)
+        return _with_meta(e, meta, blob), (frozenset({"bad-field", "out-of-range"}) if _bounded(ss) else None)
     if which == "notdict":
         return raw_encode(e.kind, rng.choice((b"[1,2]", b"3", b'"s"', b"null")), blob), frozenset({"bad-meta"})
     if which == "deep":
@@ -279,7 +300,7 @@ def _wrong_shape(ts: TensorSpec, shape: list[int], rng: random.Random) -> list[i
 def m_tensor(e, rng):
     meta, tensors = parts(e.example)
     if not tensors:
-        blob = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64)))
+        blob = rng.randbytes(rng.randint(1, 64))
         return assemble(e.kind, meta, {}) + blob, frozenset({"trailing-bytes", "bad-tensors"})
     name = rng.choice(sorted(tensors))
     t = tensors[name]
