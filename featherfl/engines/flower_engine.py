@@ -11,12 +11,11 @@ Protocol (three message types, all ``grid.send_and_receive`` with a timeout):
 
 ``query.featherfl_setup``   the resolved config (TOML) to every new node; the node
                             answers with its ``partition-id`` / ``num-partitions``
-                            (node config) and the run tag it derived, so the server
-                            knows which SuperNode is which featherfl client id.
-``train.<algorithm>``       one encoded downlink payload (``wire.encode`` bytes, kept
-                            raw in an ``Array`` inside an ``ArrayRecord``; Flower
-                            chunks large ones, nothing is pickled); the reply holds
-                            the encoded uplink bytes the same way.
+                            (node config), so the server knows which SuperNode is
+                            which featherfl client id.
+``train.<algorithm>``       one encoded downlink payload (``wire.encode`` bytes, raw,
+                            see :mod:`featherfl.flower_app.protocol`); the reply
+                            holds the encoded uplink bytes the same way.
 ``evaluate.<algorithm>``    methods without a global model: each node evaluates its
                             own client state on its copy of the test split.
 
@@ -39,41 +38,11 @@ from typing import Any, Iterator
 
 from featherfl.config import ConfigError
 from featherfl.engines.base import ClientOutcome, Engine
+from featherfl.flower_app.protocol import SETUP, evaluate_type, pack, train_type, unpack
 
-RECORD = "featherfl"
-PAYLOAD = "payload"
-SETUP = "query.featherfl_setup"
-LOG = logging.getLogger("featherfl.flower")
+LOG = logging.getLogger("flwr.featherfl")  # a child of Flower's logger, so `flwr log` shows these lines
 
 _BINDING: dict[str, Any] = {}
-
-
-def train_type(algorithm: str) -> str:
-    return f"train.{algorithm}"
-
-
-def evaluate_type(algorithm: str) -> str:
-    return f"evaluate.{algorithm}"
-
-
-def pack(payload: bytes | None = None, **scalars) -> Any:
-    """A RecordDict: optional raw payload bytes (an ``Array`` of uint8) plus small scalars."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-
-    rd = RecordDict()
-    rd[RECORD] = ConfigRecord({k: v for k, v in scalars.items() if v is not None})
-    if payload is not None:
-        rd[PAYLOAD] = ArrayRecord({PAYLOAD: Array(dtype="uint8", shape=(len(payload),), stype="featherfl.wire", data=bytes(payload))})
-    return rd
-
-
-def unpack(content) -> tuple[bytes | None, dict]:
-    """(payload bytes or None, scalars) from a RecordDict made by :func:`pack`."""
-    scalars = dict(content.config_records[RECORD]) if RECORD in content.config_records else {}
-    payload = None
-    if PAYLOAD in content.array_records:
-        payload = bytes(content.array_records[PAYLOAD][PAYLOAD].data)
-    return payload, scalars
 
 
 @contextlib.contextmanager
@@ -115,15 +84,12 @@ class FlowerEngine(Engine):
                 continue
             _, info = unpack(reply.content)
             self.seen.add(node)
-            pid, parts, tag = info.get("partition-id"), info.get("num-partitions"), info.get("run-id")
+            pid, parts = info.get("partition-id"), info.get("num-partitions")
             if parts != self.cfg["clients"] or not isinstance(pid, int) or not 0 <= pid < self.cfg["clients"]:
                 LOG.warning(
                     "SuperNode %s has node config partition-id=%s num-partitions=%s but this run has clients=%s; ignoring it",
                     node, pid, parts, self.cfg["clients"],
                 )
-                continue
-            if tag != self.run_id:
-                LOG.warning("SuperNode %s derived run tag %s, expected %s (different featherfl version?); ignoring it", node, tag, self.run_id)
                 continue
             if pid in self.node_of and self.node_of[pid] != node:
                 LOG.warning("SuperNodes %s and %s both claim partition-id=%s; keeping %s", self.node_of[pid], node, pid, self.node_of[pid])
@@ -168,7 +134,10 @@ class FlowerEngine(Engine):
         out: dict[int, ClientOutcome] = {}
         if not msgs:
             return out
-        for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
+        t = time.monotonic()
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.reply_timeout))
+        LOG.info("featherfl: round %s: %s of %s SuperNodes replied in %.1fs", rnd, len(replies), len(msgs), time.monotonic() - t)
+        for reply in replies:
             cid = cid_of.get(reply.metadata.src_node_id)
             if cid is None:
                 continue

@@ -29,7 +29,7 @@ import time
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from featherfl.engines.flower_engine import SETUP, pack, unpack
+from featherfl.flower_app.protocol import SETUP_ACTION, pack, unpack
 
 STATE = "featherfl-state"
 _CACHE: dict[tuple, object] = {}
@@ -84,19 +84,13 @@ def _save_state(context: Context, state: dict) -> None:
     context.state.config_records[STATE]["client"] = buf.getvalue()
 
 
-@app.query(SETUP.split(".", 1)[1])
+@app.query(SETUP_ACTION)
 def setup(message: Message, context: Context) -> Message:
-    from featherfl.config import build_config
-    from featherfl.experiment import run_id_for
-
+    """Keep the run's config; say which partition this node holds. Needs no torch (fast)."""
     _, info = unpack(message.content)
-    context.state.config_records[STATE] = ConfigRecord({"config": info["config"]})
-    cfg = build_config(info["config"])
+    context.state[STATE] = ConfigRecord({"config": info["config"]})
     parts = _node_setting(context, "num-partitions")
-    return Message(
-        pack(**{"partition-id": _partition_id(context), "num-partitions": int(parts) if parts is not None else None, "run-id": run_id_for(cfg)}),
-        reply_to=message,
-    )
+    return Message(pack(**{"partition-id": _partition_id(context), "num-partitions": int(parts) if parts is not None else None}), reply_to=message)
 
 
 def train(message: Message, context: Context) -> Message:

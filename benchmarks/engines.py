@@ -1,0 +1,161 @@
+"""Engines benchmark: the same FedAvg job run four ways, plus BAFFLE and FD over a Flower deployment.
+
+Job: FedAvg on digits, 10 clients, 10 rounds, featherfl's default MLP and
+hyperparameters (2 local epochs, batch 32, SGD lr 0.05 momentum 0.9), seed 0.
+
+1. featherfl, local engine (in-process);
+2. featherfl, Ray engine (``engine.name=ray``, a local Ray with 2 CPUs, started by the run);
+3. featherfl as a Flower app in Flower's simulation runtime (``flwr run`` on a
+   ``flower-superlink --simulation``, 10 simulated SuperNodes);
+4. a conventional Flower FedAvg app written the way Flower's examples write it
+   (``benchmarks/flower_baseline``: built-in ``FedAvg`` strategy, ``ArrayRecord`` of the
+   state dict, DataLoader training), same runtime, same model, data and hyperparameters.
+
+Wall time is from submitting the job to its final metrics (for the Flower runs: from
+``flwr run`` to the summary, with the SuperLink already up), the median of repeats.
+Bytes for featherfl are the ledger's (``len(encode(payload))``); for the baseline,
+Flower's own ``ArrayRecord.count_bytes()`` of the model it sends, times the messages.
+
+Then BAFFLE and FD (and FedAvg for reference) over the Flower *deployment* path: a real
+SuperLink and 2 SuperNodes on 127.0.0.1, 3 rounds each; time per round and bytes per round.
+
+    .venv/bin/python benchmarks/engines.py                       # writes benchmarks/results/engines.md
+    .venv/bin/python benchmarks/engines.py --repeats 1 --flower-repeats 1 --out /tmp/engines.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+from featherfl.config import build_config  # noqa: E402
+from featherfl.experiment import run_experiment  # noqa: E402
+from featherfl.flower_app.local import LocalFederation  # noqa: E402
+
+CLIENTS, ROUNDS = 10, 10
+SIM = {"num-supernodes": CLIENTS}
+
+
+def timed_local(engine: str, work: Path) -> dict:
+    cfg = build_config(overrides=[("algorithm", "fedavg"), ("clients", CLIENTS), ("rounds", ROUNDS), ("engine.name", engine)])
+    t = time.perf_counter()
+    _, s = run_experiment(cfg, work / f"{engine}-{time.time_ns()}")
+    return {"seconds": time.perf_counter() - t, "accuracy": s["final_accuracy"], "bytes": s["bytes_up"] + s["bytes_down"]}
+
+
+def timed_flower(fed: LocalFederation, run_config: dict) -> dict:
+    t = time.perf_counter()
+    s = fed.run(run_config, timeout=1800, federation_config=SIM)
+    return {"seconds": time.perf_counter() - t, "accuracy": s["final_accuracy"], "bytes": s.get("bytes_up", 0) + s.get("bytes_down", 0)}
+
+
+def baseline_bytes() -> int:
+    """Flower's count of what the baseline sends: the state dict as an ArrayRecord, down and up, per client per round."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "flower_baseline"))
+    from flwr.app import ArrayRecord
+
+    from baseline_app.task import Net
+
+    return ArrayRecord(Net().state_dict()).count_bytes() * 2 * CLIENTS * ROUNDS
+
+
+def median_row(runs: list[dict]) -> dict:
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "accuracy": statistics.median(r["accuracy"] for r in runs),
+        "bytes": runs[0]["bytes"],
+        "n": len(runs),
+        "all": [round(r["seconds"], 1) for r in runs],
+    }
+
+
+def deployment(work: Path, rounds: int) -> list[dict]:
+    rows = []
+    fast = {"baffle": "", "fd": "", "fedavg": ""}
+    with LocalFederation(work / "deploy", nodes=2) as fed:
+        outs = {m: fed.submit({"algorithm": m, "rounds": rounds, "clients": 2, "set": extra, "out": str(work / "deploy" / f"run-{m}")}) for m, extra in fast.items()}
+        for m, out in outs.items():
+            s = fed.wait(out, timeout=1800)
+            rows_m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            rows.append(
+                {
+                    "method": m,
+                    "round_seconds": statistics.median(r["seconds"] for r in rows_m),
+                    "bytes_up": rows_m[-1]["bytes_up"],
+                    "bytes_down": rows_m[-1]["bytes_down"],
+                    "accuracy": s["final_accuracy"],
+                }
+            )
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of the local and Ray runs")
+    ap.add_argument("--flower-repeats", type=int, default=2, help="repeats of each Flower simulation run")
+    ap.add_argument("--deploy-rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engines.md"))
+    a = ap.parse_args()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results["featherfl, local engine"] = median_row([timed_local("local", work) for _ in range(a.repeats)])
+        print("local", results["featherfl, local engine"], flush=True)
+        results["featherfl, Ray engine (2 CPUs, incl. Ray start)"] = median_row([timed_local("ray", work) for _ in range(a.repeats)])
+        print("ray", flush=True)
+        with LocalFederation(work / "sim", nodes=0, simulation=True) as fed:
+            runs = [timed_flower(fed, {"algorithm": "fedavg", "rounds": ROUNDS, "clients": CLIENTS, "out": str(work / "sim" / f"ff-{i}")}) for i in range(a.flower_repeats)]
+        results["featherfl as a Flower app, Flower simulation runtime"] = median_row(runs)
+        print("flower sim", flush=True)
+        with LocalFederation(work / "base", nodes=0, simulation=True, app_source=ROOT / "benchmarks" / "flower_baseline") as fed:
+            runs = [timed_flower(fed, {"num-server-rounds": ROUNDS, "out": str(work / "base" / f"bl-{i}")}) for i in range(a.flower_repeats)]
+        for r in runs:
+            r["bytes"] = baseline_bytes()
+        results["conventional Flower FedAvg app (Flower examples' style), simulation runtime"] = median_row(runs)
+        print("baseline", flush=True)
+        deploy = deployment(work, a.deploy_rounds)
+    ref = results["featherfl, local engine"]["seconds"]
+    lines = [
+        "# Engines: the same FedAvg job, four ways",
+        "",
+        f"FedAvg on digits, {CLIENTS} clients, {ROUNDS} rounds, default MLP and hyperparameters, seed 0. "
+        "Wall time from submitting the job to its final metrics (Flower runs: SuperLink already up), median of repeats. "
+        f"Measured on {platform.machine()} with {os.cpu_count()} cores shared with other work (the load varied): read the ratios, not the seconds.",
+        "",
+        "| way | wall s (median) | runs (s) | x local engine | final accuracy | MB on the wire |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['seconds']:.1f} | {r['all']} | {r['seconds'] / ref:.1f}x | {r['accuracy']:.4f} | {r['bytes'] / 1e6:.2f} |")
+    lines += [
+        "",
+        f"## Over the Flower deployment path (SuperLink + 2 SuperNodes on 127.0.0.1, 2 clients, {a.deploy_rounds} rounds)",
+        "",
+        "| method | s per round (median) | bytes up per round | bytes down per round | final accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for r in deploy:
+        lines.append(f"| {r['method']} | {r['round_seconds']:.1f} | {r['bytes_up']:,} | {r['bytes_down']:,} | {r['accuracy']:.4f} |")
+    lines += ["", "Reproduce: `.venv/bin/python benchmarks/engines.py`", ""]
+    text = "\n".join(lines)
+    print(text)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
