@@ -38,14 +38,15 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_config_runs_one_round(path, tmp_path):
+def test_example_config_runs_one_round(path, tmp_path, monkeypatch):
     from featherfl.experiment import run_experiment
 
     text = path.read_text()
     cfg = build_config(text)
+    monkeypatch.setenv("FEATHERFL_CACHE", str(tmp_path / "cache"))
     overrides = [("rounds", 1)]
     if cfg["dataset"] in ("mnist", "fashion-mnist"):
-        overrides.append(("data.dir", str(fake_idx_folder(tmp_path / "data"))))
+        overrides += [("data.dir", str(fake_idx_folder(tmp_path / "data"))), ("partition.samples_per_client", 0)]
     elif cfg["dataset"] in ("sst2", "agnews"):
         from tests_support import fake_text_setup
 
