@@ -41,7 +41,7 @@ from featherfl.config import build_config  # noqa: E402
 from featherfl.experiment import run_experiment  # noqa: E402
 
 METHODS = ("full", "head", "bias", "adapter", "prompt", "lora")
-LR = {"full": 0.02, "bias": 0.03, "lora": 0.05}  # SGD, momentum 0.9; head, adapter, prompt use 0.1 (picked by a 10-round check on digits)
+LR = {"full": 0.02, "bias": 0.03, "lora": 0.02}  # SGD, momentum 0.9; head, adapter, prompt use 0.1 (picked by short checks on digits)
 
 SETUPS = {
     "digits": {"dataset": "digits", "clients": 16, "rounds": 20, "engine.fraction": 0.25, "fedpeft.local_epochs": 2},
