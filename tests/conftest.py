@@ -16,3 +16,10 @@ def cfg_factory():
         return build_config(overrides=[(k.replace("__", "."), v) for k, v in kw.items()])
 
     return make
+
+
+def pytest_configure(config):
+    # Small models on 2 cores: one intra-op thread is faster and far less sensitive to load.
+    import torch
+
+    torch.set_num_threads(1)
