@@ -84,18 +84,21 @@ def _reshaped(e, field, shape):
 @pytest.mark.skipif("baffle" not in ALGORITHMS, reason="BAFFLE not registered")
 def test_baffle_wrong_k_rejected():
     e = _uplink("baffle", "baffle.up")
-    s, k = e.spec.tensors["diffs"].shape
+    (field,) = [n for n, ts in e.spec.tensors.items() if ts.dtype == "float32"]  # the S x K loss differences
+    s, k = e.spec.tensors[field].shape
     for shape in ((s, k - 1), (s, k + 1), (s + 1, k), (k,), (s, k, 1)):
         with pytest.raises(wire.PayloadError) as err:
-            wire.decode(_reshaped(e, "diffs", shape), e.specs, round=fuzzing.ROUND, run=fuzzing.RUN)
+            wire.decode(_reshaped(e, field, shape), e.specs, round=fuzzing.ROUND, run=fuzzing.RUN)
         assert err.value.reason == "wrong-shape", shape
 
 
 @pytest.mark.skipif("fd" not in ALGORITHMS, reason="FD not registered")
 def test_fd_wrong_label_count_rejected():
     e = _uplink("fd", "fd.logits")
-    L = e.spec.tensors["logits"].shape[0]
-    for field, shape in (("logits", (L + 1, L + 1)), ("logits", (L - 1, L)), ("logits", (L, L + 1)), ("counts", (L + 1,)), ("counts", (L - 1,))):
+    (rows,) = [n for n, ts in e.spec.tensors.items() if len(ts.shape) == 2]  # L x L per-label outputs
+    (counts,) = [n for n, ts in e.spec.tensors.items() if len(ts.shape) == 1]  # L per-label counts
+    L = e.spec.tensors[rows].shape[0]
+    for field, shape in ((rows, (L + 1, L + 1)), (rows, (L - 1, L)), (rows, (L, L + 1)), (counts, (L + 1,)), (counts, (L - 1,))):
         with pytest.raises(wire.PayloadError) as err:
             wire.decode(_reshaped(e, field, shape), e.specs, round=fuzzing.ROUND, run=fuzzing.RUN)
         assert err.value.reason == "wrong-shape", (field, shape)
