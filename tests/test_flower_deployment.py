@@ -29,7 +29,7 @@ from featherfl.flower_app.local import LocalFederation  # noqa: E402
 TOL = 1e-6
 TIMING = {"seconds", "wall_seconds"}
 METHODS = ["fedavg", "baffle", "fd"]
-SMALL = "data.max_train=320 data.max_test=200 eval.every=2"  # evaluate after round 2 only: one message less per node
+SMALL = "data.max_train=320 data.max_test=200 eval.every=2 engine.threads=1"  # evaluate after round 2 only: one message less per node
 FAST = {"baffle": "baffle.k=20", "fd": "fd.local_steps=20"}
 
 
@@ -39,9 +39,13 @@ def _run_config(method, out):
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
+    import torch
+
+    threads = torch.get_num_threads()  # the local reference runs set engine.threads=1 process-wide
     fed = LocalFederation(tmp_path_factory.mktemp("flower"), nodes=2)
     with fed:
         yield fed
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

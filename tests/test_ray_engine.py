@@ -17,7 +17,7 @@ from featherfl.experiment import Experiment, prepare  # noqa: E402
 
 TIMING = {"seconds", "wall_seconds"}
 METHODS = ["fedavg", "fedsgd", "baffle", "fd"]
-SMALL = [("rounds", 2), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200)]
+SMALL = [("rounds", 2), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200), ("engine.threads", 1)]
 #: Per-method knobs that keep each run to a few seconds; ``baffle.downlink=replay`` makes
 #: clients keep a model replica in their state, so state must survive between rounds.
 FAST = {"baffle": [("baffle.k", 20), ("baffle.downlink", "replay")], "fd": [("fd.local_steps", 20)]}
@@ -25,9 +25,13 @@ FAST = {"baffle": [("baffle.k", 20), ("baffle.downlink", "replay")], "fd": [("fd
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
+    import torch
+
+    threads = torch.get_num_threads()  # engine.threads=1 below sets it process-wide; give it back after
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+    torch.set_num_threads(threads)
 
 
 def _rows(path):

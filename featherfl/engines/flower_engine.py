@@ -100,8 +100,13 @@ class FlowerEngine(Engine):
         """Map new SuperNodes to client ids, waiting up to ``node_wait`` s for the wanted ones."""
         deadline = time.monotonic() + self.node_wait
         while True:
+            alive = set(self.grid.get_node_ids())
+            for cid, node in list(self.node_of.items()):
+                if node not in alive:  # gone (e.g. restarted with a new node id): its partition is free again
+                    LOG.warning("SuperNode %s (partition %s) is no longer connected", node, cid)
+                    del self.node_of[cid]
             known = set(self.node_of.values())
-            new = sorted(n for n in self.grid.get_node_ids() if n not in self.seen and n not in known)
+            new = sorted(n for n in alive if n not in self.seen and n not in known)
             left = deadline - time.monotonic()
             if new:
                 self._setup(new, timeout=max(left, 5.0))
