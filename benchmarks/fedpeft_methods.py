@@ -134,7 +134,7 @@ def main() -> None:
         s = r["summary"]
         mb = mb_to_reach(r["curve"], target) if target is not None else None
         row = (
-            f"| {m} | {s['trainable_parameters']:,} | {100 * s["trainable_share"]:.3g}% | {r['up_per_client']:,} | {s['final_accuracy']:.4f} | "
+            f"| {m} | {s['trainable_parameters']:,} | {100 * s['trainable_share']:.3g}% | {r['up_per_client']:,} | {s['final_accuracy']:.4f} | "
             f"{'not reached' if mb is None else f'{mb:.2f}'} | {r['wall']:.0f} |"
         )
         if a.dp:
