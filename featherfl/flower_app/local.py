@@ -3,7 +3,9 @@
 For the loopback integration test, the engines benchmark and trying a deployment
 on one machine. Every process is started in its own session and stopped by its
 id (its process group: the SuperLink's ServerApp and the SuperNodes' ClientApp
-children go with it); Flower's own files (``FLWR_HOME``) live under ``workdir``.
+children go with it), and on Linux each also receives SIGTERM if the process that
+started it dies without cleaning up; Flower's own files (``FLWR_HOME``) live under
+``workdir``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ import time
 from pathlib import Path
 
 from featherfl.flower_app import RUN_CONFIG, pyproject_text
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this child when the process that started it dies, even by SIGKILL (no orphans)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -66,7 +77,9 @@ class LocalFederation:
         log = self.workdir / f"{name}.log"
         self.logs.append(log)
         with open(log, "wb") as fh:
-            p = subprocess.Popen(argv, cwd=self.workdir, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            p = subprocess.Popen(
+                argv, cwd=self.workdir, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+            )
         self.procs.append(p)
         return p
 
