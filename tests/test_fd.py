@@ -267,3 +267,12 @@ def test_epsilon_falls_with_noise_and_grows_with_rounds():
     assert dp_epsilon(2.0, 10, 1e-5) < dp_epsilon(1.0, 10, 1e-5)
     assert dp_epsilon(1.0, 20, 1e-5) > dp_epsilon(1.0, 10, 1e-5)
     assert dp_epsilon(1.0, 0, 1e-5) == 0.0
+
+
+def test_vectorised_mean_teacher_matches_the_per_label_combine():
+    g = torch.Generator().manual_seed(5)
+    v = torch.softmax(torch.randn(6, L, L, generator=g), 2)
+    present = torch.rand(6, L, generator=g) > 0.3
+    fast, n_fast = leave_one_out(v, present, rule="mean")
+    slow, n_slow = leave_one_out(v, present, rule="trimmed-mean", beta=0.0)  # no trimming = plain mean, via combine
+    assert torch.allclose(fast, slow, atol=1e-6) and torch.equal(n_fast, n_slow)
