@@ -20,7 +20,7 @@ from featherfl.config import build_config
 from featherfl.experiment import Experiment, prepare
 from featherfl.report import format_table, plot_compare, table_rows
 
-COMMON = {"dataset": "digits", "clients": 10, "partition.name": "dirichlet", "partition.alpha": 0.5}
+COMMON = {"dataset": "digits", "clients": 10, "partition.name": "dirichlet", "partition.alpha": 0.5, "engine.threads": 1}
 
 
 @dataclass
@@ -37,9 +37,9 @@ METHODS = [
     DemoMethod("fedsgd", "fedsgd", 60, 20),
     DemoMethod("baffle", "baffle", 60, 20, {"baffle.k": 100}),
     DemoMethod("fedpeft-bias", "fedpeft", 20, 6, {"fedpeft.method": "bias"}),
-    DemoMethod("fedpeft-lora", "fedpeft", 20, 6, {"fedpeft.method": "lora"}),
-    DemoMethod("fd", "fd", 20, 6, {"partition.name": "label-deficient"}),
-    DemoMethod("fd+faug", "fd", 20, 6, {"partition.name": "label-deficient", "fd.faug": True}),
+    DemoMethod("fedpeft-lora", "fedpeft", 20, 6, {"fedpeft.method": "lora", "fedpeft.lr": 0.02}),
+    DemoMethod("fd", "fd", 20, 6, {"partition.name": "label-deficient", "fd.local_steps": 50}),
+    DemoMethod("fd+faug", "fd", 20, 6, {"partition.name": "label-deficient", "fd.local_steps": 50, "fd.faug": True, "faug.gan_steps": 300}),
 ]
 
 

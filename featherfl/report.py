@@ -76,7 +76,7 @@ def table_rows(run_dirs: list[Path]) -> list[dict]:
         rows.append(
             {
                 "run": Path(d).name,
-                "algorithm": s.get("label", s.get("algorithm")),
+                "algorithm": s.get("algorithm"),
                 "dataset": s.get("dataset"),
                 "rounds": s.get("rounds_completed", len(m)),
                 "final_acc": s.get("final_accuracy"),

@@ -159,7 +159,7 @@ class FedSGD(Algorithm):
     client_class = GradientClient
     CONFIG = {
         "fedsgd.batch_size": Field("int", 0, "Samples per client gradient (0 = all local data).", min=0),
-        "fedsgd.lr": Field("float", 0.5, "Server learning rate.", min=0.0, min_exclusive=True),
+        "fedsgd.lr": Field("float", 0.2, "Server learning rate.", min=0.0, min_exclusive=True),
         "fedsgd.optimizer": Field("str", "sgd", "Server optimizer.", choices=("sgd", "adam")),
         "fedsgd.momentum": Field("float", 0.9, "Server SGD momentum.", min=0.0, max=0.999),
         "fedsgd.weight_decay": Field("float", 0.0, "Server weight decay.", min=0.0),
