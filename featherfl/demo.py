@@ -35,7 +35,7 @@ class DemoMethod:
 METHODS = [
     DemoMethod("fedavg", "fedavg", 20, 6),
     DemoMethod("fedsgd", "fedsgd", 60, 20),
-    DemoMethod("baffle", "baffle", 60, 20, {"baffle.k": 100}),
+    DemoMethod("baffle", "baffle", 60, 20, {"baffle.k": 100, "baffle.downlink": "replay"}),
     DemoMethod("fedpeft-bias", "fedpeft", 20, 6, {"fedpeft.method": "bias"}),
     DemoMethod("fedpeft-lora", "fedpeft", 20, 6, {"fedpeft.method": "lora", "fedpeft.lr": 0.02}),
     DemoMethod("fd", "fd", 20, 6, {"partition.name": "label-deficient", "fd.local_steps": 50}),
