@@ -104,10 +104,6 @@ class Spec:
     max_bytes: int = DEFAULT_MAX_BYTES
 
 
-def _tensor_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.type in ("torch.Tensor", torch.Tensor, "Tensor")]
-
-
 def encode(payload: Payload, round: int = 0, run: int = 0) -> bytes:
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {}

@@ -204,6 +204,19 @@ class Engine(ABC):
         return metrics
 
 
+class ServerHeldStates:
+    """For engines that keep every client's persistent state in the server process
+    (local, Ray): the states dict is what checkpoints save and resume restores."""
+
+    states: dict[int, dict]
+
+    def client_states(self) -> dict[int, dict]:
+        return self.states
+
+    def load_client_states(self, states: dict[int, dict]) -> None:
+        self.states = {int(k): v for k, v in states.items()}
+
+
 def timed(fn, *args) -> tuple[Any, float]:
     t = time.perf_counter()
     r = fn(*args)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from featherfl.engines.base import ClientOutcome, Engine, run_client
+from featherfl.engines.base import ClientOutcome, Engine, ServerHeldStates, run_client
 
 
-class LocalEngine(Engine):
+class LocalEngine(ServerHeldStates, Engine):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.client = self.algorithm.make_client()
@@ -29,12 +29,6 @@ class LocalEngine(Engine):
                 continue
             out[cid] = ClientOutcome(reply=reply, seconds=time.perf_counter() - t)
         return out
-
-    def client_states(self):
-        return self.states
-
-    def load_client_states(self, states):
-        self.states = {int(k): v for k, v in states.items()}
 
     def evaluate_clients(self, x, y):
         return {cid: self.client.evaluate(self.states.setdefault(cid, {}), x, y) for cid in range(len(self.client_data))}

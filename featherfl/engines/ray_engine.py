@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 from featherfl.config import ConfigError
-from featherfl.engines.base import ClientOutcome, Engine, run_client
+from featherfl.engines.base import ClientOutcome, Engine, ServerHeldStates, run_client
 
 
 def _import_ray():
@@ -69,7 +69,7 @@ class ClientWorker:
         return cid, self.client.evaluate(state, x, y), state
 
 
-class RayEngine(Engine):
+class RayEngine(ServerHeldStates, Engine):
     """Runs ``run_client`` for each sampled client in a Ray actor pool."""
 
     def __init__(self, *args, **kw):
@@ -117,12 +117,6 @@ class RayEngine(Engine):
             for cid in pending:
                 out.setdefault(cid, ClientOutcome(error=f"error: {e.__class__.__name__}"))
         return out
-
-    def client_states(self):
-        return self.states
-
-    def load_client_states(self, states):
-        self.states = {int(k): v for k, v in states.items()}
 
     def evaluate_clients(self, x, y):
         ray = self._ray
