@@ -1,4 +1,4 @@
-"""Command line: ``featherfl run | report | compare | config-doc | demo | pretrain``.
+"""Command line: ``featherfl run | report | compare | config-doc | demo | reproduce | pretrain``.
 
 User errors (config, data, checkpoints) print one line to stderr and exit 2.
 """
@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--only", action="append", help="run only this method label (repeatable)")
     d.add_argument("--quiet", action="store_true")
+    rr = sub.add_parser("reproduce", help="a paper's headline result on its own protocol: table of paper vs ours")
+    rr.add_argument("name", help="baffle-mnist | fd-table1 | fedpeft-sst2 | fedpeft-agnews")
+    rr.add_argument("--quick", action="store_true", help="scaled-down run of the same code path (minutes, not comparable to the paper)")
+    rr.add_argument("--out", help="output folder (default runs/reproduce-<name>-<timestamp>)")
+    rr.add_argument("--data-dir", help="folder holding mnist-t10k/, sst2/, agnews/ (default ../shared/data)")
+    rr.add_argument("--quiet", action="store_true")
     pt = sub.add_parser("pretrain", help="pretrain the vit-tiny backbone on a source task for fedpeft")
     pt.add_argument("--dataset", default="digits")
     pt.add_argument("--classes", default="0,1,2,3,4", help="source-task labels, comma separated (default 0-4)")
@@ -126,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
 
             _, text = run_demo(Path(a.out) if a.out else None, quick=a.quick, seed=a.seed, quiet=a.quiet, only=a.only)
             print(text)
+            return 0
+        if a.command == "reproduce":
+            from featherfl.reproduce.runner import cmd_reproduce
+
+            print(cmd_reproduce(a.name, quick=a.quick, out=a.out, data_dir=a.data_dir, quiet=a.quiet))
             return 0
         if a.command == "pretrain":
             from featherfl.models.pretrain import cmd_pretrain
