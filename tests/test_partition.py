@@ -75,3 +75,36 @@ def test_label_deficient_counts_exact():
 def test_too_many_clients_is_config_error():
     with pytest.raises(ConfigError):
         P.dirichlet(_labels(50), 20, 0.5, 0, min_samples=10)
+
+
+def test_dirichlet_many_clients_small_alpha_meets_min_samples():
+    """At 10^4 clients and alpha 0.1 almost no whole draw gives every client its minimum;
+    the split must still succeed (repairing the last draw), cover every sample exactly once,
+    and leave every client at least ``min_samples``."""
+    y = _labels(10_000 * 12, seed=1)
+    parts = P.dirichlet(y, 10_000, 0.1, seed=0, min_samples=10)
+    assert len(parts) == 10_000
+    assert min(len(p) for p in parts) >= 10
+    _assert_exact_cover(parts, len(y))
+
+
+def test_dirichlet_repair_keeps_label_skew():
+    """The repair moves only the shortfall: most samples stay where Dir(alpha) put them, so
+    clients stay far more label-skewed than an IID split."""
+    y = _labels(4000, seed=2)
+    parts = P.dirichlet(y, 200, 0.1, seed=0, min_samples=15, max_tries=1)
+    assert min(len(p) for p in parts) >= 15
+    _assert_exact_cover(parts, len(y))
+    assert _mean_label_entropy(parts, y) < 0.8 * _mean_label_entropy(P.iid(y, 200, 0), y)
+
+
+def test_dirichlet_impossible_minimum_fails_up_front():
+    with pytest.raises(ConfigError, match="exceeds"):
+        P.dirichlet(_labels(1000), 200, 0.5, seed=0, min_samples=6)
+
+
+def test_dirichlet_same_seed_same_split():
+    y = _labels(3000, seed=3)
+    a = P.dirichlet(y, 300, 0.2, seed=5, min_samples=5)
+    b = P.dirichlet(y, 300, 0.2, seed=5, min_samples=5)
+    assert all(np.array_equal(x, z) for x, z in zip(a, b))

@@ -18,26 +18,58 @@ def iid(labels: np.ndarray, n_clients: int, seed: int) -> list[np.ndarray]:
     return [np.sort(p) for p in np.array_split(perm, n_clients)]
 
 
-def dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_samples: int = 10, max_tries: int = 1000) -> list[np.ndarray]:
-    """Per class, client shares ~ Dir(alpha) (Hsu et al. 2019). Redrawn until every client has ``min_samples``."""
-    if min_samples * n_clients > len(labels):
-        raise ConfigError(f"partition.min_samples={min_samples} x clients={n_clients} exceeds the {len(labels)} training samples")
+def dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_samples: int = 10, max_tries: int = 20) -> list[np.ndarray]:
+    """Per class, client shares ~ Dir(alpha) (Hsu et al. 2019).
+
+    Up to ``max_tries`` whole draws are made until every client holds ``min_samples``;
+    if none does (many clients, small alpha), the last draw is repaired by moving
+    randomly chosen samples from the largest clients to the short ones, so the split
+    always succeeds when ``clients x min_samples`` fits the data (checked up front).
+    Each draw is vectorised over clients (one ``bincount``-style pass per class), so
+    10^5 clients take seconds, not minutes.
+    """
+    n = len(labels)
+    if min_samples * n_clients > n:
+        raise ConfigError(f"partition.min_samples={min_samples} x clients={n_clients} exceeds the {n} training samples")
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
-    for _ in range(max_tries):
-        parts: list[list[int]] = [[] for _ in range(n_clients)]
+    owner = np.empty(n, dtype=np.int64)
+    for _ in range(max(1, max_tries)):
         for c in classes:
             idx = np.flatnonzero(labels == c)
             rng.shuffle(idx)
             p = rng.dirichlet(np.full(n_clients, alpha))
             cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
-            for k, chunk in enumerate(np.split(idx, cuts)):
-                parts[k].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_samples:
-            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
-    raise ConfigError(
-        f"dirichlet split could not give every one of {n_clients} clients {min_samples} samples in {max_tries} draws; raise partition.alpha or lower partition.min_samples"
-    )
+            sizes = np.diff(np.concatenate(([0], cuts, [len(idx)])))
+            owner[idx] = np.repeat(np.arange(n_clients), sizes)
+        counts = np.bincount(owner, minlength=n_clients)
+        if counts.min() >= min_samples:
+            return _groups(owner, n_clients)
+    _top_up(owner, counts, min_samples, rng)
+    return _groups(owner, n_clients)
+
+
+def _groups(owner: np.ndarray, n_clients: int) -> list[np.ndarray]:
+    """Sorted sample indices per client from an owner-per-sample array, in one stable sort."""
+    order = np.argsort(owner, kind="stable")
+    bounds = np.cumsum(np.bincount(owner, minlength=n_clients))[:-1]
+    return [np.asarray(g, dtype=np.int64) for g in np.split(order, bounds)]
+
+
+def _top_up(owner: np.ndarray, counts: np.ndarray, min_samples: int, rng: np.random.Generator) -> None:
+    """Move random samples to the clients below ``min_samples``, in place.
+
+    Only a client's samples beyond its own first ``min_samples`` (in a random order) may
+    move, so no donor drops below the minimum; the movers are drawn uniformly from that
+    spare pool, so donors give in proportion to their surplus.
+    """
+    need = np.clip(min_samples - counts, 0, None)
+    order = np.lexsort((rng.random(len(owner)), owner))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    rank = np.arange(len(owner)) - starts[owner[order]]
+    pool = order[rank >= min_samples]
+    moved = rng.choice(pool, size=int(need.sum()), replace=False)
+    owner[moved] = np.repeat(np.arange(len(counts)), need)
 
 
 def shards(labels: np.ndarray, n_clients: int, shards_per_client: int, seed: int) -> list[np.ndarray]:
