@@ -89,7 +89,7 @@ CORE_SCHEMA: dict[str, Field] = {
     "engine.max_payload_mb": _f("float", 256.0, "Largest reply accepted (MB); larger ones are rejected.", min=0.0, min_exclusive=True),
     "engine.num_cpus": _f("int", 2, "CPUs for a local Ray cluster.", min=1),
     "engine.address": _f("str", "", "Address of an existing Ray cluster ('' = start a local one)."),
-    "engine.threads": _f("int", 0, "torch intra-op threads (0 = leave torch's default).", min=0),
+    "engine.threads": _f("int", 0, "torch intra-op threads (0 = automatic: 1 for models under 100k parameters, else the cores idle at start; see featherfl/threads.py).", min=0),
     "attack.fraction": _f("float", 0.0, "Experiments: share of clients that are Byzantine (chosen from the seed; see featherfl.attacks).", min=0.0, max=1.0),
     "attack.kind": _f("str", "scale", "Experiments: how attackers alter their update.", choices=("scale", "sign-flip", "noise", "constant")),
     "attack.scale": _f("float", 10.0, "scale: send ref + s*update; sign-flip: send ref - s*update.", min=0.0, min_exclusive=True, max=1e6),

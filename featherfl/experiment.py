@@ -25,6 +25,7 @@ from featherfl.data.partition import label_histogram, partition
 from featherfl.data.sources import Dataset, load_dataset
 from featherfl.engines import make_engine
 from featherfl.engines.base import QuorumError
+from featherfl.threads import choose_threads
 from featherfl.runfolder import append_jsonl, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 
 TIMING_KEYS = ("seconds", "wall_seconds")
@@ -64,6 +65,8 @@ def prepare(cfg: Config) -> Prepared:
     ctx.info["data_note"] = ds.note
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = alg_cls(ctx)
+    torch.set_num_threads(choose_threads(cfg["engine.threads"], algorithm.model_parameters()))
+    ctx.info["threads"] = torch.get_num_threads()
     return Prepared(cfg, ds, parts, info, ctx, algorithm, client_data)
 
 
@@ -225,6 +228,7 @@ class Experiment:
             "rounds_skipped": sum(1 for m in self.metrics if not m["aggregated"]),
             "wall_seconds": round(sum(m["seconds"] for m in self.metrics), 3),
             "data_note": self.p.dataset.note,
+            "torch_threads": self.p.ctx.info.get("threads"),
         }
         if stopped:
             s["stopped"] = stopped
