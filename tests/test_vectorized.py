@@ -1,0 +1,91 @@
+"""Vectorised client training gives each client what the sequential loop gives it."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from featherfl.algorithms import vectorized as V
+from featherfl.algorithms.training import make_optimizer, train_epochs
+from featherfl.models import build_model
+
+
+def _clients(sizes, shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn((n,) + shape, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in sizes]
+
+
+def _sequential(model, data, opts, epochs, bs, max_steps):
+    out = []
+    for i, (x, y) in enumerate(data):
+        m = copy.deepcopy(model)
+        train_epochs(m, x, y, make_optimizer(m.parameters(), opts), epochs, bs, torch.Generator().manual_seed(100 + i), max_steps)
+        out.append({k: v.detach() for k, v in m.named_parameters()})
+    return out
+
+
+def _vectorised(model, data, opts, epochs, bs, max_steps):
+    runs = [V.ClientRun({k: v.detach().clone() for k, v in model.named_parameters()}, x, y, torch.Generator().manual_seed(100 + i)) for i, (x, y) in enumerate(data)]
+    return V.train_clients(model, runs, opts, epochs, bs, max_steps)
+
+
+SGD = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3}
+ADAM = {"optimizer": "adam", "lr": 1e-2, "momentum": 0.0, "weight_decay": 1e-4}
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+@pytest.mark.parametrize("opts", [SGD, ADAM], ids=["sgd", "adam"])
+def test_matches_sequential_with_unequal_client_sizes(name, opts):
+    """Different sizes mean different step counts and short last batches: each must be honoured."""
+    torch.manual_seed(0)
+    model = build_model(name, (1, 8, 8), 10, norm="none", activation="relu", width=0)
+    data = _clients([37, 64, 5, 90], (1, 8, 8))
+    seq = _sequential(model, data, opts, 2, 16, 0)
+    vec, metrics = _vectorised(model, data, opts, 2, 16, 0)
+    assert [m["steps"] for m in metrics] == [6, 8, 2, 12]
+    start = {k: v.detach() for k, v in model.named_parameters()}
+    for s, v in zip(seq, vec):
+        moved = max(float((s[k] - start[k]).abs().max()) for k in s)
+        err = max(float((s[k] - v[k]).abs().max()) for k in s)
+        assert moved > 1e-3  # training happened
+        # SGD agrees to float rounding; Adam divides by sqrt(v), which magnifies rounding
+        # where a gradient is ~0, so its bound is relative to how far training moved
+        assert err < (1e-5 if opts is SGD else 1e-2 * moved), (err, moved)
+
+
+def test_max_steps_and_full_batch():
+    torch.manual_seed(1)
+    model = build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0)
+    data = _clients([30, 50], (1, 8, 8), seed=3)
+    for bs, cap in ((0, 0), (8, 3)):
+        seq = _sequential(model, data, SGD, 3, bs, cap)
+        vec, metrics = _vectorised(model, data, SGD, 3, bs, cap)
+        for s, v in zip(seq, vec):
+            assert all(torch.allclose(s[k], v[k], atol=5e-5) for k in s)
+        assert all(m["steps"] == (cap or 3) for m in metrics)
+
+
+def test_frozen_tensors_stay_shared_and_fixed():
+    """Only the tensors in ``start`` train (FedPEFT's subsets): the rest of the model is shared and untouched."""
+    torch.manual_seed(2)
+    model = build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    heads = [k for k in before if k.startswith(list(before)[-1].split(".")[0])]
+    data = _clients([20, 40], (1, 8, 8), seed=4)
+    runs = [V.ClientRun({k: before[k].clone() for k in heads}, x, y, torch.Generator().manual_seed(i)) for i, (x, y) in enumerate(data)]
+    finals, _ = V.train_clients(model, runs, SGD, 1, 8)
+    assert set(finals[0]) == set(heads)
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+    for i, (x, y) in enumerate(data):  # the head alone, trained sequentially on top of the frozen body
+        m = copy.deepcopy(model)
+        for k, p in m.named_parameters():
+            p.requires_grad_(k in heads)
+        train_epochs(m, x, y, make_optimizer(m.parameters(), SGD), 1, 8, torch.Generator().manual_seed(i))
+        assert all(torch.allclose(dict(m.named_parameters())[k], finals[i][k], atol=5e-5) for k in heads)
+
+
+def test_models_with_batchnorm_or_dropout_are_not_vectorised():
+    assert V.supports(build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0))
+    assert not V.supports(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+    assert not V.supports(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1)))
