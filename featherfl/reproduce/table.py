@@ -49,7 +49,7 @@ def render(recipe: Recipe, rows: list[Row], quick: bool, seconds: float) -> str:
     notes = [f"- {r.setting}: {r.note}" for r in rows if r.note]
     if notes:
         lines += ["", "Notes:", *notes]
-    lines += ["", "Settings that differ from the paper:", *[f"- {d}" for d in recipe.deviations] or ["- none"]]
+    lines += ["", "Settings that differ from the paper:", *([f"- {d}" for d in recipe.deviations] or ["- none"])]
     lines += ["", f"Wall time: {seconds:.0f} s."]
     return "\n".join(lines) + "\n"
 
