@@ -11,8 +11,10 @@ from torch import nn
 
 from featherfl import cli, wire
 from featherfl.algorithms import zo
-from featherfl.algorithms.baffle import Baffle, ReplayDown, ScalarsUp, SyncDown, WeightsDown, local_trajectory, replay_trajectory
+from featherfl.algorithms.baffle import Baffle, ScalarsUp, WeightsDown, local_trajectory, replay_trajectory
+from featherfl.algorithms.baffle_replay import ReplayDown, SyncDown
 from featherfl.algorithms.base import ClientData, Context
+from featherfl.algorithms.training import evaluate_model
 from featherfl.config import ConfigError, build_config
 from featherfl.experiment import prepare, run_experiment
 
@@ -307,14 +309,29 @@ def test_clip_bounds_the_server_step():
     assert float((alg.server.theta.data - before).abs().max()) <= 1e-3 * (1 + 1e-5)
 
 
-def test_ema_is_used_for_evaluation():
+def test_ema_warms_up_then_decays_at_the_configured_rate():
+    """Warm-up decay min(d, (1+n)/(10+n)): after one update the evaluated EMA is mostly the new
+    weights (not the random initialisation); late in a run it decays at the configured d."""
     p = prepare(_cfg(**{"baffle.ema": 0.9, "baffle.optimizer": "sgd", "baffle.lr": 1.0}))
     alg = p.algorithm
     client = alg.make_client()
     start = alg.server.theta.data.clone()
     downs = alg.configure(1, [0])
     alg.aggregate(1, {0: client.update(1, downs[0], p.client_data[0], {})})
-    assert torch.allclose(alg.ema, 0.9 * start + 0.1 * alg.server.theta.data)
+    assert torch.allclose(alg.ema, 0.1 * start + 0.9 * alg.server.theta.data)
+    alg.ema_updates = 1000
+    before = alg.ema.clone()
+    downs = alg.configure(2, [0])
+    alg.aggregate(2, {0: client.update(2, downs[0], p.client_data[0], {})})
+    assert torch.allclose(alg.ema, 0.9 * before + 0.1 * alg.server.theta.data)
+    alg.f.put(torch.zeros_like(start))
+    got = alg.evaluate(p.dataset.test_x, p.dataset.test_y)
+    alg.f.put(alg.ema)
+    ema = evaluate_model(alg.global_model, p.dataset.test_x, p.dataset.test_y)
+    alg.f.put(alg.server.theta.data)
+    raw = evaluate_model(alg.global_model, p.dataset.test_x, p.dataset.test_y)
+    assert (got["accuracy"], got["loss"], got["raw_accuracy"], got["raw_loss"]) == (ema["accuracy"], ema["loss"], raw["accuracy"], raw["loss"])
+    assert got["loss"] != got["raw_loss"]
 
 
 def test_robust_aggregation_limits_one_poisoned_client():
@@ -336,3 +353,101 @@ def test_bad_config_values_are_config_errors():
         _cfg(**{"baffle.difference": "backward"})
     with pytest.raises(ConfigError):
         _cfg(**{"baffle.k": 0})
+
+
+def test_lenet_baffle_is_the_papers_lenet():
+    """conv5x5-16, max-pool, conv5x5-64, global average pool, linear, no norm, Hardswish: 26,730 parameters."""
+    from featherfl.models import build_model, count_parameters
+
+    model = build_model("lenet-baffle", (1, 28, 28), 10, activation="hardswish")
+    assert count_parameters(model) == 26_730
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 16, (5, 5)), (16, 64, (5, 5))]
+    assert any(isinstance(m, nn.AdaptiveAvgPool2d) for m in model.modules())
+    assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in model.modules())
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_clip_rescales_by_the_infinity_norm_keeping_the_direction():
+    g = torch.tensor([4.0, -2.0, 1.0])
+    out = zo.finish_estimate(g.clone(), k=1, sigma=1.0, clip=0.5)
+    assert torch.allclose(out, g * 0.125)
+    small = torch.tensor([0.1, -0.2])
+    assert torch.equal(zo.finish_estimate(small.clone(), 1, 1.0, 0.5), small)
+
+
+def test_adam_betas_and_weight_decay_reach_the_server_optimizer():
+    alg = prepare(_cfg(**{"baffle.beta2": 0.99, "baffle.weight_decay": 5e-4, "baffle.lr": 1e-2})).algorithm
+    group = alg.server.opt.param_groups[0]
+    assert group["betas"] == (0.9, 0.99)
+    assert group["weight_decay"] == 5e-4 and group["lr"] == 1e-2
+
+
+def test_fedavg_mode_directions_are_seeded_per_client_even_when_shared():
+    p = prepare(_cfg(**{"baffle.mode": "fedavg", "baffle.local_steps": 2, "baffle.directions": "shared"}))
+    downs = p.algorithm.configure(1, [0, 1, 2])
+    assert len({d.seed for d in downs.values()}) == 3
+
+
+def test_fedavg_mode_client_adam_is_replayed_exactly_and_differs_from_sgd():
+    """Client Adam (paper: Adam on every client) with weight decay: the server still rebuilds the end weights."""
+    kw = {"baffle.mode": "fedavg", "baffle.local_steps": 3, "baffle.local_lr": 0.01, "baffle.clip": 0.3, "baffle.weight_decay": 5e-4}
+    ends = {}
+    for opt in ("adam", "sgd"):
+        p = prepare(_cfg(**kw, **{"baffle.local_optimizer": opt, "baffle.beta2": 0.99}))
+        alg = p.algorithm
+        client = alg.make_client()
+        theta = alg.server.theta.data.clone()
+        down = alg.configure(1, [0])[0]
+        end, diffs = local_trajectory(client.f, theta, client._batches(1, p.client_data[0]), down.seed, client.o)
+        assert torch.equal(replay_trajectory(theta, diffs, down.seed, alg.o), end)
+        alg.aggregate(1, {0: client.update(1, down, p.client_data[0], {})})
+        assert torch.equal(alg.server.theta.data, end)
+        ends[opt] = end - theta
+    # Adam's first step moves every coordinate by about lr, SGD's by lr * |estimate|.
+    assert float(ends["adam"].abs().median()) > 5 * float(ends["sgd"].abs().median())
+
+
+def test_per_client_estimates_are_clipped_before_they_are_averaged():
+    """Each client clips its own estimate (the paper's code), so the step is the mean of clipped estimates."""
+    p = prepare(_cfg(**{"baffle.directions": "per-client", "baffle.optimizer": "sgd", "baffle.lr": 1.0, "baffle.clip": 1e-3, "baffle.sigma": 1e-4}))
+    alg = p.algorithm
+    client = alg.make_client()
+    before = alg.server.theta.data.clone()
+    downs = alg.configure(1, [0, 1])
+    replies = {c: client.update(1, downs[c], p.client_data[c], {}) for c in (0, 1)}
+    alg.aggregate(1, replies)
+    clipped = []
+    for c in (0, 1):
+        seeds = [zo.direction_seed(downs[c].seed, 0, j) for j in range(8)]
+        clipped.append(zo.reconstruct(replies[c].d[0], seeds, client.f.numel, 1e-4, 1e-3))
+    ns = torch.tensor([float(replies[c].num_samples) for c in (0, 1)])
+    expected = (torch.stack(clipped) * (ns / ns.sum())[:, None]).sum(0)
+    assert torch.allclose(before - alg.server.theta.data, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_steps_walk_through_the_client_data_in_passes():
+    """Like a data loader's epochs: each pass of ceil(n / batch) steps sees every sample once."""
+    p = prepare(_cfg(**{"clients": 2, "data.synthetic_samples": 80, "baffle.batch_size": 8}))
+    client = p.algorithm.make_client()
+    data = p.client_data[0]
+    per_pass = -(-len(data) // 8)
+    key = lambda x: tuple(x.reshape(-1)[:6].tolist())  # noqa: E731
+    passes = []
+    for first in (1, 1 + per_pass):
+        seen = [key(x) for r in range(first, first + per_pass) for xb, _ in client._batches(r, data) for x in xb]
+        assert len(seen) == len(data) == len(set(seen))
+        passes.append(seen)
+    assert passes[0] != passes[1]
+
+
+def test_server_model_takes_a_typed_round_entry():
+    from featherfl.algorithms.baffle_replay import RoundEntry
+
+    alg = prepare(_cfg(**{"baffle.optimizer": "sgd", "baffle.lr": 1.0})).algorithm
+    entry = RoundEntry((5,), (1,), torch.ones(1, 1, 8), True)
+    before = alg.server.theta.data.clone()
+    alg.server.apply(entry)
+    seeds = [zo.direction_seed(5, 0, j) for j in range(8)]
+    assert torch.allclose(before - alg.server.theta.data, zo.reconstruct(torch.ones(8), seeds, before.numel(), 1e-3))
+    assert RoundEntry.from_state(entry.to_state()) == entry or torch.equal(RoundEntry.from_state(entry.to_state()).diffs, entry.diffs)

@@ -5,46 +5,48 @@ Clients run forward passes only. Each round the server draws a base seed; the K
 perturbation directions eps_k are regenerated from it on both sides (``zo.py``).
 
 Wire, per client per round:
-  down  ``baffle.weights``  the flat model + the round's base seed (``downlink = weights``), or
-        ``baffle.sync``     the model + server-optimizer state, once, for a replica (``downlink = replay``), or
-        ``baffle.replay``   seeds + aggregated scalars of the rounds the client's replica missed
-                            (``downlink = replay``; Sec. 3.2: the model update is a function of
-                            seeds and scalars, so a client holding the previous model can apply it)
+  down  ``baffle.weights``  the flat model + the round's base seed (``downlink = weights``), or the
+                            replay downlink's ``baffle.sync`` / ``baffle.replay`` (``baffle_replay.py``:
+                            seeds + scalars of the rounds a client's replica of the model missed)
   up    ``baffle.up``       S x K float32 loss differences + the sample count (S = 1 in FedSGD mode):
                             4SK bytes + a header, never a gradient or weights.
 
 Modes:
-  fedsgd  one estimate per client per round (Sec. 3.1, Eq. 6); the server averages the
-          scalars (shared directions: the average of the estimates is the estimate of the
-          averaged scalars) and steps its optimizer (SGD or Adam).
-  fedavg  S local zeroth-order SGD steps per round, each on its own mini-batch with its own
-          directions seeded by (round, client, step) (Sec. 3.2); the server replays each
-          client's trajectory from seeds + scalars to get its end weights, then averages them.
+  fedsgd  one estimate per client per round (Sec. 3.1, Eq. 6), the paper's default; the server
+          combines the estimates and steps its optimizer (SGD or Adam). One round is one step:
+          the paper's epoch of 800 samples at batch 32 is 25 rounds. Shared directions let the
+          server average the scalars first (the estimate of the averaged scalars is the
+          averaged estimate); per-client directions (as in the paper's code, where each
+          client draws its own noise) give K directions per client per step.
+  fedavg  S local zeroth-order steps per round with a client optimizer (SGD or Adam), each on
+          its own mini-batch with its own directions seeded by (round, client, step) (Sec. 3.2);
+          the server replays each client's trajectory from seeds + scalars to get its end
+          weights, then averages them.
 
 Paper guidelines (Sec. 4.4) are options here: Hardswish instead of ReLU (``baffle.activation``),
 no BatchNorm (refused: a perturbed forward pass would also move the running statistics),
-an EMA of the server weights for evaluation (``baffle.ema``), clipping (``baffle.clip``).
+an EMA of the server weights for evaluation (``baffle.ema``, with warm-up), clipping each
+estimate by its infinity norm (``baffle.clip``; the paper's code rescales with
+``clip_grad_norm_(max_norm=0.3, norm_type=inf)``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
 
 from featherfl.algorithms import zo
 from featherfl.algorithms.aggregate import aggregation_fields, combine
+from featherfl.algorithms.baffle_replay import MAX_DIFF, MAX_SAMPLES, SEED_MAX, ReplayLog, RoundEntry, SyncDown, catch_up, fingerprint, sync_state
+from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, derive_seed, generator
-from featherfl.algorithms.training import evaluate_model, make_optimizer
+from featherfl.algorithms.training import evaluate_model
 from featherfl.config import Config, ConfigError, Field
 from featherfl.models import flat_state, has_batchnorm, load_flat_state
 from featherfl.models.vision import ACTIVATIONS
-from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec, encode
-
-MAX_SAMPLES = 10**9
-SEED_MAX = 2**62
-MAX_DIFF = 1e6
+from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -54,43 +56,6 @@ class WeightsDown(Payload):
     KIND = "baffle.weights"
     CATEGORY = "weights"
     weights: torch.Tensor
-    seed: int
-
-
-@dataclass(frozen=True)
-class SyncDown(Payload):
-    """``downlink = replay``, first contact or history too long: the full replica state."""
-
-    KIND = "baffle.sync"
-    CATEGORY = "weights"
-    weights: torch.Tensor
-    opt_state: torch.Tensor
-    opt_step: int
-    through: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class ReplayDown(Payload):
-    """``downlink = replay``: what the replica missed, as seeds + scalars (one entry per aggregated round).
-
-    ``rounds[i]`` had ``contributors[i]`` scalar blocks (1 when the server pre-combined
-    shared-direction scalars); block j of the flat ``diffs`` has S x K values, its
-    base seed ``seeds[j]`` and weight ``counts[j]``. ``fingerprint`` hashes the
-    resulting weights so a replica that drifted fails loudly instead of training
-    on the wrong model.
-    """
-
-    KIND = "baffle.replay"
-    CATEGORY = "seeds"
-    diffs: torch.Tensor
-    rounds: list
-    contributors: list
-    precombined: list
-    seeds: list
-    counts: list
-    through: int
-    fingerprint: int
     seed: int
 
 
@@ -128,57 +93,83 @@ def build_model_checked(ctx: Context):
     return model
 
 
-def fingerprint(theta: torch.Tensor) -> int:
-    return int.from_bytes(hashlib.blake2b(theta.numpy().tobytes(), digest_size=8).digest(), "little") & (SEED_MAX - 1)
+def flat_optimizer(param: torch.nn.Parameter, kind: str, lr: float, o: dict, momentum: float = 0.0) -> torch.optim.Optimizer:
+    """SGD or Adam over one flat parameter. Weight decay is the L2 term added to the
+    estimate inside the optimizer, and Adam's betas are settable: the paper's code uses
+    Adam(betas=(0.9, 0.99), weight_decay=5e-4) on the clipped estimate."""
+    if kind == "adam":
+        return torch.optim.Adam([param], lr=lr, betas=(o["beta1"], o["beta2"]), weight_decay=o["weight_decay"])
+    return torch.optim.SGD([param], lr=lr, momentum=momentum, weight_decay=o["weight_decay"])
+
+
+class LocalSteps:
+    """FedAvg mode: a client's optimizer over its flat weights (``baffle.local_optimizer``).
+
+    It starts fresh each round, so the end weights are a pure function of the round's
+    start weights, seeds and scalars, and the server (or a replica) rebuilds them exactly.
+    """
+
+    def __init__(self, theta: torch.Tensor, o: dict):
+        self.p = torch.nn.Parameter(theta.clone())
+        self.opt = flat_optimizer(self.p, o["local_optimizer"], o["local_lr"], o)
+
+    @property
+    def w(self) -> torch.Tensor:
+        return self.p.data
+
+    def step(self, g: torch.Tensor) -> None:
+        self.p.grad = g
+        self.opt.step()
+        self.p.grad = None
 
 
 def local_trajectory(
     f: zo.FlatModel, theta: torch.Tensor, batches: list[tuple[torch.Tensor, torch.Tensor]], base_seed: int, o: dict
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A client's round: per step s, K loss differences at its current weights, then (FedAvg mode)
-    a local step w <- w - local_lr * g_s. Returns (end weights, S x K differences)."""
+    a local optimizer step on the clipped estimate. Returns (end weights, S x K differences)."""
     k, sigma = o["k"], o["sigma"]
-    w = theta.clone()
+    local = LocalSteps(theta, o) if o["mode"] == "fedavg" else None
     rows = []
-    fedavg = o["mode"] == "fedavg"
     for s, (x, y) in enumerate(batches):
         seeds = [zo.direction_seed(base_seed, s, j) for j in range(k)]
-        g = torch.zeros_like(w) if fedavg else None
-        rows.append(zo.loss_differences(f, w, x, y, seeds, sigma, o["difference"], accumulate=g))
-        if fedavg:
-            w.add_(zo.finish_estimate(g, k, sigma, o["clip"]), alpha=-o["local_lr"])
-    return w, torch.stack(rows)
+        if local is None:
+            rows.append(zo.loss_differences(f, theta, x, y, seeds, sigma, o["difference"]))
+            continue
+        g = torch.zeros_like(theta)
+        rows.append(zo.loss_differences(f, local.w, x, y, seeds, sigma, o["difference"], accumulate=g))
+        local.step(zo.finish_estimate(g, k, sigma, o["clip"]))
+    return (theta if local is None else local.w), torch.stack(rows)
 
 
 def replay_trajectory(theta: torch.Tensor, diffs: torch.Tensor, base_seed: int, o: dict) -> torch.Tensor:
     """The server's (or a replica's) rebuild of :func:`local_trajectory`'s end weights from seeds + scalars."""
     k, sigma = o["k"], o["sigma"]
-    w = theta.clone()
+    local = LocalSteps(theta, o)
     for s in range(diffs.shape[0]):
         seeds = [zo.direction_seed(base_seed, s, j) for j in range(k)]
-        w.add_(zo.reconstruct(diffs[s], seeds, w.numel(), sigma, o["clip"]), alpha=-o["local_lr"])
-    return w
+        local.step(zo.reconstruct(diffs[s], seeds, theta.numel(), sigma, o["clip"]))
+    return local.w
 
 
 class ServerModel:
     """The global weights as one flat parameter with its optimizer: the state a replica mirrors.
 
-    FedSGD mode hands the aggregated estimate to a torch optimizer (SGD or Adam); FedAvg
-    mode moves toward the average of the replayed client weights by ``server_lr``.
+    FedSGD mode hands the aggregated estimate to the server optimizer (SGD or Adam);
+    FedAvg mode moves toward the average of the replayed client weights by ``server_lr``.
     """
 
     def __init__(self, theta: torch.Tensor, o: dict):
         self.o = o
-        self.theta = torch.nn.Parameter(theta.clone(), requires_grad=False)
-        self.opt = make_optimizer([self.theta.requires_grad_(True)], o)
-        self.theta.requires_grad_(False)
+        self.theta = torch.nn.Parameter(theta.clone())
+        self.opt = flat_optimizer(self.theta, o["optimizer"], o["lr"], o, momentum=o["momentum"])
 
-    def apply(self, entry: dict) -> dict:
-        """Apply one round's entry {seeds, counts, diffs (C x S x K), precombined}."""
+    def apply(self, entry: RoundEntry) -> dict:
+        """Apply one round: rebuild the clients' estimates (or trajectories) from seeds + scalars."""
         o = self.o
         theta = self.theta.data
-        seeds, diffs = entry["seeds"], entry["diffs"]
-        ns = torch.tensor([float(c) for c in entry["counts"]])
+        seeds, diffs = entry.seeds, entry.diffs
+        ns = torch.tensor([float(c) for c in entry.counts])
         rule = (o["aggregation"], o["trim_beta"], o["clip_norm"])
         if o["mode"] == "fedavg":
             ends = torch.stack([replay_trajectory(theta, diffs[j], seeds[j], o) for j in range(len(seeds))])
@@ -187,13 +178,15 @@ class ServerModel:
             norm = float((avg - theta).norm()) * lr
             theta.mul_(1.0 - lr).add_(avg, alpha=lr)
             return {"update_norm": norm}
-        numel, k, sigma = theta.numel(), o["k"], o["sigma"]
+        numel, k, sigma, clip = theta.numel(), o["k"], o["sigma"], o["clip"]
         dir_seeds = [[zo.direction_seed(s, 0, j) for j in range(k)] for s in seeds]
-        if entry["precombined"]:
-            g = zo.reconstruct(diffs[0, 0], dir_seeds[0], numel, sigma, o["clip"])
+        if entry.precombined:
+            g = zo.reconstruct(diffs[0, 0], dir_seeds[0], numel, sigma, clip)
         else:
-            gs = torch.stack([zo.reconstruct(diffs[j, 0], dir_seeds[j], numel, sigma) for j in range(len(seeds))])
-            g = zo.finish_estimate(combine(gs, ns, *rule), 1, 1.0, o["clip"])
+            # Each client's estimate is clipped before averaging, as each client clips its own
+            # gradient in the paper's code; a robust rule then combines the clipped estimates.
+            gs = torch.stack([zo.reconstruct(diffs[j, 0], dir_seeds[j], numel, sigma, clip) for j in range(len(seeds))])
+            g = combine(gs, ns, *rule)
         self.theta.grad = g
         self.opt.step()
         self.theta.grad = None
@@ -216,96 +209,60 @@ class ServerModel:
             self.opt.state[self.theta] = {"momentum_buffer": flat[:n].clone()}
 
 
+def pass_batches(n: int, batch_size: int, first_step: int, steps: int, gen: callable) -> list[torch.Tensor]:
+    """Index sets for global steps ``first_step`` .. ``first_step + steps - 1`` of a client.
+
+    Steps walk through the client's data in passes (epochs) without replacement, each
+    pass a fresh permutation from ``gen(pass)``, as the paper's data loader does: one
+    pass of 800 samples at batch 32 is 25 steps. ``batch_size = 0`` means all the data.
+    """
+    if batch_size <= 0 or batch_size >= n:
+        return [torch.arange(n)] * steps
+    per_pass = math.ceil(n / batch_size)
+    perms: dict[int, torch.Tensor] = {}
+    out = []
+    for t in range(first_step, first_step + steps):
+        e, pos = divmod(t, per_pass)
+        if e not in perms:
+            perms[e] = torch.randperm(n, generator=gen(e))
+        out.append(perms[e][pos * batch_size : (pos + 1) * batch_size])
+    return out
+
+
 class BaffleClient(ClientHalf):
     """Forward-only client: regenerate directions from seeds, upload loss differences."""
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.model = build_model_checked(ctx)
-        self.model.requires_grad_(True)
         self.f = zo.FlatModel(self.model)
-        self.model.requires_grad_(False)
         self.o = _opts(ctx.cfg)
         self.n_state = flat_state(self.model).numel()
-        self.max_history = 2**26
 
     def downlink_specs(self, rnd):
-        p = self.f.numel
-        seed = ScalarSpec("int", 0, SEED_MAX)
         return {
-            WeightsDown.KIND: Spec(WeightsDown, {"weights": TensorSpec("float32", (self.n_state,), max_abs=1e6)}, {"seed": seed}),
-            SyncDown.KIND: Spec(
-                SyncDown,
-                {"weights": TensorSpec("float32", (self.n_state,), max_abs=1e6), "opt_state": TensorSpec("float32", (None,), max_elems=2 * p)},
-                {"opt_step": ScalarSpec("int", 0, 2**40), "through": ScalarSpec("int", 0, 2**31), "seed": seed},
-            ),
-            ReplayDown.KIND: Spec(
-                ReplayDown,
-                {"diffs": TensorSpec("float32", (None,), max_abs=MAX_DIFF, max_elems=self.max_history)},
-                {
-                    "rounds": ScalarSpec("list[int]", 1, 2**31, max_len=100_000),
-                    "contributors": ScalarSpec("list[int]", 1, 100_000, max_len=100_000),
-                    "precombined": ScalarSpec("list[int]", 0, 1, max_len=100_000),
-                    "seeds": ScalarSpec("list[int]", 0, SEED_MAX, max_len=1_000_000),
-                    "counts": ScalarSpec("list[int]", 1, MAX_SAMPLES, max_len=1_000_000),
-                    "through": ScalarSpec("int", 0, 2**31),
-                    "fingerprint": ScalarSpec("int", 0, SEED_MAX),
-                    "seed": seed,
-                },
-            ),
+            WeightsDown.KIND: Spec(WeightsDown, {"weights": TensorSpec("float32", (self.n_state,), max_abs=1e6)}, {"seed": ScalarSpec("int", 0, SEED_MAX)}),
+            **replay_specs(self.n_state, self.f.numel),
         }
 
     def _batches(self, rnd: int, data: ClientData) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        bs = self.o["batch_size"]
-        out = []
-        for s in range(steps_per_round(self.o)):
-            if bs and bs < len(data):
-                idx = torch.randperm(len(data), generator=generator(self.ctx.seed, "baffle-batch", rnd, data.cid, s))[:bs]
-                out.append((data.x[idx], data.y[idx]))
-            else:
-                out.append((data.x, data.y))
-        return out
+        steps = steps_per_round(self.o)
+        gen = lambda e: generator(self.ctx.seed, "baffle-batch", data.cid, e)  # noqa: E731
+        return [(data.x[i], data.y[i]) for i in pass_batches(len(data), self.o["batch_size"], (rnd - 1) * steps, steps, gen)]
 
-    def _replica(self, down, state: dict) -> torch.Tensor:
-        """Bring the client's replica of the global model up to date (``downlink = replay``)."""
-        if isinstance(down, SyncDown):
-            load_flat_state(self.model, down.weights)
-            state.clear()
-            state.update(theta=self.f.get(), opt_state=down.opt_state.clone(), opt_step=down.opt_step, through=down.through)
-            return state["theta"]
-        if "theta" not in state:
-            raise RuntimeError("baffle replay downlink but this client holds no replica")
-        server = ServerModel(state["theta"], self.o)
-        server.load_opt_tensors(state["opt_state"], state["opt_step"])
-        sk = steps_per_round(self.o) * self.o["k"]
-        flat = down.diffs
-        off = blk = 0
-        for rnd, c, pre in zip(down.rounds, down.contributors, down.precombined):
-            n = c * sk
-            if flat.numel() < off + n or blk + c > len(down.seeds):
-                raise RuntimeError("baffle replay downlink is inconsistent")
-            entry = {
-                "seeds": down.seeds[blk : blk + c],
-                "counts": down.counts[blk : blk + c],
-                "diffs": flat[off : off + n].view(c, steps_per_round(self.o), self.o["k"]),
-                "precombined": bool(pre),
-            }
-            if rnd > state["through"]:
-                server.apply(entry)
-            off += n
-            blk += c
-        if fingerprint(server.theta.data) != down.fingerprint:
-            raise RuntimeError("baffle replica diverged from the global model (fingerprint mismatch)")
-        opt_state, opt_step = server.opt_tensors()
-        state.update(theta=server.theta.data.clone(), opt_state=opt_state, opt_step=opt_step, through=down.through)
-        return state["theta"]
+    def _new_replica(self, theta: torch.Tensor, opt_state: torch.Tensor, opt_step: int) -> ServerModel:
+        server = ServerModel(theta, self.o)
+        server.load_opt_tensors(opt_state, opt_step)
+        return server
 
     def update(self, rnd, down, data: ClientData, state: dict) -> Payload:
-        if isinstance(down, WeightsDown):
+        if isinstance(down, (WeightsDown, SyncDown)):
             load_flat_state(self.model, down.weights)
             theta = self.f.get()
+            if isinstance(down, SyncDown):
+                sync_state(down, theta, state)
         else:
-            theta = self._replica(down, state)
+            theta = catch_up(down, state, self._new_replica, steps_per_round(self.o), self.o["k"])
         _, diffs = local_trajectory(self.f, theta, self._batches(rnd, data), down.seed, self.o)
         return ScalarsUp(diffs, len(data))
 
@@ -320,17 +277,20 @@ class Baffle(Algorithm):
         "baffle.difference": Field("str", "forward", "forward: K+1 passes; central: 2K passes, lower bias.", choices=("forward", "central")),
         "baffle.mode": Field("str", "fedsgd", "fedsgd: one estimate per client per round; fedavg: local_steps local ZO steps.", choices=("fedsgd", "fedavg")),
         "baffle.local_steps": Field("int", 10, "fedavg mode: local zeroth-order steps S per round.", min=1, max=100_000),
-        "baffle.local_lr": Field("float", 0.05, "fedavg mode: client SGD step on each local estimate.", min=0.0, min_exclusive=True),
-        "baffle.batch_size": Field("int", 0, "Samples per estimate (0 = all local data).", min=0),
-        "baffle.directions": Field("str", "shared", "shared: one seed set for all clients (paper); per-client: independent seeds.", choices=("shared", "per-client")),
+        "baffle.local_optimizer": Field("str", "sgd", "fedavg mode: client optimizer on each local estimate (fresh each round).", choices=("sgd", "adam")),
+        "baffle.local_lr": Field("float", 0.05, "fedavg mode: client learning rate.", min=0.0, min_exclusive=True),
+        "baffle.batch_size": Field("int", 0, "Samples per estimate (0 = all local data); steps walk through the data in passes.", min=0),
+        "baffle.directions": Field("str", "shared", "fedsgd mode: shared: one seed set for all clients; per-client: independent seeds (fedavg mode: always per client).", choices=("shared", "per-client")),
         "baffle.downlink": Field("str", "weights", "weights: send the model; replay: send seeds + scalars to clients holding the model.", choices=("weights", "replay")),
         "baffle.optimizer": Field("str", "adam", "fedsgd mode: server optimizer on the estimate.", choices=("sgd", "adam")),
         "baffle.lr": Field("float", 0.03, "fedsgd mode: server learning rate.", min=0.0, min_exclusive=True),
         "baffle.momentum": Field("float", 0.0, "fedsgd mode: server SGD momentum.", min=0.0, max=0.999),
-        "baffle.weight_decay": Field("float", 0.0, "fedsgd mode: server weight decay.", min=0.0),
+        "baffle.beta1": Field("float", 0.9, "Adam beta1 (server in fedsgd mode, clients in fedavg mode).", min=0.0, max=0.9999),
+        "baffle.beta2": Field("float", 0.999, "Adam beta2 (the paper uses 0.99).", min=0.0, max=0.99999),
+        "baffle.weight_decay": Field("float", 0.0, "L2 weight decay inside the optimizer that takes the estimate (the paper: 5e-4).", min=0.0),
         "baffle.server_lr": Field("float", 1.0, "fedavg mode: step toward the averaged client weights.", min=0.0, min_exclusive=True),
-        "baffle.ema": Field("float", 0.0, "Decay of the EMA of server weights used for evaluation (0 = off).", min=0.0, max=0.9999),
-        "baffle.clip": Field("float", 0.0, "Clip each estimate to this inf-norm (0 = off).", min=0.0),
+        "baffle.ema": Field("float", 0.0, "Decay of the EMA of server weights used for evaluation (0 = off); warm-up min(decay, (1+n)/(10+n)).", min=0.0, max=0.9999),
+        "baffle.clip": Field("float", 0.0, "Rescale each estimate so its largest entry is at most this (inf-norm clipping, 0 = off).", min=0.0),
         "baffle.activation": Field("str", "hardswish", "Activation of BAFFLE's models ('model' = use model.activation).", choices=("model", *ACTIVATIONS)),
         **aggregation_fields("baffle"),
     }
@@ -344,22 +304,21 @@ class Baffle(Algorithm):
         super().__init__(ctx)
         self.o = _opts(self.cfg)
         self.global_model = build_model_checked(ctx)
-        self.global_model.requires_grad_(True)
         self.f = zo.FlatModel(self.global_model)
         self.server = ServerModel(self.f.get(), self.o)
-        self.global_model.requires_grad_(False)
         self.ema = self.server.theta.data.clone() if self.o["ema"] > 0 else None
+        self.ema_updates = 0
         self.through = 0
-        self.history: dict[int, dict] = {}
-        self.history_floor = 0
-        self.synced: dict[int, int] = {}
-        self.sent: dict[int, int] = {}
+        self.replay = ReplayLog(self.server.theta.numel()) if self.o["downlink"] == "replay" else None
 
     def init_state(self) -> None:
         pass
 
     def round_seed(self, rnd: int, cid: int) -> int:
-        if self.o["directions"] == "shared":
+        """The base seed of ``cid``'s directions. Shared directions exist only in FedSGD mode,
+        where every client estimates at the same weights; FedAvg-mode clients walk their
+        own trajectories, so their directions are seeded by (round, client, step)."""
+        if self.o["directions"] == "shared" and self.o["mode"] == "fedsgd":
             return derive_seed(self.ctx.seed, "baffle-directions", rnd) % SEED_MAX
         return derive_seed(self.ctx.seed, "baffle-directions", rnd, cid) % SEED_MAX
 
@@ -368,41 +327,12 @@ class Baffle(Algorithm):
         return flat_state(self.global_model)
 
     def configure(self, rnd, client_ids):
-        if self.o["downlink"] == "weights":
-            w = self._weights()
-            return {cid: WeightsDown(w, self.round_seed(rnd, cid)) for cid in client_ids}
         w = self._weights()
+        if self.replay is None:
+            return {cid: WeightsDown(w, self.round_seed(rnd, cid)) for cid in client_ids}
         opt_state, opt_step = self.server.opt_tensors()
         fp = fingerprint(self.server.theta.data)
-        out = {}
-        for cid in client_ids:
-            seed = self.round_seed(rnd, cid)
-            sync = SyncDown(w, opt_state, opt_step, self.through, seed)
-            last = self.synced.get(cid)
-            down = sync
-            if last is not None and last >= self.history_floor:
-                replay = self._replay(last, fp, seed)
-                if len(encode(replay)) < len(encode(sync)):
-                    down = replay
-            self.sent[cid] = self.through
-            out[cid] = down
-        return out
-
-    def _replay(self, since: int, fp: int, seed: int) -> ReplayDown:
-        rounds = [r for r in sorted(self.history) if r > since]
-        es = [self.history[r] for r in rounds]
-        flat = torch.cat([e["diffs"].reshape(-1) for e in es]) if es else torch.zeros(0)
-        return ReplayDown(
-            flat,
-            rounds,
-            [len(e["seeds"]) for e in es],
-            [int(e["precombined"]) for e in es],
-            [s for e in es for s in e["seeds"]],
-            [c for e in es for c in e["counts"]],
-            self.through,
-            fp,
-            seed,
-        )
+        return {cid: self.replay.downlink(cid, SyncDown(w, opt_state, opt_step, self.through, self.round_seed(rnd, cid)), fp) for cid in client_ids}
 
     def uplink_specs(self, rnd, cid):
         shape = (steps_per_round(self.o), self.o["k"])
@@ -411,42 +341,36 @@ class Baffle(Algorithm):
     def aggregate(self, rnd, replies):
         cids = sorted(replies)
         diffs = torch.stack([replies[c].d for c in cids])
-        counts = [replies[c].num_samples for c in cids]
-        shared_sgd = self.o["mode"] == "fedsgd" and self.o["directions"] == "shared"
-        if shared_sgd:
+        counts = tuple(replies[c].num_samples for c in cids)
+        if self.o["mode"] == "fedsgd" and self.o["directions"] == "shared":
             ns = torch.tensor([float(c) for c in counts])
             d = combine(diffs[:, 0], ns, self.o["aggregation"], self.o["trim_beta"], self.o["clip_norm"])
-            entry = {"seeds": [self.round_seed(rnd, cids[0])], "counts": [1], "diffs": d.view(1, 1, -1).clone(), "precombined": True}
+            entry = RoundEntry((self.round_seed(rnd, cids[0]),), (1,), d.view(1, 1, -1).clone(), True)
         else:
-            entry = {"seeds": [self.round_seed(rnd, c) for c in cids], "counts": counts, "diffs": diffs, "precombined": False}
+            entry = RoundEntry(tuple(self.round_seed(rnd, c) for c in cids), counts, diffs, False)
         metrics = self.server.apply(entry)
         self.through = rnd
         if self.ema is not None:
-            self.ema.mul_(self.o["ema"]).add_(self.server.theta.data, alpha=1 - self.o["ema"])
-        if self.o["downlink"] == "replay":
-            for c in cids:
-                if c in self.sent:
-                    self.synced[c] = self.sent[c]
-            self.history[rnd] = entry
-            self._prune()
+            # Warm-up (as torch_ema, which the paper's code uses): early on the average
+            # follows the weights instead of staying near the random initialisation.
+            n = self.ema_updates
+            decay = min(self.o["ema"], (1 + n) / (10 + n))
+            self.ema.mul_(decay).add_(self.server.theta.data, alpha=1 - decay)
+            self.ema_updates += 1
+        if self.replay is not None:
+            self.replay.record(rnd, entry, cids)
         metrics["loss_diff_abs_mean"] = float(diffs.abs().mean())
         return metrics
 
-    def _prune(self) -> None:
-        """Keep only the newest history whose scalars fit in the model's size: older catch-ups get weights."""
-        budget = self.server.theta.numel()
-        total = 0
-        for r in sorted(self.history, reverse=True):
-            total += self.history[r]["diffs"].numel() + 2 * len(self.history[r]["seeds"])
-            if total > budget:
-                for old in [q for q in self.history if q <= r]:
-                    del self.history[old]
-                self.history_floor = max(self.history_floor, r)
-                break
-
     def evaluate(self, x, y):
-        self.f.put(self.ema if self.ema is not None else self.server.theta.data)
-        return evaluate_model(self.global_model, x, y, self.cfg["eval.batch_size"])
+        """The EMA weights when ``baffle.ema`` is on (the paper's evaluation), plus the raw weights as ``raw_*``."""
+        bs = self.cfg["eval.batch_size"]
+        self.f.put(self.server.theta.data)
+        raw = evaluate_model(self.global_model, x, y, bs)
+        if self.ema is None:
+            return raw
+        self.f.put(self.ema)
+        return {**evaluate_model(self.global_model, x, y, bs), "raw_accuracy": raw["accuracy"], "raw_loss": raw["loss"]}
 
     def state_dict(self):
         opt_state, opt_step = self.server.opt_tensors()
@@ -455,10 +379,9 @@ class Baffle(Algorithm):
             "opt_state": opt_state,
             "opt_step": opt_step,
             "ema": self.ema.clone() if self.ema is not None else torch.zeros(0),
+            "ema_updates": self.ema_updates,
             "through": self.through,
-            "history": {str(r): e for r, e in self.history.items()},
-            "history_floor": self.history_floor,
-            "synced": {str(c): r for c, r in self.synced.items()},
+            "replay": self.replay.state_dict() if self.replay is not None else {},
         }
 
     def load_state_dict(self, state):
@@ -466,10 +389,10 @@ class Baffle(Algorithm):
         self.server.load_opt_tensors(state["opt_state"], state["opt_step"])
         if self.ema is not None:
             self.ema.copy_(state["ema"])
+        self.ema_updates = int(state["ema_updates"])
         self.through = int(state["through"])
-        self.history = {int(r): e for r, e in state["history"].items()}
-        self.history_floor = int(state["history_floor"])
-        self.synced = {int(c): int(r) for c, r in state["synced"].items()}
+        if self.replay is not None:
+            self.replay.load_state_dict(state["replay"])
 
     def summary_extra(self):
         passes = self.o["k"] + 1 if self.o["difference"] == "forward" else 2 * self.o["k"]

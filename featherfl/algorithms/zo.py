@@ -126,8 +126,13 @@ def reconstruct(diffs: torch.Tensor, seeds: list[int], numel: int, sigma: float,
 
 
 def finish_estimate(g: torch.Tensor, k: int, sigma: float, clip: float = 0.0) -> torch.Tensor:
-    """Scale the accumulated sum by 1/(K sigma) and project onto the inf-norm ball of radius ``clip`` (0 = off)."""
+    """Scale the accumulated sum by 1/(K sigma); with ``clip`` > 0, rescale it so that its
+    infinity norm is at most ``clip``. Rescaling keeps the estimate's direction, where
+    clamping coordinates would bend it (the paper's code clips with
+    ``clip_grad_norm_(norm_type=inf)``)."""
     g.mul_(1.0 / (k * sigma))
-    if clip > 0:
-        g.clamp_(-clip, clip)
+    if clip > 0 and g.numel():
+        top = float(g.abs().max())
+        if top > clip:
+            g.mul_(clip / top)
     return g

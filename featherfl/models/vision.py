@@ -71,6 +71,22 @@ def lenet(input_shape, num_classes, width=0, activation="relu", norm="none", **_
     return _ConvNet(features, head)
 
 
+@register_model("lenet-baffle")
+def lenet_baffle(input_shape, num_classes, width=0, activation="hardswish", norm="none", **_):
+    """The LeNet of BAFFLE's MNIST experiments (Feng et al. 2023, Sec. 4; the authors' code):
+    conv5x5 (16, padding 2), activation, max-pool 2, conv5x5 (4 x 16, padding 2), activation,
+    global average pool, one linear layer. No norm by default (Sec. 4.4) and few parameters
+    (26,730 at 1x28x28 / 10 classes): a zeroth-order estimate's quality falls with the
+    parameter count. ``width`` sets the first layer's channels (default 16)."""
+    w = width or 16
+    act = ACTIVATIONS[activation]
+    features = nn.Sequential(
+        nn.Conv2d(input_shape[0], w, 5, padding=2), make_norm(norm, w), act(), nn.MaxPool2d(2),
+        nn.Conv2d(w, 4 * w, 5, padding=2), make_norm(norm, 4 * w), act(), nn.AdaptiveAvgPool2d(1),
+    )
+    return _ConvNet(features, nn.Linear(4 * w, num_classes))
+
+
 @register_model("cnn")
 def cnn(input_shape, num_classes, width=0, activation="relu", norm="none", **_):
     """The FD paper's CNN (Jeong et al. 2018, Sec. 4): 2 conv layers + max-pool, then 2 dense layers."""
