@@ -451,3 +451,61 @@ def test_server_model_takes_a_typed_round_entry():
     seeds = [zo.direction_seed(5, 0, j) for j in range(8)]
     assert torch.allclose(before - alg.server.theta.data, zo.reconstruct(torch.ones(8), seeds, before.numel(), 1e-3))
     assert RoundEntry.from_state(entry.to_state()) == entry or torch.equal(RoundEntry.from_state(entry.to_state()).diffs, entry.diffs)
+
+
+def _write_idx(path, arr):
+    import gzip
+    import struct
+
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + arr.tobytes())
+
+
+def _tiny_mnist(root, n=300):
+    """MNIST-format t10k files: ten class-dependent blob positions plus noise (learnable, seeded)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = (np.arange(n) % 10).astype(np.uint8)
+    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 5)
+        x[i, 4 + 12 * r : 12 + 12 * r, 2 + 5 * q : 6 + 5 * q] = 255
+    folder = root / "mnist-t10k"
+    folder.mkdir(parents=True)
+    _write_idx(folder / "t10k-images-idx3-ubyte.gz", x)
+    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", y)
+    return folder
+
+
+def test_reproduce_baffle_mnist_quick_writes_the_table_and_a_normal_run(tmp_path):
+    _tiny_mnist(tmp_path / "data")
+    out = tmp_path / "out"
+    rc = cli.main(["reproduce", "baffle-mnist", "--quick", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"])
+    assert rc == 0
+    table = json.loads((out / "reproduce.json").read_text())
+    (row,) = table["rows"]
+    assert row["paper"] == 0.9517 and 0.0 <= row["ours"] <= 1.0
+    run = out / "baffle"
+    cfg = build_config((run / "config.toml").read_text())
+    assert (cfg["model.name"], cfg["baffle.beta2"], cfg["baffle.clip"], cfg["baffle.ema"], cfg["baffle.directions"]) == ("lenet-baffle", 0.99, 0.3, 0.995, "per-client")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    samples = json.loads((run / "clients.json").read_text())["samples"]
+    k = cfg["baffle.k"]
+    for r in rows:
+        for cid, b in r["bytes_up_per_client"].items():
+            assert b == 4 * k + wire.header_bytes(ScalarsUp(torch.zeros(1, k), samples[int(cid)]))
+    total = sum(r["bytes_up"] + r["bytes_down"] for r in rows)
+    assert row["bytes_per_client"] == total / cfg["clients"]
+    assert row["ours"] == rows[-1]["accuracy"] and "raw_accuracy" in rows[-1]
+    assert "| BAFFLE, LeNet" in (out / "reproduce.md").read_text()
+
+
+def test_reproduce_baffle_mnist_rejects_bad_files_before_writing(tmp_path, capsys):
+    folder = _tiny_mnist(tmp_path / "data")
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    out = tmp_path / "out"
+    rc = cli.main(["reproduce", "baffle-mnist", "--quick", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "t10k-labels" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
