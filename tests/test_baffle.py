@@ -509,3 +509,34 @@ def test_reproduce_baffle_mnist_rejects_bad_files_before_writing(tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "t10k-labels" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_perturbation_needs_no_direction_buffer_the_size_of_the_model(monkeypatch):
+    """Issue 14 item 4: W + sigma eps_k is generated chunk by chunk into the model's own weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 300), nn.Hardswish(), nn.Linear(300, 4))
+    f = zo.FlatModel(model)
+    assert f.numel > 2**16  # more than one chunk
+    theta = f.get()
+    kept = theta.clone()
+    x, y = torch.randn(16, 300), torch.randint(0, 4, (16,))
+    seeds = [zo.direction_seed(9, 0, j) for j in range(6)]
+    big = []
+    for name in ("empty", "empty_like", "zeros", "zeros_like", "randn"):
+        real = getattr(torch, name)
+
+        def spy(*a, _real=real, **kw):
+            t = _real(*a, **kw)
+            if t.numel() >= f.numel:
+                big.append(t.numel())
+            return t
+
+        monkeypatch.setattr(torch, name, spy)
+    d = zo.loss_differences(f, theta, x, y, seeds, 1e-3)
+    monkeypatch.undo()
+    assert big == []
+    assert torch.equal(theta, kept)
+    g = torch.zeros_like(theta)
+    again = zo.loss_differences(f, theta, x, y, seeds, 1e-3, accumulate=g)
+    assert torch.equal(d, again)
+    assert torch.equal(zo.finish_estimate(g, 6, 1e-3), zo.reconstruct(d, seeds, f.numel, 1e-3))

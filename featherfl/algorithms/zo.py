@@ -13,8 +13,10 @@ knows the seeds needs only the K scalars d_k to rebuild g: that is what makes th
 uplink K float32 values.
 
 Memory stays O(parameters), never O(K x parameters): the weights live in one flat
-vector that the model's parameters are views of, and each eps_k is regenerated in
-place into one reusable buffer. Forward passes run under ``torch.inference_mode``,
+vector that the model's parameters are views of, and each eps_k is generated from its
+seed a chunk at a time (``CHUNK`` values) and written as W + sigma eps_k straight into
+that vector, so no direction buffer the size of the model exists (the in-place trick
+MeZO, Malladi et al. 2023, uses). Forward passes run under ``torch.inference_mode``,
 so no autograd graph is built and no ``.grad`` is ever touched.
 """
 
@@ -32,9 +34,18 @@ def direction_seed(base: int, step: int, k: int) -> int:
     return derive_seed(base, step, k)
 
 
-def fill_direction(out: torch.Tensor, seed: int) -> torch.Tensor:
-    """Write eps ~ N(0, I) for ``seed`` into ``out`` in place (same seed, same bits, anywhere)."""
-    return torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), out=out)
+#: Values of a direction generated at a time. A model of at most this many parameters gets
+#: exactly ``torch.randn(numel)`` from the seed; larger ones the same stream in pieces.
+CHUNK = 1 << 16
+
+
+def direction_chunks(seed: int, numel: int, buf: torch.Tensor):
+    """Yield (start, stop, z): eps ~ N(0, I) for ``seed`` in ``CHUNK``-sized pieces written into
+    ``buf`` (at least ``min(CHUNK, numel)`` values). Same seed, same bits, on every party."""
+    g = torch.Generator().manual_seed(seed)
+    for a in range(0, numel, CHUNK):
+        b = min(a + CHUNK, numel)
+        yield a, b, torch.randn(b - a, generator=g, out=buf[: b - a])
 
 
 class FlatModel:
@@ -84,34 +95,40 @@ def loss_differences(
     Forward difference costs K+1 forward passes, central 2K. The model runs in eval
     mode so that dropout cannot make L(W + delta) and L(W) disagree by chance (and no
     global RNG is touched); BatchNorm is refused upstream. ``theta`` (the unperturbed
-    weights) and one direction buffer are the only extra memory; perturbed weights
-    are written straight into the model's own flat parameter vector, which is left
-    holding the last perturbed weights (callers ``put`` what they need next).
-    When ``accumulate`` is given, sum_k d_k eps_k is added into it while each eps_k
-    is still in memory, with exactly the arithmetic :func:`reconstruct` uses, so a
-    client's own local step and the server's rebuild from scalars agree bit for bit.
+    weights) stays untouched, and W + sigma eps_k is written chunk by chunk straight
+    into the model's own flat parameter vector, so restoring W is the next write, exact,
+    with no subtraction round-off; the vector is left holding the last perturbed weights
+    (callers ``put`` what they need next). The only other memory is one ``CHUNK``.
+    When ``accumulate`` is given, sum_k d_k eps_k is added into it (eps_k regenerated from
+    its seed) with exactly the arithmetic :func:`reconstruct` uses, so a client's own local
+    step and the server's rebuild from scalars agree bit for bit.
     """
     model = f.model
     was = model.training
     model.eval()
     out = torch.empty(len(seeds), dtype=torch.float32)
+    numel = theta.numel()
+    buf = torch.empty(min(CHUNK, numel))
+    flat = f.flat
     with torch.inference_mode():
-        eps = torch.empty_like(theta)
         base = 0.0
         if difference == "forward":
-            f.flat.copy_(theta)
+            flat.copy_(theta)
             base = f.current_loss(x, y)
         for k, s in enumerate(seeds):
-            fill_direction(eps, s)
-            torch.add(theta, eps, alpha=sigma, out=f.flat)
+            for a, b, z in direction_chunks(s, numel, buf):
+                torch.add(theta[a:b], z, alpha=sigma, out=flat[a:b])
             plus = f.current_loss(x, y)
             if difference == "central":
-                torch.add(theta, eps, alpha=-sigma, out=f.flat)
+                for a, b, z in direction_chunks(s, numel, buf):
+                    torch.add(theta[a:b], z, alpha=-sigma, out=flat[a:b])
                 out[k] = (plus - f.current_loss(x, y)) / 2.0
             else:
                 out[k] = plus - base
             if accumulate is not None:
-                accumulate.add_(eps, alpha=float(out[k]))
+                d = float(out[k])
+                for a, b, z in direction_chunks(s, numel, buf):
+                    accumulate[a:b].add_(z, alpha=d)
     model.train(was)
     return out
 
@@ -119,9 +136,10 @@ def loss_differences(
 def reconstruct(diffs: torch.Tensor, seeds: list[int], numel: int, sigma: float, clip: float = 0.0) -> torch.Tensor:
     """Rebuild g = 1/(K sigma) * sum_k d_k eps_k from the K scalars and their seeds."""
     g = torch.zeros(numel)
-    eps = torch.empty(numel)
+    buf = torch.empty(min(CHUNK, numel))
     for d, s in zip(diffs.tolist(), seeds):
-        g.add_(fill_direction(eps, s), alpha=d)
+        for a, b, z in direction_chunks(s, numel, buf):
+            g[a:b].add_(z, alpha=d)
     return finish_estimate(g, len(seeds), sigma, clip)
 
 
