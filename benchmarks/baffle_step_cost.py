@@ -21,9 +21,9 @@ from featherfl.algorithms.base import derive_seed
 from featherfl.models import build_model
 
 
-def measure(name: str, k: int, batch: int, repeats: int) -> dict:
+def measure(name: str, k: int, batch: int, repeats: int, norm: str = "group") -> dict:
     torch.manual_seed(0)
-    model = build_model(name, (1, 28, 28), 10, activation="hardswish", norm="group")
+    model = build_model(name, (1, 28, 28), 10, activation="hardswish", norm=norm)
     x = torch.rand(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
     f = zo.FlatModel(model)
@@ -51,15 +51,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", default="lenet,wrn-10-2")
+    ap.add_argument("--norm", default="group", help="norm of the conv models (lenet-baffle: none, as in the paper)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"K={a.k}, batch {a.batch}, 1x28x28, 1 thread, median of {a.repeats}")
+    print(f"K={a.k}, batch {a.batch}, 1x28x28, norm {a.norm}, 1 thread, median of {a.repeats}")
     print("| model | parameters | BAFFLE step (s) | (K+1) plain forwards (s) | ratio (goal <= 1.0) |")
     print("|---|---|---|---|---|")
     for m in a.models.split(","):
-        r = measure(m, a.k, a.batch, a.repeats)
+        r = measure(m, a.k, a.batch, a.repeats, a.norm)
         print(f"| {r['model']} | {r['params']:,} | {r['step_s']:.3f} | {r['forwards_s']:.3f} | {r['ratio']:.2f} |")
-    print(f"\nreproduce: .venv/bin/python benchmarks/baffle_step_cost.py --k {a.k} --batch {a.batch} --repeats {a.repeats}")
+    print(f"\nreproduce: .venv/bin/python benchmarks/baffle_step_cost.py --k {a.k} --batch {a.batch} --repeats {a.repeats} --models {a.models} --norm {a.norm}")
 
 
 if __name__ == "__main__":
