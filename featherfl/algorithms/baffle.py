@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -209,7 +210,7 @@ class ServerModel:
             self.opt.state[self.theta] = {"momentum_buffer": flat[:n].clone()}
 
 
-def pass_batches(n: int, batch_size: int, first_step: int, steps: int, gen: callable) -> list[torch.Tensor]:
+def pass_batches(n: int, batch_size: int, first_step: int, steps: int, gen: Callable[[int], torch.Generator]) -> list[torch.Tensor]:
     """Index sets for global steps ``first_step`` .. ``first_step + steps - 1`` of a client.
 
     Steps walk through the client's data in passes (epochs) without replacement, each
