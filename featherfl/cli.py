@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config key, e.g. --set partition.alpha=0.1")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     rp = sub.add_parser("report", help="table and plots for one run folder")
     rp.add_argument("run_dir")
     rp.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text")
@@ -76,32 +77,35 @@ def _overrides(a) -> list:
 
 
 def cmd_run(a) -> int:
-    from featherfl.experiment import Experiment, config_for_resume, default_run_dir, prepare
+    from featherfl.config import read_config_file
+    from featherfl.experiment import Experiment, RunFailed, config_for_resume, default_run_dir, prepare
+    from featherfl.runfolder import check_out_dir, clear_run_folder
 
     overrides = _overrides(a)
+    if a.resume and a.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; choose one")
     if a.resume:
         if not a.out:
             raise ConfigError("--resume needs --out RUN_DIR")
+        if a.config:
+            raise ConfigError("--resume reads the run's own config.toml; drop the config file argument (change resumable keys with --set)")
+        check_out_dir(Path(a.out), resume=True)
         cfg = config_for_resume(Path(a.out), overrides)
     else:
-        text = None
-        if a.config:
-            cp = Path(a.config)
-            if not cp.exists():
-                raise ConfigError(f"config file {cp} does not exist")
-            text = cp.read_text()
+        text = read_config_file(Path(a.config)) if a.config else None
         cfg = build_config(text, overrides)
-    prepared = prepare(cfg)
     out = Path(a.out) if a.out else default_run_dir(cfg)
-    if not a.resume and (out / "checkpoint.pt").exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    check_out_dir(out, resume=a.resume, overwrite=a.overwrite)
+    prepared = prepare(cfg)
+    if a.overwrite:
+        clear_run_folder(out)
     summary = Experiment(prepared, out, resume=a.resume, progress=not a.quiet).run()
     acc = summary.get("final_accuracy")
     mb = (summary["bytes_up"] + summary["bytes_down"]) / 1e6
     line = f"{summary['algorithm']} on {summary['dataset']}: {summary['rounds_completed']} rounds, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"-> {out}"
     print(line)
-    if summary.get("stopped"):
-        print(f"featherfl: run stopped: {summary['stopped']}", file=sys.stderr)
+    if summary["status"] != "completed":
+        print(f"featherfl: run {summary['status']}: {summary['reason']} (see {out / 'errors.log'})" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
         return 1
     return 0
 

@@ -8,6 +8,8 @@ messages, and the generated config reference in ``docs/config.md``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -89,6 +91,8 @@ CORE_SCHEMA: dict[str, Field] = {
     "engine.max_payload_mb": _f("float", 256.0, "Largest reply accepted (MB); larger ones are rejected.", min=0.0, min_exclusive=True),
     "engine.num_cpus": _f("int", 2, "CPUs for a local Ray cluster.", min=1),
     "engine.address": _f("str", "", "Address of an existing Ray cluster ('' = start a local one)."),
+    "engine.max_failure_share": _f("float", 0.5, "Stop the run (exit 1, status failed) once more than this share of attempted client updates raised an error; a round where every attempted client raised always stops it.", min=0.0, max=1.0),
+    "engine.vectorize": _f("str", "auto", "Local engine: train a round's clients as one batched computation where the method and model allow (auto) or one by one (off). Results match within float rounding.", choices=("auto", "off")),
     "engine.threads": _f("int", 0, "torch intra-op threads (0 = automatic: 1 for models under 100k parameters, else the cores idle at start; see featherfl/threads.py).", min=0),
     "attack.fraction": _f("float", 0.0, "Experiments: share of clients that are Byzantine (chosen from the seed; see featherfl.attacks).", min=0.0, max=1.0),
     "attack.kind": _f("str", "scale", "Experiments: how attackers alter their update.", choices=("scale", "sign-flip", "noise", "constant")),
@@ -187,6 +191,21 @@ def _coerce(key: str, f: Field, value: Any) -> Any:
         if f.max is not None and value > f.max:
             raise bad()
     return value
+
+
+def read_config_file(path: Path) -> str:
+    """A config file's text; a missing, unreadable or non-UTF-8 file is a one-line ConfigError."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror})") from None
 
 
 class Config:

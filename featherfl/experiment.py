@@ -26,9 +26,37 @@ from featherfl.data.sources import Dataset, load_dataset
 from featherfl.engines import make_engine
 from featherfl.engines.base import QuorumError
 from featherfl.threads import choose_threads
-from featherfl.runfolder import append_jsonl, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
+from featherfl.runfolder import CheckpointError, append_jsonl, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 
-TIMING_KEYS = ("seconds", "wall_seconds")
+#: Keys a resumed run may change: how long it runs and how it is executed and
+#: watched, never what it computes. Every other key is the run's identity: a
+#: ``--resume`` that changes one is refused, naming it (docs/runs.md).
+RESUMABLE_KEYS = frozenset(
+    {
+        "rounds",
+        "eval.every",
+        "eval.batch_size",
+        "engine.threads",
+        "engine.vectorize",
+        "engine.address",
+        "engine.num_cpus",
+        "engine.max_failure_share",
+    }
+)
+
+
+class RunFailed(RuntimeError):
+    """The run stopped because its clients failed (exit status 1); the message names the first error."""
+
+
+def identity(cfg: Config) -> dict:
+    """The resolved config without the keys a resume may change."""
+    return {k: v for k, v in cfg.as_flat().items() if k not in RESUMABLE_KEYS}
+
+
+def identity_changes(old: dict, new: dict) -> list[str]:
+    """Identity keys whose value differs (keys a newer featherfl added are not a change)."""
+    return sorted(k for k in old if k in new and old[k] != new[k])
 
 
 def run_id_for(cfg: Config) -> int:
@@ -86,10 +114,12 @@ class Experiment:
         self.start_round = 1
 
     # --- run folder ---------------------------------------------------------------
-    def _init_folder(self) -> None:
+    def _init_folder(self, clients: bool = True) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "plots").mkdir(exist_ok=True)
         atomic_write_text(self.out / "config.toml", self.cfg.to_toml())
+        if not clients:
+            return
         clients = {
             "label_histogram": self.p.part_info["label_histogram"],
             "samples": [len(c) for c in self.p.client_data],
@@ -99,13 +129,26 @@ class Experiment:
         atomic_write_text(self.out / "clients.json", json.dumps(clients, indent=1))
 
     def _restore(self) -> None:
+        """Load and check the checkpoint completely before anything in the folder is rewritten."""
         ck = load_checkpoint(self.out / "checkpoint.pt")
+        if not isinstance(ck, dict) or not {"run_id", "round", "algorithm", "client_states", "metrics"} <= set(ck):
+            raise CheckpointError(f"checkpoint {self.out / 'checkpoint.pt'} lacks the fields of a featherfl run")
         if ck["run_id"] != self.p.ctx.run_id:
             raise ConfigError(f"{self.out}: checkpoint belongs to another run (seed/algorithm/dataset/clients differ from config.toml)")
-        self.p.algorithm.load_state_dict(ck["algorithm"])
-        self.engine.load_client_states(ck["client_states"])
-        self.metrics = list(ck["metrics"])
-        self.start_round = int(ck["round"]) + 1
+        if "identity" in ck:
+            changed = identity_changes(ck["identity"], identity(self.cfg))
+            if changed:
+                raise ConfigError(f"--resume: config key {changed[0]!r} differs from the run's ({ck['identity'].get(changed[0])!r} -> {identity(self.cfg).get(changed[0])!r}); only {', '.join(sorted(RESUMABLE_KEYS))} may change")
+        try:
+            self.p.algorithm.load_state_dict(ck["algorithm"])
+            self.engine.load_client_states(ck["client_states"])
+            metrics = [dict(m) for m in ck["metrics"]]
+            start = int(ck["round"]) + 1
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"checkpoint {self.out / 'checkpoint.pt'} does not fit this run ({e.__class__.__name__})") from None
+        self.metrics = metrics
+        self.start_round = start
+        self._init_folder(clients=False)
         write_jsonl(self.out / "metrics.jsonl", self.metrics)
 
     def _checkpoint(self, rnd: int) -> None:
@@ -114,6 +157,7 @@ class Experiment:
             {
                 "round": rnd,
                 "run_id": self.p.ctx.run_id,
+                "identity": identity(self.cfg),
                 "algorithm": self.p.algorithm.state_dict(),
                 "client_states": self.engine.client_states(),
                 "metrics": self.metrics,
@@ -129,8 +173,7 @@ class Experiment:
         return alg.summarize_client_eval(self.engine.evaluate_clients(ds.test_x, ds.test_y))
 
     def run(self) -> dict:
-        if self.resume and (self.out / "checkpoint.pt").exists():
-            self._init_folder()
+        if self.resume:
             self._restore()
         else:
             self._init_folder()
@@ -143,6 +186,7 @@ class Experiment:
 
             bar = tqdm(total=rounds, initial=self.start_round - 1, desc=f"{self.cfg['algorithm']}", unit="round", leave=True, dynamic_ncols=True)
         stopped = None
+        failed = None
         try:
             for rnd in range(self.start_round, rounds + 1):
                 t0 = time.perf_counter()
@@ -150,6 +194,9 @@ class Experiment:
                     stats = self.engine.run_round(rnd)
                 except QuorumError as e:
                     stopped = str(e)
+                    if e.stats is not None and e.stats.errors:
+                        self._log_errors(rnd, e.stats.errors)
+                        failed = self._failure(rnd, e.stats, force=True)
                     break
                 evaluate = rnd % self.cfg["eval.every"] == 0 or rnd == rounds
                 ev = self._evaluate() if evaluate else {}
@@ -175,6 +222,7 @@ class Experiment:
                     "bytes_down_per_client": totals["bytes_down_per_client"],
                     **{k: v for k, v in ev.items() if k not in ("accuracy", "loss")},
                     **_clean(stats.metrics),
+                    **({"errors": [{k: e[k] for k in ("cid", "type", "message")} for e in stats.errors]} if stats.errors else {}),
                     "seconds": round(time.perf_counter() - t0, 4),
                 }
                 self.metrics.append(row)
@@ -187,11 +235,16 @@ class Experiment:
                     bar.update(1)
                 if self.on_round:
                     self.on_round(row)
+                if stats.errors:
+                    self._log_errors(rnd, stats.errors)
+                    failed = self._failure(rnd, stats)
+                    if failed:
+                        break
         finally:
             if bar is not None:
                 bar.close()
             self.engine.close()
-        summary = self.summary(stopped)
+        summary = self.summary(stopped, failed)
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
         self.p.algorithm.artifacts(self.out)
         from featherfl.report import plot_run
@@ -199,7 +252,33 @@ class Experiment:
         plot_run(self.out)
         return summary
 
-    def summary(self, stopped: str | None = None) -> dict:
+    def _log_errors(self, rnd: int, errors: list[dict]) -> None:
+        """Append each failure's full traceback to the run's ``errors.log``."""
+        with open(self.out / "errors.log", "a") as f:
+            for e in errors:
+                f.write(f"--- round {rnd}, client {e['cid']}: {e['type']}: {e['message']}\n")
+                f.write((e.get("traceback") or "(no traceback: the engine reported only the message)\n").rstrip("\n") + "\n")
+
+    def _failure(self, rnd: int, stats, force: bool = False) -> str | None:
+        """Why the run must stop because clients raised, or None.
+
+        A round where every attempted client raised stops it; so does a run where more
+        than ``engine.max_failure_share`` of all attempted client updates so far raised.
+        """
+        first = stats.errors[0]
+        where = f"client {first['cid']} in round {rnd} raised {first['type']}: {first['message']}"
+        if force or (stats.attempted and len(stats.errors) >= stats.attempted):
+            return f"every attempted client failed in round {rnd}; first error: {where}"
+        attempts = sum(m.get("clients_sampled", 0) - m.get("dropped_reasons", {}).get("dropout", 0) for m in self.metrics)
+        failures = sum(len(m.get("errors", [])) for m in self.metrics)
+        share = self.cfg["engine.max_failure_share"]
+        if attempts and failures / attempts > share:
+            first_ever = next(e for m in self.metrics for e in m.get("errors", []))
+            where = f"client {first_ever['cid']} raised {first_ever['type']}: {first_ever['message']}"
+            return f"{failures} of {attempts} client updates failed (more than engine.max_failure_share={share}); first error: {where}"
+        return None
+
+    def summary(self, stopped: str | None = None, failed: str | None = None) -> dict:
         evaluated = [m for m in self.metrics if m.get("accuracy") is not None]
         last = evaluated[-1] if evaluated else {}
         up = sum(m["bytes_up"] for m in self.metrics)
@@ -230,6 +309,12 @@ class Experiment:
             "data_note": self.p.dataset.note,
             "torch_threads": self.p.ctx.info.get("threads"),
         }
+        if failed:
+            s["status"], s["reason"] = "failed", failed
+        elif stopped:
+            s["status"], s["reason"] = "stopped", stopped
+        else:
+            s["status"], s["reason"] = "completed", f"{len(self.metrics)} of {self.cfg['rounds']} rounds"
         if stopped:
             s["stopped"] = stopped
         s.update(alg.summary_extra())
@@ -253,7 +338,17 @@ def run_experiment(cfg: Config, out: Path | None = None, resume: bool = False, p
 
 
 def config_for_resume(out: Path, overrides: list) -> Config:
+    """The run's own config with the overrides a resume may apply; any other change is a ConfigError naming the key."""
+    from featherfl.config import read_config_file
+
     p = Path(out) / "config.toml"
-    if not p.exists():
+    if not p.is_file():
         raise ConfigError(f"--resume: no config.toml in {out}")
-    return build_config(p.read_text(), overrides)
+    text = read_config_file(p)
+    before = build_config(text)
+    after = build_config(text, overrides)
+    changed = identity_changes(identity(before), identity(after))
+    if changed:
+        k = changed[0]
+        raise ConfigError(f"--resume cannot change {k!r} ({before[k]!r} -> {after[k]!r}): it is part of the run's identity; only {', '.join(sorted(RESUMABLE_KEYS))} may change")
+    return after

@@ -8,16 +8,57 @@ import json
 from pathlib import Path
 
 from featherfl.config import ConfigError
-from featherfl.runfolder import read_jsonl
+
+
+#: Fields a metrics row must have for tables and plots, with their types.
+_ROW_FIELDS = {"round": int, "bytes_up": int, "bytes_down": int, "cumulative_bytes_up": int, "cumulative_bytes_down": int}
+
+
+def _read_json_file(path: Path):
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """A run folder's summary and metrics rows, each checked: a corrupt, truncated or foreign file is one ConfigError line."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a folder")
     sp, mp = run_dir / "summary.json", run_dir / "metrics.jsonl"
     if not mp.exists():
         raise ConfigError(f"{run_dir} is not a featherfl run folder (no metrics.jsonl)")
-    metrics = read_jsonl(mp)
-    summary = json.loads(sp.read_text()) if sp.exists() else {"algorithm": run_dir.name, "rounds_completed": len(metrics)}
+    if not mp.is_file():
+        raise ConfigError(f"{mp} is not a file")
+    try:
+        text = mp.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{mp} is not UTF-8 text") from None
+    metrics = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{mp} line {i} is not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), t) or isinstance(row.get(k), bool) for k, t in _ROW_FIELDS.items()):
+            raise ConfigError(f"{mp} line {i} is not a featherfl metrics row (needs {', '.join(_ROW_FIELDS)})")
+        acc = row.get("accuracy")
+        if acc is not None and not isinstance(acc, (int, float)):
+            raise ConfigError(f"{mp} line {i}: accuracy is not a number")
+        metrics.append(row)
+    summary = _read_json_file(sp) if sp.exists() else {"algorithm": run_dir.name, "rounds_completed": len(metrics)}
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{sp} is not a featherfl summary (not a JSON object)")
+    for k in ("bytes_up", "bytes_down", "clients"):
+        if k in summary and (not isinstance(summary[k], (int, float)) or isinstance(summary[k], bool)):
+            raise ConfigError(f"{sp}: {k} is not a number")
     return summary, metrics
 
 
@@ -63,7 +104,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     return out
 
 
-COLUMNS = ["run", "algorithm", "dataset", "rounds", "final_acc", "best_acc", "MB_up/client", "MB_down/client", "bytes_vs_fedavg", "client_compute", "wall_s"]
+COLUMNS = ["run", "algorithm", "dataset", "status", "rounds", "final_acc", "best_acc", "MB_up/client", "MB_down/client", "bytes_vs_fedavg", "client_compute", "wall_s"]
 
 
 def table_rows(run_dirs: list[Path]) -> list[dict]:
@@ -78,6 +119,8 @@ def table_rows(run_dirs: list[Path]) -> list[dict]:
                 "run": Path(d).name,
                 "algorithm": s.get("algorithm"),
                 "dataset": s.get("dataset"),
+                "status": s.get("status", "stopped" if s.get("stopped") else "completed" if "final_accuracy" in s else "running"),
+                "_reason": s.get("reason", s.get("stopped")),
                 "rounds": s.get("rounds_completed", len(m)),
                 "final_acc": s.get("final_accuracy"),
                 "best_acc": s.get("best_accuracy"),
@@ -127,8 +170,10 @@ def client_table(run_dir: Path) -> str:
     p = Path(run_dir) / "clients.json"
     if not p.exists():
         return ""
-    info = json.loads(p.read_text())
-    hist = info["label_histogram"]
+    info = _read_json_file(p)
+    hist = info.get("label_histogram") if isinstance(info, dict) else None
+    if not isinstance(hist, list) or not all(isinstance(h, list) and all(isinstance(v, int) for v in h) for h in hist):
+        raise ConfigError(f"{p} is not a featherfl clients file (no label_histogram)")
     lines = ["client  samples  label histogram"]
     for i, h in enumerate(hist):
         lines.append(f"{i:>6}  {sum(h):>7}  {h}")
@@ -139,18 +184,37 @@ def report(run_dir: Path, fmt: str = "text") -> str:
     plot_run(run_dir)
     text = format_table(table_rows([run_dir]), fmt)
     if fmt == "text":
+        row = table_rows([run_dir])[0]
+        if row["status"] != "completed" and row["_reason"]:
+            text += f"\n\nrun {row['status']}: {row['_reason']}"
         text += "\n\n" + client_table(run_dir) + f"\n\nplots: {Path(run_dir) / 'plots'}"
     return text
 
 
 def compare(run_dirs: list[Path], out_png: Path | None = None, fmt: str = "text") -> str:
-    rows = table_rows(run_dirs)
     out_png = Path(out_png) if out_png else Path("accuracy_vs_megabytes.png")
+    check_plot_path(out_png)
+    rows = table_rows(run_dirs)
     plot_compare(run_dirs, out_png)
     text = format_table(rows, fmt)
     if fmt == "text":
         text += f"\n\nplot: {out_png}"
     return text
+
+
+def check_plot_path(out_png: Path) -> None:
+    """``compare --out``: its folder must exist and be writable, and it must not be a folder itself."""
+    import os
+
+    parent = out_png.parent if str(out_png.parent) else Path(".")
+    if out_png.is_dir():
+        raise ConfigError(f"--out {out_png} is a folder; give a file name such as {out_png / 'compare.png'}")
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out_png}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--out {out_png}: folder {parent} is not writable")
+    if out_png.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise ConfigError(f"--out {out_png}: the plot needs a .png, .pdf, .svg or .jpg name")
 
 
 def plot_compare(run_dirs: list[Path], out_png: Path) -> Path:
@@ -168,7 +232,6 @@ def plot_compare(run_dirs: list[Path], out_png: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)

@@ -25,6 +25,52 @@ class CheckpointError(RuntimeError):
     pass
 
 
+#: What a run writes into its folder; ``--overwrite`` removes exactly these.
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "clients.json", "checkpoint.pt", "errors.log")
+RUN_DIRS = ("plots",)
+
+
+def check_out_dir(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse, before anything is written, an ``--out`` that cannot or must not hold this run.
+
+    A file (or a path under a file), an unwritable place, a folder that already holds
+    something (unless ``--overwrite``, or ``--resume`` of the run it holds), and a
+    ``--resume`` of a folder without a checkpoint are all ConfigErrors naming the path.
+    """
+    from featherfl.config import ConfigError
+
+    out = Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == out else f"is under {parent}, which is a file"
+            raise ConfigError(f"--out {out} {what}; choose a folder")
+        if parent.exists():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"--out {out}: {parent} is not writable")
+            break
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise ConfigError(f"--resume: {out} holds no checkpoint.pt; there is no run to continue (drop --resume to start one)")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            held = "a run" if (out / "config.toml").exists() or (out / "checkpoint.pt").exists() else "files"
+            raise ConfigError(f"--out {out} already holds {held}; pass --resume to continue it, --overwrite to replace it, or choose another folder")
+        unknown = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES + RUN_DIRS and not p.name.startswith("."))
+        if unknown:
+            raise ConfigError(f"--overwrite: {out} holds files that are not a run's ({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''}); refusing to delete them")
+
+
+def clear_run_folder(out: Path) -> None:
+    """Remove a previous run's files (``--overwrite``), after :func:`check_out_dir` allowed it."""
+    import shutil
+
+    for name in RUN_FILES:
+        (Path(out) / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(Path(out) / name, ignore_errors=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

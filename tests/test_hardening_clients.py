@@ -82,7 +82,9 @@ def test_straggler_past_deadline_dropped_deterministically(tmp_path, cfg_factory
     exp.run()
     for r in _rows(tmp_path / "run"):
         assert r["dropped_reasons"] == {"deadline": 1} and r["clients_ok"] == 5 and r["aggregated"]
-        assert "2" not in r["bytes_up_per_client"] and "5" in r["bytes_up_per_client"]
+        # the late reply arrived, so its bytes count: category "late", same size as an accepted reply
+        assert r["bytes_up_per_client"]["2"] == r["bytes_up_per_client"]["5"] > 0
+        assert r["bytes_by_category"]["up_late"] == r["bytes_up_per_client"]["2"]
 
 
 def test_straggler_really_sleeping_is_dropped(tmp_path, cfg_factory):

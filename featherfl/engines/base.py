@@ -8,7 +8,6 @@ function in every engine, so bytes and results match across engines.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +24,11 @@ MAX_SETUP_EXCHANGES = 8
 
 
 class QuorumError(RuntimeError):
-    """Too few valid replies and ``engine.on_quorum_fail = stop``."""
+    """Too few valid replies and ``engine.on_quorum_fail = stop``; ``stats`` is the round's record."""
+
+    def __init__(self, message: str, stats: "RoundStats | None" = None):
+        super().__init__(message)
+        self.stats = stats
 
 
 @dataclass
@@ -33,8 +36,9 @@ class ClientOutcome:
     """What came back from one client: reply bytes, or why nothing usable came."""
 
     reply: bytes | None = None
-    error: str | None = None  # "dropout" | "error: ..." ; None when a reply came
+    error: str | None = None  # "dropout" | "error: Type: message" ; None when a reply came
     seconds: float = 0.0
+    traceback: str | None = None  # the client's full traceback, where the engine can see it (errors.log)
     state: dict | None = None  # the client's new persistent state (engines that keep it server-side)
     duplicates: list[bytes] = field(default_factory=list)  # later replies from the same client this round
 
@@ -50,6 +54,21 @@ class RoundStats:
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     aggregated: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: one entry per client that raised: {"cid", "type", "message" (first line), "traceback"}
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    #: client updates attempted this round (sampled and not simulated-dropped), for the failure share
+    attempted: int = 0
+
+
+def client_error(out: ClientOutcome, cid: int) -> dict[str, Any] | None:
+    """The structured record of a client's failure (``error: Type: message``), or None if it did not raise."""
+    err = out.error or ""
+    if not err.startswith("error"):
+        return None
+    body = err.split(":", 1)[1].strip() if ":" in err else err
+    kind, _, message = body.partition(":")
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return {"cid": cid, "type": kind.strip() or "Exception", "message": first[:300], "traceback": out.traceback}
 
 
 def run_client(client: ClientHalf, rnd: int, down_bytes: bytes, data: ClientData, state: dict, run_id: int) -> bytes:
@@ -124,32 +143,9 @@ class Engine(ABC):
         outcomes = self._execute(rnd, {c: b for c, b in jobs.items() if c not in gone})
         dropped: Counter = Counter({"dropout": len(gone)} if gone else {})
         rejected: Counter = Counter()
-        replies: dict[int, wire.Payload] = {}
-        deadline = cfg["engine.deadline"]
-        for cid in sorted(outcomes):
-            out = outcomes[cid]
-            for extra in out.duplicates:  # only a client's first reply counts; never decoded
-                self.ledger.record(rnd, "up", cid, len(extra) if isinstance(extra, (bytes, bytearray)) else 0, "rejected")
-                rejected["duplicate"] += 1
-            if out.reply is None:
-                dropped[(out.error or "no-reply").split(":")[0]] += 1
-                continue
-            if deadline and out.seconds > deadline:
-                dropped["deadline"] += 1
-                continue
-            if cid in replies:
-                rejected["duplicate"] += 1
-                continue
-            try:
-                if len(out.reply) > self.max_bytes:
-                    raise wire.PayloadError("oversized", f"{len(out.reply)} bytes")
-                payload = wire.decode(out.reply, self.algorithm.uplink_specs(rnd, cid), round=rnd, run=self.run_id)
-            except wire.PayloadError as e:
-                self.ledger.record(rnd, "up", cid, len(out.reply) if isinstance(out.reply, (bytes, bytearray)) else 0, "rejected")
-                rejected[e.reason] += 1
-                continue
-            self.ledger.record(rnd, "up", cid, len(out.reply), payload.CATEGORY)
-            replies[cid] = payload
+        replies = self._accept(rnd, outcomes, self.algorithm.uplink_specs, dropped, rejected)
+        stats.attempted = len(sampled) - len(gone)
+        stats.errors = [e for cid in sorted(outcomes) if (e := client_error(outcomes[cid], cid))]
         for cid in sampled:
             if cid not in outcomes and cid not in gone:
                 dropped["no-reply"] += 1
@@ -161,12 +157,55 @@ class Engine(ABC):
         if len(replies) < cfg["engine.min_replies"]:
             msg = f"round {rnd}: {len(replies)} valid replies, fewer than engine.min_replies={cfg['engine.min_replies']}"
             if cfg["engine.on_quorum_fail"] == "stop":
-                raise QuorumError(msg)
+                raise QuorumError(msg, stats)
             stats.metrics["skipped"] = msg
             return stats
         stats.metrics.update(self.algorithm.aggregate(rnd, replies))
         stats.aggregated = True
         return stats
+
+    def _accept(self, rnd: int, outcomes: dict[int, ClientOutcome], specs_for, dropped: Counter, rejected: Counter) -> dict[int, wire.Payload]:
+        """The one path every client reply takes (training rounds and setup exchanges alike).
+
+        Every byte that arrived is counted in the ledger, whatever happens to it: a valid
+        reply under its payload's category, a late one (past ``engine.deadline``) as
+        "late", a duplicate, oversized, non-bytes or invalid one as "rejected". Only the
+        first reply of a client is decoded; ``specs_for(rnd, cid)`` gives what it may be.
+        """
+        deadline = self.cfg["engine.deadline"]
+        replies: dict[int, wire.Payload] = {}
+        for cid in sorted(outcomes):
+            out = outcomes[cid]
+            for extra in out.duplicates:  # only a client's first reply counts; never decoded
+                self.ledger.record(rnd, "up", cid, _size(extra), "rejected")
+                rejected["duplicate"] += 1
+            if out.reply is None:
+                dropped[(out.error or "no-reply").split(":")[0]] += 1
+                continue
+            size = _size(out.reply)
+            if not isinstance(out.reply, (bytes, bytearray)):
+                self.ledger.record(rnd, "up", cid, size, "rejected")
+                rejected["not-bytes"] += 1
+                continue
+            if deadline and out.seconds > deadline:
+                self.ledger.record(rnd, "up", cid, size, "late")
+                dropped["deadline"] += 1
+                continue
+            if cid in replies:
+                self.ledger.record(rnd, "up", cid, size, "rejected")
+                rejected["duplicate"] += 1
+                continue
+            try:
+                if size > self.max_bytes:
+                    raise wire.PayloadError("oversized", f"{size} bytes")
+                payload = wire.decode(bytes(out.reply), specs_for(rnd, cid), round=rnd, run=self.run_id)
+            except wire.PayloadError as e:
+                self.ledger.record(rnd, "up", cid, size, "rejected")
+                rejected[e.reason] += 1
+                continue
+            self.ledger.record(rnd, "up", cid, size, payload.CATEGORY)
+            replies[cid] = payload
+        return replies
 
     def _run_setup(self, rnd: int) -> dict:
         """Run the one-time exchanges the algorithm asks for (``Algorithm.setup_configure``).
@@ -185,23 +224,19 @@ class Engine(ABC):
                 data = wire.encode(payload, rnd, self.run_id)
                 self.ledger.record(rnd, "down", cid, len(data), payload.CATEGORY)
                 jobs[cid] = data
-            replies: dict[int, wire.Payload] = {}
-            for cid, out in sorted(self._execute(rnd, jobs).items()):
-                if out.reply is None:
-                    metrics["setup_dropped"] = metrics.get("setup_dropped", 0) + 1
-                    continue
-                try:
-                    if len(out.reply) > self.max_bytes:
-                        raise wire.PayloadError("oversized", f"{len(out.reply)} bytes")
-                    payload = wire.decode(out.reply, self.algorithm.setup_uplink_specs(rnd, cid), round=rnd, run=self.run_id)
-                except wire.PayloadError:
-                    self.ledger.record(rnd, "up", cid, len(out.reply), "rejected")
-                    metrics["setup_rejected"] = metrics.get("setup_rejected", 0) + 1
-                    continue
-                self.ledger.record(rnd, "up", cid, len(out.reply), payload.CATEGORY)
-                replies[cid] = payload
+            dropped: Counter = Counter()
+            rejected: Counter = Counter()
+            replies = self._accept(rnd, self._execute(rnd, jobs), self.algorithm.setup_uplink_specs, dropped, rejected)
+            if dropped:
+                metrics["setup_dropped"] = metrics.get("setup_dropped", 0) + sum(dropped.values())
+            if rejected:
+                metrics["setup_rejected"] = metrics.get("setup_rejected", 0) + sum(rejected.values())
             metrics.update(self.algorithm.setup_aggregate(rnd, replies))
         return metrics
+
+
+def _size(data) -> int:
+    return len(data) if isinstance(data, (bytes, bytearray)) else 0
 
 
 class ServerHeldStates:
@@ -216,8 +251,3 @@ class ServerHeldStates:
     def load_client_states(self, states: dict[int, dict]) -> None:
         self.states = {int(k): v for k, v in states.items()}
 
-
-def timed(fn, *args) -> tuple[Any, float]:
-    t = time.perf_counter()
-    r = fn(*args)
-    return r, time.perf_counter() - t

@@ -7,6 +7,7 @@ Client state lives in a dict keyed by client id and is saved in checkpoints.
 from __future__ import annotations
 
 import time
+import traceback
 
 from featherfl.engines.base import ClientOutcome, Engine, ServerHeldStates, run_client
 
@@ -25,7 +26,7 @@ class LocalEngine(ServerHeldStates, Engine):
             try:
                 reply = run_client(self.client, rnd, down, self.client_data[cid], state, self.run_id)
             except Exception as e:  # a failing client must not end the run
-                out[cid] = ClientOutcome(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t)
+                out[cid] = ClientOutcome(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t, traceback=traceback.format_exc())
                 continue
             out[cid] = ClientOutcome(reply=reply, seconds=time.perf_counter() - t)
         return out

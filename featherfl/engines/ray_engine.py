@@ -62,7 +62,9 @@ class ClientWorker:
         try:
             reply = run_client(self.client, rnd, down, self.client_data[cid], state, run_id)
         except Exception as e:  # a failing client must not end the run
-            return cid, None, f"error: {e.__class__.__name__}: {e}", time.perf_counter() - t, state
+            import traceback
+
+            return cid, None, (f"error: {e.__class__.__name__}: {e}", traceback.format_exc()), time.perf_counter() - t, state
         return cid, reply, None, time.perf_counter() - t, state
 
     def evaluate(self, cid: int, state: dict, x, y):
@@ -112,7 +114,8 @@ class RayEngine(ServerHeldStates, Engine):
             for cid, reply, error, seconds, state in self._map(submit, sorted(jobs.items())):
                 pending.discard(cid)
                 self.states[cid] = state
-                out[cid] = ClientOutcome(reply=reply, error=error, seconds=seconds, state=state)
+                message, trace = error if error else (None, None)
+                out[cid] = ClientOutcome(reply=reply, error=message, seconds=seconds, state=state, traceback=trace)
         except self._ray.exceptions.RayError as e:  # a dead actor or worker: the rest count as failed
             for cid in pending:
                 out.setdefault(cid, ClientOutcome(error=f"error: {e.__class__.__name__}"))
