@@ -81,6 +81,10 @@ def cmd_run(a) -> int:
     from featherfl.experiment import Experiment, RunFailed, config_for_resume, default_run_dir, prepare
     from featherfl.runfolder import check_out_dir, clear_run_folder
 
+    if a.quiet:
+        from featherfl.quiet import silence_third_party
+
+        silence_third_party()
     overrides = _overrides(a)
     if a.resume and a.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")

@@ -18,6 +18,14 @@ from typing import Any, Iterable
 import tomli_w
 
 
+def brief(values, limit: int = 12) -> str:
+    """``a, b, c``; past ``limit`` items the first few and a count, so an error stays one readable line."""
+    items = [str(v) for v in values]
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[: limit - 2]) + f", ... ({len(items) - limit + 2} more, {len(items)} in all)"
+
+
 class ConfigError(ValueError):
     """A user-facing configuration problem; the CLI prints it on one line and exits 2."""
 
@@ -36,7 +44,7 @@ class Field:
 
     def allowed(self) -> str:
         if self.choices:
-            return "one of " + ", ".join(str(c) for c in self.choices)
+            return "one of " + brief(self.choices, 40)
         parts = []
         if self.min is not None:
             parts.append(f"{'>' if self.min_exclusive else '>='} {self.min:g}")
@@ -131,13 +139,15 @@ def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as TOML (numbers, booleans, lists); anything else is a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError):  # ValueError: e.g. an integer of over 4300 digits
         return text
 
 
 def _coerce(key: str, f: Field, value: Any) -> Any:
     def bad() -> ConfigError:
-        return ConfigError(f"config key '{key}': got {value!r}, expected {f.allowed()}")
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+        return ConfigError(f"config key '{key}': got {shown}, expected {f.allowed()}")
 
     t = f.type
     if t == "int":
@@ -262,8 +272,8 @@ def build_config(
     if toml_text is not None:
         try:
             data = tomllib.loads(toml_text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file is not valid TOML: {e}") from None
+        except (tomllib.TOMLDecodeError, ValueError) as e:  # ValueError: e.g. an integer of over 4300 digits
+            raise ConfigError(f"config file is not valid TOML: {str(e).splitlines()[0][:200]}") from None
         layers.extend(_flatten(data).items())
     layers.extend(overrides)
     for key, value in layers:
@@ -274,13 +284,13 @@ def build_config(
 
     if values["algorithm"] not in algorithm_names():
         raise ConfigError(
-            f"config key 'algorithm': got {values['algorithm']!r}, expected one of {', '.join(algorithm_names())}"
+            f"config key 'algorithm': got {values['algorithm']!r}, expected one of {brief(algorithm_names())}"
         )
     from featherfl.models import model_names
 
     if values["model.name"] not in model_names():
         raise ConfigError(
-            f"config key 'model.name': got {values['model.name']!r}, expected one of {', '.join(model_names())}"
+            f"config key 'model.name': got {values['model.name']!r}, expected one of {brief(model_names())}"
         )
     if values["engine.min_replies"] > values["clients"]:
         raise ConfigError(
@@ -294,7 +304,7 @@ def unknown_key_message(key: str, schema: dict[str, Field]) -> str:
     same = [k for k in schema if section and k.startswith(section + ".")]
     valid = same if same else sorted({k.split(".")[0] for k in schema})
     what = f"keys in [{section}]" if same else "top-level keys and sections"
-    return f"unknown config key '{key}'; valid {what}: {', '.join(valid)}"
+    return f"unknown config key '{key}'; valid {what}: {brief(valid, 40)}"
 
 
 def parse_set_args(items: Iterable[str]) -> list[tuple[str, Any]]:

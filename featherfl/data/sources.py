@@ -12,6 +12,7 @@ import gzip
 import os
 import shutil
 import struct
+import zlib
 import tarfile
 import urllib.request
 from dataclasses import dataclass
@@ -119,8 +120,9 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise ConfigError(f"data file {path} is unreadable or corrupt ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:
+        first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise ConfigError(f"data file {path} is unreadable or corrupt ({first})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ConfigError(f"data file {path} is not an unsigned-byte IDX file")
     ndim = raw[3]
@@ -132,6 +134,25 @@ def read_idx(path: Path) -> np.ndarray:
     if body.size != n:
         raise ConfigError(f"data file {path} has {body.size} values, header says {n}")
     return body.reshape(dims)
+
+
+def read_idx_pair(x_path: Path, y_path: Path, image_shape: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """An images file and its labels file, checked against each other and the dataset's format:
+    images N x H x W of the expected size, labels N in [0, num_classes), the same N in both."""
+    x = read_idx(x_path)
+    y = read_idx(y_path)
+    if x.ndim != 3 or tuple(x.shape[1:]) != tuple(image_shape):
+        raise ConfigError(f"data file {x_path} holds images of shape {tuple(x.shape[1:]) if x.ndim > 1 else '(1-D)'}; expected N x {image_shape[0]} x {image_shape[1]}")
+    if y.ndim != 1:
+        raise ConfigError(f"data file {y_path} is not a labels file (shape {tuple(y.shape)}, expected N)")
+    if len(x) != len(y):
+        raise ConfigError(f"{x_path.name} holds {len(x)} images but {y_path.name} holds {len(y)} labels; they must match")
+    if len(y) == 0:
+        raise ConfigError(f"data file {y_path} holds no samples")
+    if int(y.max()) >= num_classes:
+        bad = int((y >= num_classes).sum())
+        raise ConfigError(f"data file {y_path}: {bad} labels are >= {num_classes} (largest {int(y.max())}); expected labels 0-{num_classes - 1}")
+    return x, y
 
 
 def _download(url: str, dest: Path) -> None:
@@ -163,13 +184,13 @@ def _mnist_like(cfg, name: str) -> Dataset:
         for k, f in _MNIST_FILES.items():
             _download(_MIRRORS[name] + f, root / f)
         have = {k: True for k in _MNIST_FILES}
-    tx = read_idx(root / _MNIST_FILES["test_x"])
-    ty = read_idx(root / _MNIST_FILES["test_y"])
-    if len(tx) != len(ty):
-        raise ConfigError(f"{name}: {len(tx)} images but {len(ty)} labels in {root}")
+    tx, ty = read_idx_pair(root / _MNIST_FILES["test_x"], root / _MNIST_FILES["test_y"], (28, 28), 10)
     to_x = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1) / 255.0  # noqa: E731
+    if have["train_x"] != have["train_y"]:
+        missing = _MNIST_FILES["train_y"] if have["train_x"] else _MNIST_FILES["train_x"]
+        raise ConfigError(f"{name}: {root} has one training file but not {missing}; add it or remove the other")
     if have["train_x"] and have["train_y"]:
-        trx, try_ = read_idx(root / _MNIST_FILES["train_x"]), read_idx(root / _MNIST_FILES["train_y"])
+        trx, try_ = read_idx_pair(root / _MNIST_FILES["train_x"], root / _MNIST_FILES["train_y"], (28, 28), 10)
         note = "official train/test split"
         ds = Dataset(name, to_x(trx), torch.tensor(try_, dtype=torch.int64), to_x(tx), torch.tensor(ty, dtype=torch.int64), 10, (1, 28, 28), note)
     else:
@@ -214,6 +235,8 @@ def _cifar10(cfg) -> Dataset:
             if raw.size % 3073:
                 raise ConfigError(f"cifar10: {p} is corrupt (size {raw.size})")
             raw = raw.reshape(-1, 3073)
+            if raw.shape[0] == 0 or int(raw[:, 0].max()) >= 10:
+                raise ConfigError(f"cifar10: {p} is empty or holds labels >= 10; not the CIFAR-10 binary format")
             ys.append(raw[:, 0].astype(np.int64))
             xs.append(raw[:, 1:].reshape(-1, 3, 32, 32))
         return torch.tensor(np.concatenate(xs), dtype=torch.float32) / 255.0, torch.tensor(np.concatenate(ys))

@@ -16,6 +16,7 @@ with the tokenizer's pad id to the longest example (at most ``data.max_length``)
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import torch
@@ -27,28 +28,42 @@ AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
 
 
 def _read_tsv(path: Path, header: bool) -> list[list[str]]:
+    """Rows of a two-column TSV; a missing, non-UTF-8, empty or header-only file is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config key 'data.dir': missing {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return rows[1:] if header else rows
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE) if r]
+    if header:
+        rows = rows[1:]
+    if not rows:
+        raise ConfigError(f"{path} holds no examples" + (" (only a header)" if header and text.strip() else ""))
+    return rows
+
+
+def _checked_rows(path: Path, rows: list[list[str]], label_of, expected: str) -> tuple[list[str], list[int]]:
+    """Every row must be ``text<TAB>label`` with a known label; the first bad row is named."""
+    texts, labels = [], []
+    for i, r in enumerate(rows, 1):
+        label = label_of(r[1]) if len(r) == 2 else None
+        if label is None or not r[0].strip():
+            raise ConfigError(f"{path}: row {i} is not 'text<TAB>{expected}' (got {len(r)} columns{', label ' + repr(r[1][:20]) if len(r) == 2 else ''})")
+        texts.append(r[0])
+        labels.append(label)
+    return texts, labels
 
 
 def _sst2_rows(root: Path, split: str) -> tuple[list[str], list[int]]:
-    rows = _read_tsv(root / f"{split}.tsv", header=True)
-    try:
-        return [r[0] for r in rows], [int(r[1]) for r in rows]
-    except (IndexError, ValueError):
-        raise ConfigError(f"{root / (split + '.tsv')}: expected rows 'sentence<TAB>0|1'") from None
+    path = root / f"{split}.tsv"
+    return _checked_rows(path, _read_tsv(path, header=True), lambda v: {"0": 0, "1": 1}.get(v.strip()), "0|1")
 
 
 def _agnews_rows(root: Path, split: str) -> tuple[list[str], list[int]]:
-    rows = _read_tsv(root / f"{split}.tsv", header=False)
+    path = root / f"{split}.tsv"
     index = {n: i for i, n in enumerate(AGNEWS_LABELS)}
-    try:
-        return [r[0] for r in rows], [index[r[1]] for r in rows]
-    except (IndexError, KeyError):
-        raise ConfigError(f"{root / (split + '.tsv')}: expected rows 'text<TAB>{'|'.join(AGNEWS_LABELS)}'") from None
+    return _checked_rows(path, _read_tsv(path, header=False), lambda v: index.get(v.strip()), "|".join(AGNEWS_LABELS))
 
 
 def _from_hub(name: str) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]]]:
