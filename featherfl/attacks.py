@@ -17,6 +17,8 @@ to evaluate Byzantine-robust aggregation (Blanchard et al. 2017; Yin et al.
 - ``sign-flip``: reference - s * delta      (the update reversed and boosted)
 - ``noise``:     reference + N(0, std^2)    (the update replaced by Gaussian noise)
 - ``constant``:  reference + value          (every entry of the update set to one value)
+- ``inflate-count``: the update is honest but the reply claims ``claimed_samples``
+  samples, to buy weight in a sample-weighted mean (``num_samples`` fields only)
 
 Attacked tensors keep their shape and dtype; the receiver's range checks
 (e.g. ``max_abs``) still apply and may reject an over-boosted reply, which is
@@ -36,7 +38,7 @@ import torch
 from featherfl.algorithms.base import derive_seed, generator
 from featherfl.wire import Payload
 
-KINDS = ("scale", "sign-flip", "noise", "constant")
+KINDS = ("scale", "sign-flip", "noise", "constant", "inflate-count")
 
 
 @lru_cache(maxsize=64)
@@ -56,6 +58,7 @@ class Attack:
     noise_std: float = 1.0
     value: float = 1.0
     seed: int = 0
+    claimed_samples: int = 1_000_000_000
 
     def delta(self, rnd: int, cid: int, name: str, d: torch.Tensor) -> torch.Tensor:
         if self.kind == "scale":
@@ -71,6 +74,9 @@ class Attack:
 
     def apply(self, rnd: int, cid: int, down: Payload | None, up: Payload) -> Payload:
         """The reply ``up`` as this attacker sends it (see the module docstring)."""
+        if self.kind == "inflate-count":
+            names = {f.name for f in dataclasses.fields(up)}
+            return dataclasses.replace(up, num_samples=int(self.claimed_samples)) if "num_samples" in names else up
         changed = {}
         for f in dataclasses.fields(up):
             u = getattr(up, f.name)
@@ -87,7 +93,7 @@ class Attack:
 def attack_from_config(cfg) -> Attack | None:
     if cfg is None or not cfg.get("attack.fraction", 0.0):
         return None
-    return Attack(cfg["attack.kind"], cfg["attack.scale"], cfg["attack.noise_std"], cfg["attack.value"], cfg["seed"])
+    return Attack(cfg["attack.kind"], cfg["attack.scale"], cfg["attack.noise_std"], cfg["attack.value"], cfg["seed"], cfg["attack.claimed_samples"])
 
 
 def attack_for(cfg, cid: int, num_clients: int) -> Attack | None:

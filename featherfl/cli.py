@@ -78,7 +78,7 @@ def _overrides(a) -> list:
 
 def cmd_run(a) -> int:
     from featherfl.config import read_config_file
-    from featherfl.experiment import Experiment, RunFailed, config_for_resume, default_run_dir, prepare
+    from featherfl.experiment import Experiment, config_for_resume, default_run_dir, prepare
     from featherfl.runfolder import check_out_dir, clear_run_folder
 
     if a.quiet:
@@ -101,6 +101,8 @@ def cmd_run(a) -> int:
     out = Path(a.out) if a.out else default_run_dir(cfg)
     check_out_dir(out, resume=a.resume, overwrite=a.overwrite)
     prepared = prepare(cfg)
+    for warning in prepared.ctx.info.get("warnings", []):
+        print(f"featherfl: warning: {warning}", file=sys.stderr)
     if a.overwrite:
         clear_run_folder(out)
     summary = Experiment(prepared, out, resume=a.resume, progress=not a.quiet).run()

@@ -45,8 +45,24 @@ RESUMABLE_KEYS = frozenset(
 )
 
 
-class RunFailed(RuntimeError):
-    """The run stopped because its clients failed (exit status 1); the message names the first error."""
+def robustness_warnings(cfg: Config) -> list[str]:
+    """What the configured aggregation cannot withstand of the configured ``[attack]`` (said, not hidden)."""
+    from featherfl.algorithms.aggregate import Aggregator
+
+    share, kind = cfg["attack.fraction"], cfg["attack.kind"]
+    sec = cfg.section(cfg["algorithm"])
+    if share <= 0 or "aggregation" not in sec:
+        return []
+    agg = Aggregator.from_section(sec)
+    name = cfg["algorithm"]
+    if kind == "inflate-count":
+        if agg.rule in ("mean", "norm-clip") and agg.weighting == "samples" and not agg.max_samples:
+            return [f"{name}.weighting=samples trusts claimed sample counts: {share:.0%} of clients claiming {cfg['attack.claimed_samples']:,} samples can take over the {agg.rule}; use weighting=capped or uniform"]
+        return []
+    if not agg.survives(share):
+        limit = agg.trim_beta if agg.rule == "trimmed-mean" else 0.0
+        return [f"{name}.aggregation={agg.rule} is not robust to {share:.0%} Byzantine clients (it bounds at most {limit:.0%}); expect the attack to succeed (docs/security.md)"]
+    return []
 
 
 def identity(cfg: Config) -> dict:
@@ -93,6 +109,7 @@ def prepare(cfg: Config) -> Prepared:
     ctx.info["data_note"] = ds.note
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = alg_cls(ctx)
+    ctx.info["warnings"] = robustness_warnings(cfg)
     torch.set_num_threads(choose_threads(cfg["engine.threads"], algorithm.model_parameters()))
     ctx.info["threads"] = torch.get_num_threads()
     return Prepared(cfg, ds, parts, info, ctx, algorithm, client_data)
@@ -308,6 +325,7 @@ class Experiment:
             "wall_seconds": round(sum(m["seconds"] for m in self.metrics), 3),
             "data_note": self.p.dataset.note,
             "torch_threads": self.p.ctx.info.get("threads"),
+            "warnings": self.p.ctx.info.get("warnings", []),
         }
         if failed:
             s["status"], s["reason"] = "failed", failed

@@ -39,7 +39,7 @@ from typing import Callable
 import torch
 
 from featherfl.algorithms import zo
-from featherfl.algorithms.aggregate import aggregation_fields, combine
+from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.baffle_replay import MAX_DIFF, MAX_SAMPLES, SEED_MAX, ReplayLog, RoundEntry, SyncDown, catch_up, fingerprint, sync_state
 from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, derive_seed, generator
@@ -171,10 +171,10 @@ class ServerModel:
         theta = self.theta.data
         seeds, diffs = entry.seeds, entry.diffs
         ns = torch.tensor([float(c) for c in entry.counts])
-        rule = (o["aggregation"], o["trim_beta"], o["clip_norm"])
+        agg = Aggregator.from_section(o)
         if o["mode"] == "fedavg":
             ends = torch.stack([replay_trajectory(theta, diffs[j], seeds[j], o) for j in range(len(seeds))])
-            avg = combine(ends, ns, *rule, reference=theta)
+            avg = agg(ends, ns, reference=theta)
             lr = o["server_lr"]
             norm = float((avg - theta).norm()) * lr
             theta.mul_(1.0 - lr).add_(avg, alpha=lr)
@@ -187,7 +187,7 @@ class ServerModel:
             # Each client's estimate is clipped before averaging, as each client clips its own
             # gradient in the paper's code; a robust rule then combines the clipped estimates.
             gs = torch.stack([zo.reconstruct(diffs[j, 0], dir_seeds[j], numel, sigma, clip) for j in range(len(seeds))])
-            g = combine(gs, ns, *rule)
+            g = agg(gs, ns)
         self.theta.grad = g
         self.opt.step()
         self.theta.grad = None
@@ -345,7 +345,7 @@ class Baffle(Algorithm):
         counts = tuple(replies[c].num_samples for c in cids)
         if self.o["mode"] == "fedsgd" and self.o["directions"] == "shared":
             ns = torch.tensor([float(c) for c in counts])
-            d = combine(diffs[:, 0], ns, self.o["aggregation"], self.o["trim_beta"], self.o["clip_norm"])
+            d = Aggregator.from_section(self.o)(diffs[:, 0], ns)
             entry = RoundEntry((self.round_seed(rnd, cids[0]),), (1,), d.view(1, 1, -1).clone(), True)
         else:
             entry = RoundEntry(tuple(self.round_seed(rnd, c) for c in cids), counts, diffs, False)

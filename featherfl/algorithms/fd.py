@@ -236,7 +236,7 @@ class FD(FAugServer, Algorithm):
         "fd.noise_clip": Field("float", 1.0, "L2 clip C of each uploaded per-label vector when logit_noise > 0.", min=0.0, min_exclusive=True),
         "fd.noise_delta": Field("float", 1e-5, "delta of the reported (epsilon, delta) when logit_noise > 0.", min=0.0, max=1.0, min_exclusive=True),
         "fd.faug": Field("bool", False, "Run federated augmentation (the [faug] keys) as a one-time first phase."),
-        **aggregation_fields("fd"),
+        **aggregation_fields("fd", weighted=False),
         **FAUG_CONFIG,
     }
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from featherfl.algorithms.aggregate import aggregation_fields, combine
+from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, generator
 from featherfl.algorithms.faug import FAUG_CONFIG, FAugClient, FAugServer
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
@@ -117,7 +117,7 @@ class FedAvg(FAugServer, Algorithm):
         ns = torch.tensor([float(replies[c].num_samples) for c in cids])
         old = flat_state(self.global_model)
         sec = self.cfg.section("fedavg")
-        avg = combine(stack, ns, sec["aggregation"], sec["trim_beta"], sec["clip_norm"], reference=old)
+        avg = Aggregator.from_section(sec)(stack, ns, reference=old)
         new = old + sec["server_lr"] * (avg - old)
         load_flat_state(self.global_model, new)
         return {"update_norm": float((new - old).norm())}
@@ -195,7 +195,7 @@ class FedSGD(Algorithm):
         stack = torch.stack([replies[c].gradient for c in cids])
         ns = torch.tensor([float(replies[c].num_samples) for c in cids])
         sec = self.cfg.section("fedsgd")
-        g = combine(stack, ns, sec["aggregation"], sec["trim_beta"], sec["clip_norm"])
+        g = Aggregator.from_section(sec)(stack, ns)
         i = 0
         for p in self.global_model.parameters():
             p.grad = g[i : i + p.numel()].view_as(p).clone()

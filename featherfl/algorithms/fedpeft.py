@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from featherfl.algorithms.aggregate import aggregation_fields, combine
+from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import ConfigError, Field
@@ -268,7 +268,7 @@ class FedPEFT(Algorithm, _PeftShared):
             self.dp_rounds += 1
         else:
             ns = torch.tensor([float(replies[c].num_samples) for c in cids])
-            step = combine(stack, ns, o["aggregation"], o["trim_beta"], o["clip_norm"], reference=old) - old
+            step = Aggregator.from_section(o)(stack, ns, reference=old) - old
         if o["dp"] == "sample":
             for c in cids:
                 self.client_eps[c] = max(self.client_eps.get(c, 0.0), float(replies[c].epsilon))
