@@ -149,3 +149,14 @@ def test_resume_with_an_edited_config_toml_is_refused(tmp_path, capsys):
     cfg.write_text(tomli_w.dumps(doc))
     assert cli.main(["run", "--resume", "--out", str(out), "--rounds", "2", "--quiet"]) == 2
     assert "fedavg.lr" in capsys.readouterr().err
+
+
+def test_docs_list_exactly_the_resumable_keys():
+    from featherfl.experiment import RESUMABLE_KEYS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "runs.md").read_text()
+    section = doc.split("## What a resume may change")[1].split("##")[0]
+    import re
+
+    listed = set(re.findall(r"`([a-z_.]+)`", section.split("(and the")[0]))
+    assert listed == set(RESUMABLE_KEYS)
