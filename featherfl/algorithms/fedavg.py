@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, generator
 from featherfl.algorithms.faug import FAUG_CONFIG, FAugClient, FAugServer
+from featherfl.algorithms import vectorized
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import Field
 from featherfl.models import flat_state, load_flat_state
@@ -80,6 +81,32 @@ class WeightsClient(FAugClient, ClientHalf):
         train_epochs(self.model, x, y, opt, self.opts["local_epochs"], self.opts["batch_size"], gen, self.opts["max_steps"])
         return WeightsUp(flat_state(self.model), len(y))
 
+    def can_update_many(self) -> bool:
+        """Whether ``update_many`` gives exactly what ``update`` gives, client by client: not for a
+        subclass or a patched ``update`` (FedSGD, test doubles), FAug's setup phase, or models
+        with BatchNorm or dropout (``vectorized.supports``)."""
+        return type(self).update is _SEQUENTIAL_UPDATE and not self.faug_enabled and vectorized.supports(self.model)
+
+    def update_many(self, rnd: int, downs: dict[int, WeightsDown], data: dict[int, ClientData], states: dict[int, dict]) -> dict[int, Payload]:
+        """Every client's E local epochs as one batched computation (``engine.vectorize``): each client
+        starts from its own downlink, with its own batch order (the same seeded generator as ``update``),
+        step count and optimiser state."""
+        runs = []
+        for cid, down in downs.items():
+            load_flat_state(self.model, down.weights)
+            x, y = self.training_set(data[cid], states[cid])
+            start = {k: p.detach().clone() for k, p in self.model.named_parameters()}
+            runs.append(vectorized.ClientRun(start, x, y, generator(self.ctx.seed, "fedavg-client", rnd, cid)))
+        finals, _ = vectorized.train_clients(self.model, runs, self.opts, self.opts["local_epochs"], self.opts["batch_size"], self.opts["max_steps"])
+        out: dict[int, Payload] = {}
+        for (cid, down), final, run in zip(downs.items(), finals, runs):
+            load_flat_state(self.model, down.weights)
+            with torch.no_grad():
+                for k, p in self.model.named_parameters():
+                    p.copy_(final[k])
+            out[cid] = WeightsUp(flat_state(self.model), len(run.y))
+        return out
+
 
 class FedAvg(FAugServer, Algorithm):
     name = "fedavg"
@@ -131,6 +158,9 @@ class FedAvg(FAugServer, Algorithm):
     def load_state_dict(self, state):
         self.global_model.load_state_dict(state["model"])
         self.faug_load_state_dict(state)
+
+
+_SEQUENTIAL_UPDATE = WeightsClient.update
 
 
 class GradientClient(WeightsClient):

@@ -21,6 +21,8 @@ def can_batch(cfg, client: ClientHalf, n_jobs: int) -> bool:
     """Whether this round's clients may run batched: enabled, more than one, and the client half supports it."""
     if cfg["engine.vectorize"] == "off" or n_jobs < 2:
         return False
+    if cfg["attack.fraction"] > 0:  # simulated attackers alter replies per client: the sequential path does that
+        return False
     check = getattr(client, "can_update_many", None)
     return bool(check and check())
 
