@@ -51,7 +51,10 @@ def _settings_valid(m: DemoMethod, extra: list) -> list | None:
 
 
 def run_demo(out: Path | None = None, quick: bool = False, seed: int = 0, quiet: bool = False, only: list[str] | None = None) -> tuple[Path, str]:
+    from featherfl.runfolder import check_out_dir
+
     out = Path(out) if out else Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(out)
     chosen = [m for m in METHODS if not only or m.label in only]
     plans = []
     for m in chosen:

@@ -61,6 +61,23 @@ def check_out_dir(out: Path, resume: bool = False, overwrite: bool = False) -> N
             raise ConfigError(f"--overwrite: {out} holds files that are not a run's ({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''}); refusing to delete them")
 
 
+def check_output_file(path: Path, flag: str = "--out") -> None:
+    """A file the program will write: its folder must exist (or be creatable under a writable
+    folder) and it must not be a folder itself; checked before any work starts."""
+    from featherfl.config import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path} is under {parent}, which is a file")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{flag} {path}: {parent} is not writable")
+            return
+
+
 def clear_run_folder(out: Path) -> None:
     """Remove a previous run's files (``--overwrite``), after :func:`check_out_dir` allowed it."""
     import shutil

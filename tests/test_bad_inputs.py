@@ -183,3 +183,22 @@ def test_quiet_text_run_prints_only_the_result_line(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stderr.strip() == ""
     assert len(p.stdout.strip().splitlines()) == 1
+
+
+def test_demo_and_reproduce_check_their_out_folders_first(tmp_path, capsys):
+    f = tmp_path / "f"
+    f.write_text("x")
+    _expect_usage_error(capsys, ["demo", "--quick", "--quiet", "--out", str(f / "demo")], None, "which is a file")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    _expect_usage_error(capsys, ["demo", "--quick", "--quiet", "--out", str(busy)], None, "already holds")
+    data = tmp_path / "data"
+    data.mkdir()
+    _expect_usage_error(capsys, ["reproduce", "baffle-mnist", "--quick", "--data-dir", str(data), "--out", str(f)], None, "")
+
+
+def test_pretrain_out_under_a_file(tmp_path, capsys):
+    f = tmp_path / "f"
+    f.write_text("x")
+    _expect_usage_error(capsys, ["pretrain", "--epochs", "1", "--out", str(f / "b.pt")], None, "which is a file")

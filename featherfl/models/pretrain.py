@@ -173,6 +173,9 @@ def cmd_pretrain(dataset: str, classes: str, epochs: int | None, width: int, out
     if out is None and not is_default:
         raise ConfigError("--out is needed when --classes or --epochs differ from the defaults")
     path = Path(out) if out else default_backbone_path(dataset, "vit-tiny", width)
+    from featherfl.runfolder import check_output_file
+
+    check_output_file(path)
     net, meta = pretrain(ds.train_x, ds.train_y, "vit-tiny", width, chosen, epochs)
     meta["source"] = f"{dataset} train split, classes {list(chosen)}"
     save_backbone(net, meta, path)

@@ -20,8 +20,9 @@ def cmd_reproduce(name: str, quick: bool = False, out: str | None = None, data_d
     if recipe.check is not None:
         recipe.check(data)
     folder = Path(out) if out else Path("runs") / f"reproduce-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ConfigError(f"--out {folder} exists and is not an empty folder; choose another")
+    from featherfl.runfolder import check_out_dir
+
+    check_out_dir(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
