@@ -90,6 +90,42 @@ class Attack:
         return dataclasses.replace(up, **changed) if changed else up
 
 
+class AttackingClient:
+    """A client half whose replies the ``[attack]`` config alters for the Byzantine clients.
+
+    It wraps any method's client half: the honest update runs unchanged, then an attacker's
+    reply is altered before it is encoded, so the attack goes through the same codec,
+    validation and ledger on every engine, and no engine or method carries attack code.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.ctx = inner.ctx
+
+    def downlink_specs(self, rnd: int):
+        return self.inner.downlink_specs(rnd)
+
+    def update(self, rnd: int, down: Payload, data, state: dict) -> Payload:
+        up = self.inner.update(rnd, down, data, state)
+        attack = attack_for(self.ctx.cfg, data.cid, self.ctx.num_clients)
+        return attack.apply(rnd, data.cid, down, up) if attack is not None else up
+
+    def can_update_many(self) -> bool:  # attackers alter replies one by one
+        return False
+
+    def evaluate(self, state: dict, x, y) -> dict:
+        return self.inner.evaluate(state, x, y)
+
+    def __getattr__(self, name: str):  # anything else a method's client offers (e.g. FAug's training_set)
+        return getattr(self.inner, name)
+
+
+def install(algorithm) -> None:
+    """Make ``algorithm`` hand out attacking client halves when ``attack.fraction > 0``."""
+    if attack_from_config(algorithm.cfg) is not None and AttackingClient not in algorithm.client_wrappers:
+        algorithm.client_wrappers = (*algorithm.client_wrappers, AttackingClient)
+
+
 def attack_from_config(cfg) -> Attack | None:
     if cfg is None or not cfg.get("attack.fraction", 0.0):
         return None

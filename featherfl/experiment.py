@@ -45,6 +45,16 @@ RESUMABLE_KEYS = frozenset(
 )
 
 
+def build_algorithm(ctx: Context) -> algorithms.base.Algorithm:
+    """The configured method with its cross-cutting wrappers (simulated attackers when
+    ``attack.fraction > 0``); every engine builds its client halves from this."""
+    from featherfl import attacks
+
+    algorithm = algorithms.get(ctx.cfg["algorithm"])(ctx)
+    attacks.install(algorithm)
+    return algorithm
+
+
 def robustness_warnings(cfg: Config) -> list[str]:
     """What the configured aggregation cannot withstand of the configured ``[attack]`` (said, not hidden)."""
     from featherfl.algorithms.aggregate import Aggregator
@@ -108,7 +118,7 @@ def prepare(cfg: Config) -> Prepared:
     ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info))
     ctx.info["data_note"] = ds.note
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
-    algorithm = alg_cls(ctx)
+    algorithm = build_algorithm(ctx)
     ctx.info["warnings"] = robustness_warnings(cfg)
     torch.set_num_threads(choose_threads(cfg["engine.threads"], algorithm.model_parameters()))
     ctx.info["threads"] = torch.get_num_threads()

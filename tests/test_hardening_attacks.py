@@ -66,7 +66,7 @@ def test_run_client_applies_the_attack_only_for_attackers(cfg_factory):
     for cid in range(5):
         down_bytes = wire.encode(downs[cid], 1, run)
         sent = wire.decode(run_client(client, 1, down_bytes, p.client_data[cid], {}, run), specs, round=1, run=run)
-        honest = client.update(1, downs[cid], p.client_data[cid], {})
+        honest = client.inner.update(1, downs[cid], p.client_data[cid], {})
         ref = downs[cid].weights
         if cid in bad:
             assert attack_for(cfg, cid, 5) is not None
@@ -128,3 +128,23 @@ def test_every_method_survives_attacks(name, kind):
         s = eng.run_round(rnd)
         assert s.clients_ok + s.clients_rejected == 4, (s.rejected_reasons, s.dropped_reasons)
         assert s.clients_dropped == 0
+
+
+def test_the_production_client_path_holds_no_attack_code():
+    """Attacks wrap a client half (featherfl.attacks.AttackingClient); engines and the Flower ClientApp never import them."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "featherfl"
+    for path in [*sorted((root / "engines").glob("*.py")), *sorted((root / "flower_app").glob("*.py")), *sorted((root / "algorithms").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                assert not any("attack" in m for m in mods), f"{path.name} imports {mods}"
+
+
+def test_honest_runs_get_unwrapped_clients(cfg_factory):
+    from featherfl.attacks import AttackingClient
+
+    assert not isinstance(prepare(cfg_factory(clients=3, rounds=1)).algorithm.make_client(), AttackingClient)
+    assert isinstance(prepare(cfg_factory(clients=3, rounds=1, attack__fraction=0.4)).algorithm.make_client(), AttackingClient)

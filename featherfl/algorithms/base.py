@@ -147,8 +147,15 @@ class Algorithm(ABC):
     def validate(cls, cfg: Config) -> None:
         """Raise ConfigError for combinations this method cannot run."""
 
+    #: Wrappers applied to every client half this algorithm makes (e.g. simulated attackers,
+    #: ``featherfl.attacks.install``): cross-cutting features wrap the method, never weave into it.
+    client_wrappers: tuple = ()
+
     def make_client(self) -> ClientHalf:
-        return self.client_class(self.ctx)
+        client = self.client_class(self.ctx)
+        for wrap in self.client_wrappers:
+            client = wrap(client)
+        return client
 
     @abstractmethod
     def init_state(self) -> None: ...

@@ -17,7 +17,6 @@ import numpy as np
 
 from featherfl import wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, derive_seed
-from featherfl.attacks import attack_for
 
 
 MAX_SETUP_EXCHANGES = 8
@@ -72,17 +71,9 @@ def client_error(out: ClientOutcome, cid: int) -> dict[str, Any] | None:
 
 
 def run_client(client: ClientHalf, rnd: int, down_bytes: bytes, data: ClientData, state: dict, run_id: int) -> bytes:
-    """The device side of a round: decode (validating) the downlink, update, encode the reply.
-
-    A client the ``[attack]`` config marks Byzantine alters its reply here,
-    before encoding, so attacks behave the same on every engine.
-    """
+    """The device side of a round: decode (validating) the downlink, update, encode the reply."""
     down = wire.decode(down_bytes, client.downlink_specs(rnd), round=rnd, run=run_id)
     up = client.update(rnd, down, data, state)
-    ctx = getattr(client, "ctx", None)
-    attack = attack_for(ctx.cfg, data.cid, ctx.num_clients) if ctx is not None else None
-    if attack is not None:
-        up = attack.apply(rnd, data.cid, down, up)
     return wire.encode(up, rnd, run_id)
 
 

@@ -51,10 +51,11 @@ class ClientWorker:
     def __init__(self, ctx, client_data, threads: int):
         import torch
 
-        from featherfl import algorithms
+        from featherfl.experiment import build_algorithm
 
         torch.set_num_threads(threads)
-        self.client = algorithms.get(ctx.cfg["algorithm"])(ctx).make_client()
+
+        self.client = build_algorithm(ctx).make_client()
         self.client_data = client_data
 
     def train(self, cid: int, rnd: int, down: bytes, state: dict, run_id: int):
