@@ -35,7 +35,7 @@ def child(model_name: str, mode: str, batch: int) -> None:
 
     torch.set_num_threads(1)
     from featherfl.algorithms import zo
-    from featherfl.algorithms.base import derive_seed
+    from featherfl.seeding import derive_seed
     from featherfl.models import build_model
 
     with open("/proc/self/clear_refs", "w") as fh:

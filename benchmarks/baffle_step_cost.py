@@ -17,7 +17,7 @@ import time
 import torch
 
 from featherfl.algorithms import zo
-from featherfl.algorithms.base import derive_seed
+from featherfl.seeding import derive_seed
 from featherfl.models import build_model
 
 

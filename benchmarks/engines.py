@@ -44,7 +44,8 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from featherfl.config import build_config  # noqa: E402
 from featherfl.experiment import run_experiment  # noqa: E402
-from featherfl.flower_app.local import LocalFederation  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from support.local_federation import LocalFederation  # noqa: E402
 
 CLIENTS, ROUNDS = 10, 10
 SIM = {"num-supernodes": CLIENTS}

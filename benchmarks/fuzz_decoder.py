@@ -1,7 +1,7 @@
 """Decoder fuzzing at scale: >= 100,000 hostile inputs per payload kind, zero crashes allowed.
 
 Every payload kind of every registered algorithm (found through its specs, see
-``featherfl.fuzzing.catalog``) gets ``--n`` inputs, spread evenly over the mutation
+``tests/support/fuzzing.py: catalog``) gets ``--n`` inputs, spread evenly over the mutation
 classes: random bytes, truncation, bit flips, wrong header fields (magic, version,
 round, run, kind, lengths), wrong or hostile JSON meta (missing/extra fields, wrong
 types, out of range, NaN, huge, deeply nested), wrong tensors (dtype, shape, NaN/inf,
@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featherfl import fuzzing  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from support import fuzzing  # noqa: E402
 
 _ENTRIES: list = []
 

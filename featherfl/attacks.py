@@ -35,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from featherfl.algorithms.base import derive_seed, generator
+from featherfl.seeding import derive_seed, generator
 from featherfl.wire import Payload
 
 KINDS = ("scale", "sign-flip", "noise", "constant", "inflate-count")

@@ -204,7 +204,6 @@ class Experiment:
             self._restore()
         else:
             self._init_folder()
-            self.p.algorithm.init_state()
             write_jsonl(self.out / "metrics.jsonl", [])
         rounds = self.cfg["rounds"]
         bar = None

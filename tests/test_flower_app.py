@@ -9,7 +9,7 @@ pytest.importorskip("flwr")
 from featherfl import wire  # noqa: E402
 from featherfl.config import ConfigError, build_config  # noqa: E402
 from featherfl.engines.flower_engine import FlowerEngine
-from featherfl.flower_app.protocol import pack, unpack  # noqa: E402
+from featherfl.engines.flower_protocol import pack, unpack  # noqa: E402
 from featherfl.experiment import prepare  # noqa: E402
 from featherfl.flower_app import RUN_CONFIG, pyproject_text  # noqa: E402
 from featherfl.flower_app.server_app import config_from_run_config  # noqa: E402

@@ -25,7 +25,7 @@ if not (Path(sys.executable).with_name("flower-superlink").exists() or shutil.wh
 from featherfl import algorithms  # noqa: E402
 from featherfl.config import build_config, parse_set_args  # noqa: E402
 from featherfl.experiment import run_experiment  # noqa: E402
-from featherfl.flower_app.local import LocalFederation  # noqa: E402
+from support.local_federation import LocalFederation  # noqa: E402
 
 TOL = 1e-6
 TIMING = {"seconds", "wall_seconds"}

@@ -122,7 +122,6 @@ def test_every_method_survives_attacks(name, kind):
     over += [(k, v) for k, v in SMALL.get(name, []) if k in schema]
     cfg = build_config(overrides=over)
     p = prepare(cfg)
-    p.algorithm.init_state()
     eng = LocalEngine(cfg, p.algorithm, p.client_data, wire.Ledger(), p.ctx.run_id)
     for rnd in (1, 2):
         s = eng.run_round(rnd)

@@ -16,7 +16,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featherfl import algorithms, fuzzing, wire
+from featherfl import algorithms, wire
+from support import fuzzing
 
 ALGORITHMS = algorithms.names()
 

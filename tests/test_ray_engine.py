@@ -16,11 +16,22 @@ from featherfl.engines.ray_engine import RayEngine  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
 
 TIMING = {"seconds", "wall_seconds"}
-METHODS = ["fedavg", "fedsgd", "baffle", "fd"]
+METHODS = ["fedavg", "fedsgd", "baffle", "fd", "fedpeft"]
 SMALL = [("rounds", 2), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200), ("engine.threads", 1)]
 #: Per-method knobs that keep each run to a few seconds; ``baffle.downlink=replay`` makes
 #: clients keep a model replica in their state, so state must survive between rounds.
-FAST = {"baffle": [("baffle.k", 20), ("baffle.downlink", "replay")], "fd": [("fd.local_steps", 20)]}
+FAST = {"baffle": [("baffle.k", 20), ("baffle.downlink", "replay")], "fd": [("fd.local_steps", 20)], "fedpeft": [("fedpeft.method", "bias"), ("partition.min_samples", 5)]}
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """FedPEFT needs a pretrained backbone: a small ViT trained for one epoch on digits 0-4."""
+    from featherfl.data.sources import load_dataset
+    from featherfl.models.pretrain import pretrain, save_backbone
+
+    ds = load_dataset(build_config())
+    net, meta = pretrain(ds.train_x, ds.train_y, "vit-tiny", width=48, epochs=1)
+    return str(save_backbone(net, meta, tmp_path_factory.mktemp("bb") / "vit.safetensors"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,11 +56,16 @@ def _run(tmp_path, name, overrides):
     return _rows(tmp_path / name / "metrics.jsonl"), summary
 
 
+def test_every_registered_method_is_compared():
+    """A renamed or new method must not silently drop out of the Ray-vs-local comparison."""
+    assert set(METHODS) == set(algorithms.REGISTRY)
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_ray_equals_local(tmp_path, method):
-    if method not in algorithms.REGISTRY:
-        pytest.skip(f"{method} is not registered yet")
+def test_ray_equals_local(tmp_path, method, request):
     extra = [("algorithm", method), ("engine.fraction", 0.75), ("engine.dropout", 0.2)] + FAST.get(method, [])
+    if method == "fedpeft":
+        extra.append(("model.pretrained", request.getfixturevalue("backbone")))
     local, s_local = _run(tmp_path, "local", extra)
     remote, s_ray = _run(tmp_path, "ray", extra + [("engine.name", "ray")])
     assert remote == local  # accuracy, loss, per-client ledger bytes, drop/reject counts: all identical
@@ -78,7 +94,6 @@ def test_failing_client_is_dropped_not_fatal(tmp_path):
     p.client_data[1].x = x.reshape(len(x), -1)[:, :5]  # inputs the model cannot take: its forward raises
     from featherfl import wire
 
-    p.algorithm.init_state()
     eng = RayEngine(cfg, p.algorithm, p.client_data, wire.Ledger(), p.ctx.run_id)
     try:
         stats = eng.run_round(1)

@@ -42,7 +42,8 @@ from featherfl.algorithms import zo
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.baffle_replay import MAX_DIFF, MAX_SAMPLES, SEED_MAX, ReplayLog, RoundEntry, SyncDown, catch_up, fingerprint, sync_state
 from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
-from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, derive_seed, generator
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model
 from featherfl.config import Config, ConfigError, Field
 from featherfl.models import flat_state, has_batchnorm, load_flat_state
@@ -311,9 +312,6 @@ class Baffle(Algorithm):
         self.ema_updates = 0
         self.through = 0
         self.replay = ReplayLog(self.server.theta.numel()) if self.o["downlink"] == "replay" else None
-
-    def init_state(self) -> None:
-        pass
 
     def round_seed(self, rnd: int, cid: int) -> int:
         """The base seed of ``cid``'s directions. Shared directions exist only in FedSGD mode,

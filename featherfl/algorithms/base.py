@@ -5,7 +5,7 @@ Follows the shape FL frameworks converge on (Flower's Strategy
 trainer). An algorithm never imports an engine: engines move its payloads.
 
 Server half (``Algorithm``):
-    init_state(); configure(round, client_ids) -> {cid: Payload};
+    configure(round, client_ids) -> {cid: Payload};
     uplink_specs(round, cid) -> {kind: wire.Spec};
     aggregate(round, {cid: Payload}) -> metrics; evaluate(x, y) -> metrics
 Client half (``ClientHalf``):
@@ -15,7 +15,6 @@ Client half (``ClientHalf``):
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -102,16 +101,6 @@ class ClientData:
         return len(self.y)
 
 
-def derive_seed(*parts: int | str) -> int:
-    """A stable 63-bit seed from any tuple (e.g. run seed, round, client, step)."""
-    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & (2**63 - 1)
-
-
-def generator(*parts: int | str) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
-
-
 class ClientHalf(ABC):
     """What runs on a device. ``state`` is the client's own persistent dict (tensors, numbers)."""
 
@@ -156,9 +145,6 @@ class Algorithm(ABC):
         for wrap in self.client_wrappers:
             client = wrap(client)
         return client
-
-    @abstractmethod
-    def init_state(self) -> None: ...
 
     @abstractmethod
     def configure(self, rnd: int, client_ids: list[int]) -> dict[int, Payload]: ...

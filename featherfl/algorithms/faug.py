@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from featherfl.algorithms.base import ClientData, derive_seed, generator
+from featherfl.algorithms.base import ClientData
+from featherfl.seeding import derive_seed, generator
 from featherfl.config import Field
 from featherfl.models import flat_state, load_flat_state
 from featherfl.models.cgan import Discriminator, Generator

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from featherfl.algorithms.aggregate import aggregation_fields, combine
-from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, derive_seed, generator
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.faug import FAUG_CONFIG, FAugClient, FAugServer
 from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
 from featherfl.config import ConfigError, Field
@@ -261,9 +262,6 @@ class FD(FAugServer, Algorithm):
         rng = np.random.default_rng(derive_seed(ctx.seed, "fd-reference-client"))
         self.reference_client = int(rng.integers(m))
         self.faug_init(self.cfg["fd.faug"])
-
-    def init_state(self) -> None:
-        pass
 
     def configure(self, rnd, client_ids):
         sec = self.cfg.section("fd")

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
-from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, generator
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.seeding import generator
 from featherfl.algorithms.faug import FAUG_CONFIG, FAugClient, FAugServer
 from featherfl.algorithms import vectorized
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
@@ -128,9 +129,6 @@ class FedAvg(FAugServer, Algorithm):
         self.n = flat_state(self.global_model).numel()
         self.faug_init(self.cfg["fedavg.faug"])
 
-    def init_state(self) -> None:
-        pass
-
     def configure(self, rnd, client_ids):
         w = flat_state(self.global_model)
         return {cid: WeightsDown(w) for cid in client_ids}
@@ -206,12 +204,8 @@ class FedSGD(Algorithm):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.global_model = ctx.build_model()
-        self.n = flat_state(self.global_model).numel()
         self.p = sum(p.numel() for p in self.global_model.parameters())
         self.opt = make_optimizer(self.global_model.parameters(), self.cfg.section("fedsgd"))
-
-    def init_state(self) -> None:
-        pass
 
     def configure(self, rnd, client_ids):
         w = flat_state(self.global_model)

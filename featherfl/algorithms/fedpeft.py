@@ -24,7 +24,8 @@ import math
 import torch
 
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
-from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, derive_seed, generator
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import ConfigError, Field
 from featherfl.models.peft_modules import METHODS, apply_method
@@ -241,9 +242,6 @@ class FedPEFT(Algorithm, _PeftShared):
             q = self._expected_clients() / self.ctx.num_clients
             return noise_for_epsilon(o["dp_target_epsilon"], o["dp_delta"], q, self.cfg["rounds"])
         return o["dp_noise"]
-
-    def init_state(self) -> None:
-        pass
 
     def configure(self, rnd, client_ids):
         down = self.Down(**{field_name(n): t for n, t in self.trainable().items()})

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featherfl.algorithms.base import derive_seed
+from featherfl.seeding import derive_seed
 
 
 def direction_seed(base: int, step: int, k: int) -> int:

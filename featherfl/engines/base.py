@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from featherfl import wire
-from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, derive_seed
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf
+from featherfl.seeding import derive_seed
 
 
 MAX_SETUP_EXCHANGES = 8

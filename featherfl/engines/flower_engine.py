@@ -14,7 +14,7 @@ Protocol (three message types, all ``grid.send_and_receive`` with a timeout):
                             (node config), so the server knows which SuperNode is
                             which featherfl client id.
 ``train.<algorithm>``       one encoded downlink payload (``wire.encode`` bytes, raw,
-                            see :mod:`featherfl.flower_app.protocol`); the reply
+                            see :mod:`featherfl.engines.flower_protocol`); the reply
                             holds the encoded uplink bytes the same way.
 ``evaluate.<algorithm>``    methods without a global model: each node evaluates its
                             own client state on its copy of the test split.
@@ -38,7 +38,7 @@ from typing import Any, Iterator
 
 from featherfl.config import ConfigError
 from featherfl.engines.base import ClientOutcome, Engine
-from featherfl.flower_app.protocol import SETUP, evaluate_type, pack, train_type, unpack
+from featherfl.engines.flower_protocol import SETUP, evaluate_type, pack, train_type, unpack
 
 LOG = logging.getLogger("flwr.featherfl")  # a child of Flower's logger, so `flwr log` shows these lines
 

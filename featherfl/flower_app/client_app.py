@@ -29,7 +29,7 @@ import time
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from featherfl.flower_app.protocol import SETUP_ACTION, pack, unpack
+from featherfl.engines.flower_protocol import SETUP_ACTION, pack, unpack
 
 STATE = "featherfl-state"
 _CACHE: dict[tuple, object] = {}

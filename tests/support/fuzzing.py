@@ -122,7 +122,6 @@ def catalog(algorithms: list[str] | None = None, rounds: tuple[int, ...] = (1, 2
         cfg = build_config(overrides=[("algorithm", name), ("clients", 4), ("rounds", 2)])
         p = prepare(cfg)
         alg = p.algorithm
-        alg.init_state()
         client = alg.make_client()
         groups: list[tuple[str, dict]] = []
         for rnd in rounds:
