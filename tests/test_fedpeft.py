@@ -220,3 +220,28 @@ def test_pretrain_command_and_bad_backbones(tmp_path, backbone, capsys):
             prepare(cfg(bad))
     with pytest.raises(ConfigError, match="fedpeft.method"):
         cfg(backbone, "everything")
+
+
+def _peft_replies(p, counts):
+    import dataclasses
+
+    downs = p.algorithm.configure(1, [0, 1, 2])
+    client = p.algorithm.make_client()
+    ups = {c: client.update(1, downs[c], p.client_data[c], {}) for c in (0, 1, 2)}
+    return {c: dataclasses.replace(u, num_samples=n) for (c, u), n in zip(ups.items(), counts)}
+
+
+def test_server_lr_and_sample_weighting_shape_the_fedpeft_step(backbone):
+    """new = old + server_lr * (sum n_k t_k / sum n_k - old) over the trainable tensors t."""
+    full = prepare(cfg(backbone, clients=3, fedpeft__weighting="samples", fedpeft__server_lr=1.0))
+    half = prepare(cfg(backbone, clients=3, fedpeft__weighting="samples", fedpeft__server_lr=0.5))
+    replies = _peft_replies(full, (1, 2, 7))
+    old = full.algorithm.flat().clone()
+    full.algorithm.aggregate(1, replies)
+    half.algorithm.aggregate(1, replies)
+    names = full.algorithm.names
+    flat = {c: torch.cat([getattr(r, field_name(n)).reshape(-1) for n in names]) for c, r in replies.items()}
+    weighted = (1 * flat[0] + 2 * flat[1] + 7 * flat[2]) / 10
+    assert torch.allclose(full.algorithm.flat(), weighted, atol=1e-5)
+    assert torch.allclose(half.algorithm.flat() - old, 0.5 * (weighted - old), atol=1e-5)
+    assert float((weighted - (flat[0] + flat[1] + flat[2]) / 3).norm()) > 1e-5  # the weights matter here
