@@ -1,3 +1,17 @@
-"""featherfl: communication-light federated learning, measured in real encoded bytes."""
+"""featherfl: communication-light federated learning, measured in real encoded bytes.
+
+From Python: ``featherfl.run(config, out=..., model=..., dataset=...)`` and
+``featherfl.load_run(path)`` (see ``featherfl.api``); from a shell: ``featherfl run``.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["run", "load_run", "Result"]
+
+
+def __getattr__(name: str):
+    """Import the API on first use, so ``import featherfl`` (and the CLI's start-up) stays light."""
+    if name in __all__:
+        from featherfl import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'featherfl' has no attribute {name!r}")

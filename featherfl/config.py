@@ -65,7 +65,7 @@ def _f(type_, default, help_, **kw) -> Field:
 # Core keys. Method sections are contributed by algorithm modules.
 CORE_SCHEMA: dict[str, Field] = {
     "algorithm": _f("str", "fedavg", "Federated method to run (see `featherfl run --help`)."),
-    "dataset": _f("str", "digits", "Data source.", choices=("digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "sst2", "agnews")),
+    "dataset": _f("str", "digits", "Data source: digits, mnist, fashion-mnist, cifar10, synthetic, sst2, agnews, or one registered from Python (featherfl.run(dataset=...))."),
     "rounds": _f("int", 20, "Number of federated rounds.", min=1, max=1_000_000),
     "clients": _f("int", 10, "Number of clients the training data is split across.", min=1, max=100_000),
     "seed": _f("int", 0, "Seed for every random choice (split, sampling, init, training).", min=0, max=2**31 - 1),
@@ -287,6 +287,10 @@ def build_config(
         raise ConfigError(
             f"config key 'algorithm': got {values['algorithm']!r}, expected one of {brief(algorithm_names())}"
         )
+    from featherfl.data.sources import source_names
+
+    if values["dataset"] not in source_names():
+        raise ConfigError(f"config key 'dataset': got {values['dataset']!r}, expected one of {brief(source_names())}")
     from featherfl.models import model_names
 
     if values["model.name"] not in model_names():

@@ -255,8 +255,16 @@ _SOURCES = {
 }
 
 
+#: Sources that register themselves when their module is imported (the text extra).
+_LAZY_SOURCES = ("sst2", "agnews")
+
+
 def register_source(name: str, fn) -> None:
     _SOURCES[name] = fn
+
+
+def source_names() -> list[str]:
+    return sorted(set(_SOURCES) | set(_LAZY_SOURCES))
 
 
 def load_dataset(cfg) -> Dataset:
