@@ -80,7 +80,15 @@ def test_client_training_is_deterministic(cfg_factory):
 
 
 def test_clientdata_isolated(cfg_factory):
+    """Each training sample belongs to exactly one client, and a client holds exactly its own rows."""
+    import numpy as np
+
     p = prepare(cfg_factory(clients=4))
-    total = sum(len(c) for c in p.client_data)
-    assert total == len(p.dataset.train_y)
-    assert isinstance(p.client_data[0], ClientData)
+    idx = np.concatenate(p.parts)
+    assert len(idx) == len(np.unique(idx)) == len(p.dataset.train_y)  # disjoint and complete
+    for part, c in zip(p.parts, p.client_data):
+        assert isinstance(c, ClientData)
+        assert torch.equal(c.x, p.dataset.train_x[torch.as_tensor(part)]) and torch.equal(c.y, p.dataset.train_y[torch.as_tensor(part)])
+    c0 = p.client_data[0]
+    c0.x.add_(1.0)  # a client changing its data must not change another's or the dataset
+    assert not torch.equal(c0.x, p.dataset.train_x[torch.as_tensor(p.parts[0])])
