@@ -84,57 +84,27 @@ def _config(config: dict | str | Path | Config | None, extra: list[tuple[str, An
 
 def _register_model(factory: Callable) -> str:
     """Register an ``nn.Module`` factory ``(input_shape, num_classes) -> nn.Module`` under a stable name."""
-    from torch import nn
-
-    from featherfl.models import _REGISTRY
+    from featherfl.models import _REGISTRY, _load_builtin
+    from featherfl.plugins import model_builder
 
     if not callable(factory):
         raise ConfigError(f"model: expected a callable (input_shape, num_classes) -> nn.Module, got {type(factory).__name__}")
-    name = f"python:{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', type(factory).__name__)}"
-
-    def build(input_shape, num_classes, **_):
-        try:
-            m = factory(tuple(input_shape), num_classes)
-        except Exception as e:
-            raise ConfigError(f"model factory {name} failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        if not isinstance(m, nn.Module):
-            raise ConfigError(f"model factory {name} returned {type(m).__name__}, expected a torch.nn.Module")
-        return m
-
-    _REGISTRY[name] = build
+    name = f"python-{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', type(factory).__name__)}"
+    _load_builtin()
+    _REGISTRY[name] = model_builder(name, factory)
     return name
 
 
 def _register_dataset(data) -> str:
     """Register (train_x, train_y, test_x, test_y) tensors or arrays, checked, as a data source."""
-    import numpy as np
-    import torch
-
     from featherfl.data.sources import Dataset, register_source
+    from featherfl.plugins import dataset_from_arrays
 
-    if isinstance(data, Dataset):
-        ds = data
-    else:
-        if not (isinstance(data, (tuple, list)) and len(data) == 4):
-            raise ConfigError("dataset: expected (train_x, train_y, test_x, test_y) or a featherfl Dataset")
-        try:
-            tx, ty, vx, vy = (torch.as_tensor(np.asarray(a)) for a in data)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"dataset: cannot read the arrays ({e.__class__.__name__})") from None
-        for what, x, y in (("train", tx, ty), ("test", vx, vy)):
-            if len(x) != len(y) or len(y) == 0:
-                raise ConfigError(f"dataset: {what} has {len(x)} inputs and {len(y)} labels; they must match and be non-empty")
-            if y.dim() != 1 or y.dtype.is_floating_point or int(y.min()) < 0:
-                raise ConfigError(f"dataset: {what} labels must be a 1-D array of integers >= 0")
-        if tx.shape[1:] != vx.shape[1:]:
-            raise ConfigError(f"dataset: train inputs {tuple(tx.shape[1:])} and test inputs {tuple(vx.shape[1:])} differ in shape")
-        classes = int(max(int(ty.max()), int(vy.max()))) + 1
-        x_float = (lambda a: a.float()) if tx.is_floating_point() else (lambda a: a.long())
-        ds = Dataset("python", x_float(tx), ty.long(), x_float(vx), vy.long(), classes, tuple(tx.shape[1:]), "arrays passed to featherfl.run")
+    ds = dataset_from_arrays(data, "arrays", "arrays passed to featherfl.run")
     digest = hashlib.blake2b(digest_size=6)
     for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
         digest.update(t.contiguous().numpy().tobytes())
-    name = f"python:{digest.hexdigest()}"
+    name = f"python-{digest.hexdigest()}"
     register_source(name, lambda cfg: Dataset(ds.name, ds.train_x, ds.train_y, ds.test_x, ds.test_y, ds.num_classes, ds.input_shape, ds.note))
     return name
 

@@ -287,8 +287,13 @@ def build_config(
         raise ConfigError(
             f"config key 'algorithm': got {values['algorithm']!r}, expected one of {brief(algorithm_names())}"
         )
+    from featherfl import plugins
     from featherfl.data.sources import source_names
 
+    if plugins.is_dotted(values["dataset"]):
+        plugins.register_dataset_path(values["dataset"])
+    if plugins.is_dotted(values["model.name"]):
+        plugins.register_model_path(values["model.name"])
     if values["dataset"] not in source_names():
         raise ConfigError(f"config key 'dataset': got {values['dataset']!r}, expected one of {brief(source_names())}")
     from featherfl.models import model_names
