@@ -146,7 +146,7 @@ def read_idx_pair(x_path: Path, y_path: Path, image_shape: tuple[int, int], num_
     if y.ndim != 1:
         raise ConfigError(f"data file {y_path} is not a labels file (shape {tuple(y.shape)}, expected N)")
     if len(x) != len(y):
-        raise ConfigError(f"{x_path.name} holds {len(x)} images but {y_path.name} holds {len(y)} labels; they must match")
+        raise ConfigError(f"{x_path} holds {len(x)} images but {y_path.name} holds {len(y)} labels; they must match")
     if len(y) == 0:
         raise ConfigError(f"data file {y_path} holds no samples")
     if int(y.max()) >= num_classes:
