@@ -109,7 +109,30 @@ class WeightsClient(FAugClient, ClientHalf):
         return out
 
 
-class FedAvg(FAugServer, Algorithm):
+class GlobalModelServer(Algorithm):
+    """What every method with one global model sent whole does the same way: build it from the
+    seed, send it (``configure``), evaluate it, checkpoint it. Subclasses say what comes back
+    (``uplink_specs``) and how it moves the model (``aggregate``)."""
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.global_model = ctx.build_model()
+
+    def configure(self, rnd, client_ids):
+        w = flat_state(self.global_model)
+        return {cid: WeightsDown(w) for cid in client_ids}
+
+    def evaluate(self, x, y):
+        return evaluate_model(self.global_model, x, y, self.cfg["eval.batch_size"])
+
+    def state_dict(self):
+        return {"model": {k: v.clone() for k, v in self.global_model.state_dict().items()}}
+
+    def load_state_dict(self, state):
+        self.global_model.load_state_dict(state["model"])
+
+
+class FedAvg(FAugServer, GlobalModelServer):
     name = "fedavg"
     client_class = WeightsClient
     CONFIG = {
@@ -125,13 +148,8 @@ class FedAvg(FAugServer, Algorithm):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self.global_model = ctx.build_model()
         self.n = flat_state(self.global_model).numel()
         self.faug_init(self.cfg["fedavg.faug"])
-
-    def configure(self, rnd, client_ids):
-        w = flat_state(self.global_model)
-        return {cid: WeightsDown(w) for cid in client_ids}
 
     def uplink_specs(self, rnd, cid):
         return {WeightsUp.KIND: weights_spec(WeightsUp, self.n, "weights", with_samples=True)}
@@ -147,14 +165,11 @@ class FedAvg(FAugServer, Algorithm):
         load_flat_state(self.global_model, new)
         return {"update_norm": float((new - old).norm())}
 
-    def evaluate(self, x, y):
-        return evaluate_model(self.global_model, x, y, self.cfg["eval.batch_size"])
-
     def state_dict(self):
-        return {"model": {k: v.clone() for k, v in self.global_model.state_dict().items()}, **self.faug_state_dict()}
+        return {**super().state_dict(), **self.faug_state_dict()}
 
     def load_state_dict(self, state):
-        self.global_model.load_state_dict(state["model"])
+        super().load_state_dict(state)
         self.faug_load_state_dict(state)
 
 
@@ -182,7 +197,7 @@ class GradientClient(WeightsClient):
         return GradientUp(grad.detach(), len(y))
 
 
-class FedSGD(Algorithm):
+class FedSGD(GlobalModelServer):
     name = "fedsgd"
     client_class = GradientClient
     CONFIG = {
@@ -203,13 +218,8 @@ class FedSGD(Algorithm):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self.global_model = ctx.build_model()
         self.p = sum(p.numel() for p in self.global_model.parameters())
         self.opt = make_optimizer(self.global_model.parameters(), self.cfg.section("fedsgd"))
-
-    def configure(self, rnd, client_ids):
-        w = flat_state(self.global_model)
-        return {cid: WeightsDown(w) for cid in client_ids}
 
     def uplink_specs(self, rnd, cid):
         return {GradientUp.KIND: weights_spec(GradientUp, self.p, "gradient", with_samples=True)}
@@ -228,12 +238,9 @@ class FedSGD(Algorithm):
         self.opt.zero_grad(set_to_none=True)
         return {"gradient_norm": float(g.norm())}
 
-    def evaluate(self, x, y):
-        return evaluate_model(self.global_model, x, y, self.cfg["eval.batch_size"])
-
     def state_dict(self):
-        return {"model": {k: v.clone() for k, v in self.global_model.state_dict().items()}, "optimizer": self.opt.state_dict()}
+        return {**super().state_dict(), "optimizer": self.opt.state_dict()}
 
     def load_state_dict(self, state):
-        self.global_model.load_state_dict(state["model"])
+        super().load_state_dict(state)
         self.opt.load_state_dict(state["optimizer"])
