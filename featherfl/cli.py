@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--only", action="append", help="run only this method label (repeatable)")
     d.add_argument("--quiet", action="store_true")
     rr = sub.add_parser("reproduce", help="a paper's headline result on its own protocol: table of paper vs ours")
-    rr.add_argument("name", help="baffle-mnist | fd-table1 | fedpeft-sst2 | fedpeft-agnews")
+    rr.add_argument("name", help="baffle-mnist")
     rr.add_argument("--quick", action="store_true", help="scaled-down run of the same code path (minutes, not comparable to the paper)")
     rr.add_argument("--out", help="output folder (default runs/reproduce-<name>-<timestamp>)")
     rr.add_argument("--data-dir", help="folder holding mnist-t10k/, sst2/, agnews/ (default ../shared/data)")

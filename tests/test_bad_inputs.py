@@ -202,3 +202,11 @@ def test_pretrain_out_under_a_file(tmp_path, capsys):
     f = tmp_path / "f"
     f.write_text("x")
     _expect_usage_error(capsys, ["pretrain", "--epochs", "1", "--out", str(f / "b.pt")], None, "which is a file")
+
+
+def test_every_listed_reproduction_imports_and_unknown_names_are_refused(capsys):
+    from featherfl.reproduce import RECIPES, get_recipe
+
+    for name in RECIPES:
+        assert get_recipe(name).name == name
+    _expect_usage_error(capsys, ["reproduce", "no-such-paper"], None, "expected one of")

@@ -17,9 +17,6 @@ from featherfl.config import ConfigError
 #: name -> module holding ``RECIPE``; imported only when asked for.
 RECIPES: dict[str, str] = {
     "baffle-mnist": "featherfl.reproduce.baffle_mnist",
-    "fd-table1": "featherfl.reproduce.fd_table1",
-    "fedpeft-sst2": "featherfl.reproduce.fedpeft_text",
-    "fedpeft-agnews": "featherfl.reproduce.fedpeft_text",
 }
 
 
