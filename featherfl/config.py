@@ -265,8 +265,6 @@ def build_config(
 
     Raises ConfigError with a one-line message naming the key and the allowed values.
     """
-    schema = full_schema()
-    values = {k: f.default for k, f in schema.items()}
     layers: list[tuple[str, Any]] = []
     if base:
         layers.extend(base.items())
@@ -277,6 +275,13 @@ def build_config(
             raise ConfigError(f"config file is not valid TOML: {str(e).splitlines()[0][:200]}") from None
         layers.extend(_flatten(data).items())
     layers.extend(overrides)
+    from featherfl import plugins
+
+    algorithm = next((v for k, v in reversed(layers) if k == "algorithm"), None)
+    if isinstance(algorithm, str) and plugins.is_dotted(algorithm):
+        plugins.register_algorithm_path(algorithm)  # its own config section joins the schema
+    schema = full_schema()
+    values = {k: f.default for k, f in schema.items()}
     for key, value in layers:
         if key not in schema:
             raise ConfigError(unknown_key_message(key, schema))

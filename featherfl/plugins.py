@@ -10,6 +10,8 @@ finds it again.
 - model: ``build(input_shape: tuple, num_classes: int) -> torch.nn.Module``
 - dataset: ``load() -> (train_x, train_y, test_x, test_y)`` (tensors or arrays) or a
   featherfl ``Dataset``
+- algorithm: ``algorithm = "mypkg.fedprox:FedProx"``, a ``featherfl.algorithms.base.Algorithm``
+  subclass (docs/architecture.md shows a complete one); its ``CONFIG`` keys join the schema
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ def load_callable(path: str, key: str) -> Callable:
     if not callable(obj):
         raise ConfigError(f"config key {key!r}: {path} is not callable")
     return obj
+
+
+def register_algorithm_path(path: str) -> None:
+    """Register an ``Algorithm`` subclass named by ``module:Class`` under that path."""
+    from featherfl import algorithms
+    from featherfl.algorithms.base import Algorithm
+
+    if path in algorithms.REGISTRY:
+        return
+    cls = load_callable(path, "algorithm")
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise ConfigError(f"config key 'algorithm': {path} is not a featherfl Algorithm subclass")
+    algorithms.REGISTRY[path] = path
 
 
 def model_builder(path: str, factory: Callable) -> Callable:

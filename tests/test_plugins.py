@@ -70,3 +70,25 @@ def test_bad_plugins_are_one_line_errors(tmp_path, plugin, capsys, setting, need
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_algorithm_by_dotted_path(tmp_path, monkeypatch, capsys):
+    """The FedProx of docs/architecture.md as a plug-in: no registry edit, its keys settable, resumable."""
+    import re
+    from pathlib import Path
+
+    from featherfl import algorithms
+
+    monkeypatch.setattr(algorithms, "REGISTRY", dict(algorithms.REGISTRY))  # what this test registers goes away after it
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    (tmp_path / "my_prox.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = ["run", "--algorithm", "my_prox:FedProx", "--rounds", "2", "--clients", "3", "--out", str(out), "--quiet",
+            "--set", "engine.threads=1", "--set", "fedprox.mu=0.5", "--set", "fedprox.local_epochs=1"]
+    assert cli.main(argv) == 0
+    assert json.loads((out / "summary.json").read_text())["final_accuracy"] > 0.3
+    assert cli.main(["run", "--resume", "--out", str(out), "--rounds", "3", "--quiet"]) == 0
+    assert cli.main(["run", "--algorithm", "my_prox:ProxClient", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "not a featherfl Algorithm subclass" in capsys.readouterr().err

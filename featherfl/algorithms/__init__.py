@@ -24,7 +24,9 @@ def names() -> list[str]:
 
 
 def get(name: str):
-    mod, cls = REGISTRY[name].split(":")
+    """The Algorithm class registered as ``name``, or named by a ``module:Class`` path (a plug-in,
+    see ``featherfl.plugins``: a fresh worker process finds it from the path alone)."""
+    mod, cls = REGISTRY.get(name, name).split(":")
     return getattr(importlib.import_module(mod), cls)
 
 
