@@ -21,7 +21,6 @@ and no dropout, whose random masks could not match the sequential path.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -198,8 +197,3 @@ def train_clients(
     metrics = [{"train_loss": float(totals[c]) / max(n_steps[c], 1), "steps": n_steps[c]} for c in range(C)]
     return finals, metrics
 
-
-def memory_estimate_bytes(runs: list[ClientRun]) -> int:
-    """A rough size of the stacked parameters and optimiser state (for choosing group sizes)."""
-    per = sum(t.numel() * t.element_size() for t in runs[0].start.values())
-    return int(math.ceil(per * len(runs) * 4))
