@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from featherfl.algorithms.training import batches
 
