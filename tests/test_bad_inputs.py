@@ -210,3 +210,24 @@ def test_every_listed_reproduction_imports_and_unknown_names_are_refused(capsys)
     for name in RECIPES:
         assert get_recipe(name).name == name
     _expect_usage_error(capsys, ["reproduce", "no-such-paper"], None, "expected one of")
+
+
+@pytest.mark.parametrize("damage, needle", [("size", "corrupt"), ("label", "labels >= 10"), ("missing", "missing")])
+def test_bad_cifar10_binary_files(tmp_path, capsys, damage, needle):
+    folder = tmp_path / "c10" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rec = np.zeros((4, 3073), dtype=np.uint8)
+    rec[:, 0] = np.arange(4)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for n in names:
+        (folder / n).write_bytes(rec.tobytes())
+    if damage == "size":
+        (folder / "data_batch_3.bin").write_bytes(rec.tobytes()[:-7])
+    elif damage == "label":
+        bad = rec.copy()
+        bad[1, 0] = 12
+        (folder / "test_batch.bin").write_bytes(bad.tobytes())
+    else:
+        (folder / "data_batch_5.bin").unlink()
+    out = tmp_path / "run"
+    _expect_usage_error(capsys, ["run", "--dataset", "cifar10", "--set", f"data.dir={tmp_path / 'c10'}", "--model", "cnn", "--rounds", "1", "--clients", "2", "--out", str(out)], out, needle)
