@@ -117,6 +117,7 @@ class GlobalModelServer(Algorithm):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.global_model = ctx.build_model()
+        self.aggregator = Aggregator.from_section(self.cfg.section(self.name))
 
     def configure(self, rnd, client_ids):
         w = flat_state(self.global_model)
@@ -160,7 +161,7 @@ class FedAvg(FAugServer, GlobalModelServer):
         ns = torch.tensor([float(replies[c].num_samples) for c in cids])
         old = flat_state(self.global_model)
         sec = self.cfg.section("fedavg")
-        avg = Aggregator.from_section(sec)(stack, ns, reference=old)
+        avg = self.aggregator(stack, ns, reference=old)
         new = old + sec["server_lr"] * (avg - old)
         load_flat_state(self.global_model, new)
         return {"update_norm": float((new - old).norm())}
@@ -228,8 +229,7 @@ class FedSGD(GlobalModelServer):
         cids = sorted(replies)
         stack = torch.stack([replies[c].gradient for c in cids])
         ns = torch.tensor([float(replies[c].num_samples) for c in cids])
-        sec = self.cfg.section("fedsgd")
-        g = Aggregator.from_section(sec)(stack, ns)
+        g = self.aggregator(stack, ns)
         i = 0
         for p in self.global_model.parameters():
             p.grad = g[i : i + p.numel()].view_as(p).clone()
