@@ -33,9 +33,9 @@ CATEGORIES = {
 METHODS = {
     "local only (FD, gamma=0)": [("algorithm", "fd"), ("fd.gamma", 0.0)],
     "FD": [("algorithm", "fd")],
-    "FD+FAug": [("algorithm", "fd"), ("fd.faug", True)],
+    "FD+FAug": [("algorithm", "fd"), ("faug.enabled", True)],
     "FedAvg": [("algorithm", "fedavg")],
-    "FedAvg+FAug": [("algorithm", "fedavg"), ("fedavg.faug", True)],
+    "FedAvg+FAug": [("algorithm", "fedavg"), ("faug.enabled", True)],
 }
 
 

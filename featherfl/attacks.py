@@ -116,7 +116,7 @@ class AttackingClient:
     def evaluate(self, state: dict, x, y) -> dict:
         return self.inner.evaluate(state, x, y)
 
-    def __getattr__(self, name: str):  # anything else a method's client offers (e.g. FAug's training_set)
+    def __getattr__(self, name: str):  # anything else a method's client offers
         return getattr(self.inner, name)
 
 

@@ -278,6 +278,7 @@ def build_config(
     from featherfl import plugins
 
     algorithm = next((v for k, v in reversed(layers) if k == "algorithm"), None)
+    layers = renamed(layers, algorithm)
     if isinstance(algorithm, str) and plugins.is_dotted(algorithm):
         plugins.register_algorithm_path(algorithm)  # its own config section joins the schema
     schema = full_schema()
@@ -312,6 +313,24 @@ def build_config(
             f"config key 'engine.min_replies': got {values['engine.min_replies']}, expected <= clients ({values['clients']})"
         )
     return Config(values, schema)
+
+
+#: Keys earlier featherfl versions wrote (in every saved config.toml): ``<method>.faug`` is now the
+#: FAug wrapper's ``faug.enabled``, which works around any method.
+LEGACY_FAUG_KEYS = ("fedavg.faug", "fd.faug")
+
+
+def renamed(layers: list[tuple[str, Any]], algorithm) -> list[tuple[str, Any]]:
+    """Read old configs: the configured method's ``<method>.faug`` becomes ``faug.enabled``;
+    another method's (a no-op there) is dropped."""
+    out = []
+    for key, value in layers:
+        if key in LEGACY_FAUG_KEYS:
+            if key.split(".")[0] == algorithm:
+                out.append(("faug.enabled", value))
+            continue
+        out.append((key, value))
+    return out
 
 
 def unknown_key_message(key: str, schema: dict[str, Field]) -> str:

@@ -39,7 +39,7 @@ METHODS = [
     DemoMethod("fedpeft-bias", "fedpeft", 20, 6, {"fedpeft.method": "bias"}),
     DemoMethod("fedpeft-lora", "fedpeft", 20, 6, {"fedpeft.method": "lora", "fedpeft.lr": 0.02}),
     DemoMethod("fd", "fd", 20, 6, {"partition.name": "label-deficient", "fd.local_steps": 50}),
-    DemoMethod("fd+faug", "fd", 20, 6, {"partition.name": "label-deficient", "fd.local_steps": 50, "fd.faug": True, "faug.gan_steps": 300}),
+    DemoMethod("fd+faug", "fd", 20, 6, {"partition.name": "label-deficient", "fd.local_steps": 50, "faug.enabled": True, "faug.gan_steps": 300}),
 ]
 
 

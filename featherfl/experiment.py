@@ -46,11 +46,16 @@ RESUMABLE_KEYS = frozenset(
 
 
 def build_algorithm(ctx: Context) -> algorithms.base.Algorithm:
-    """The configured method with its cross-cutting wrappers (simulated attackers when
-    ``attack.fraction > 0``); every engine builds its client halves from this."""
+    """The configured method with its cross-cutting wrappers: FAug around it when
+    ``faug.enabled``, simulated attackers when ``attack.fraction > 0``; every engine builds
+    its client halves from this."""
     from featherfl import attacks
+    from featherfl.algorithms import faug
 
     algorithm = algorithms.get(ctx.cfg["algorithm"])(ctx)
+    if ctx.cfg["faug.enabled"]:
+        faug.check_input(ctx.input_shape)
+        algorithm = faug.FAug(algorithm)
     attacks.install(algorithm)
     return algorithm
 

@@ -8,6 +8,8 @@ import torch
 from featherfl import wire
 from featherfl.algorithms.base import ClientData, Context
 from featherfl.algorithms.faug import (
+    FAug,
+    FAugClient,
     GeneratorDown,
     SeedRequest,
     SeedsUp,
@@ -19,6 +21,7 @@ from featherfl.algorithms.faug import (
     pl_device_server,
     pl_inter_device,
     train_cgan,
+    augmented,
 )
 from featherfl.algorithms.fd import FDClient
 from featherfl.config import build_config
@@ -107,8 +110,8 @@ def test_generation_plan_makes_label_counts_near_uniform():
 
 
 def test_seed_upload_is_uint8_targets_plus_redundant_and_counted(tmp_path):
-    cfg = _cfg(("algorithm", "fd"), ("fd.faug", True), ("faug.redundant_labels", 2))
-    client = FDClient(Context(cfg, (1, 8, 8), L, 3))
+    cfg = _cfg(("algorithm", "fd"), ("faug.enabled", True), ("faug.redundant_labels", 2))
+    client = FAugClient(FDClient(Context(cfg, (1, 8, 8), L, 3)))
     state = {}
     data = _deficient_data()
     up = client.update(1, SeedRequest(), data, state)
@@ -124,15 +127,16 @@ def test_seed_upload_is_uint8_targets_plus_redundant_and_counted(tmp_path):
 
 
 def test_generated_samples_make_the_device_near_uniform():
-    cfg = _cfg(("algorithm", "fd"), ("fd.faug", True))
+    cfg = _cfg(("algorithm", "fd"), ("faug.enabled", True))
     ctx = Context(cfg, (1, 8, 8), L, 3)
-    client = FDClient(ctx)
+    client = FAugClient(FDClient(ctx))
     data = _deficient_data()
     state = {}
     client.update(1, SeedRequest(), data, state)
-    g = flat_state(client.faug_generator)
+    g = flat_state(client.generator)
     done = client.update(1, GeneratorDown(g, list(range(L)), 7), data, state)
-    x, y = client.training_set(data, state)
+    aug = augmented(data, state)
+    x, y = aug.x, aug.y
     counts = label_counts(y, L)
     assert counts.tolist() == [40] * L
     assert done.generated == 36 + 40
@@ -179,7 +183,7 @@ def test_cgan_is_conditioned_on_the_label(one_thread):
 
 @pytest.mark.parametrize("algorithm", ["fd", "fedavg"])
 def test_faug_runs_once_as_a_first_phase(tmp_path, algorithm):
-    cfg = _cfg(("algorithm", algorithm), (f"{algorithm}.faug", True))
+    cfg = _cfg(("algorithm", algorithm), ("faug.enabled", True))
     p = prepare(cfg)
     out = tmp_path / algorithm
     exp = Experiment(p, out, progress=False)
@@ -188,15 +192,15 @@ def test_faug_runs_once_as_a_first_phase(tmp_path, algorithm):
     first, second = rows[0]["bytes_by_category"], rows[1]["bytes_by_category"]
     assert {"up_samples", "down_generator"} <= set(first)
     assert "up_samples" not in second and "down_generator" not in second
-    n_gen = flat_state(p.algorithm.make_client().faug_generator).numel()
-    assert first["down_generator"] == 3 * (4 * n_gen + wire.header_bytes(GeneratorDown(torch.zeros(n_gen), p.algorithm.faug_labels, p.algorithm.faug_union)))
+    n_gen = flat_state(p.algorithm.make_client().generator).numel()
+    assert first["down_generator"] == 3 * (4 * n_gen + wire.header_bytes(GeneratorDown(torch.zeros(n_gen), p.algorithm.labels, p.algorithm.union)))
     assert rows[0]["faug_seed_samples"] > 0 and rows[0]["faug_generated"] > 0
     assert (out / "faug_samples.png").stat().st_size > 100
     assert 0 < summary["faug_pl_device_server_mean"] <= 1
     states = exp.engine.client_states()
     for cid in range(3):
         before = label_counts(p.client_data[cid].y, L).float()
-        _, y = p.algorithm.make_client().training_set(p.client_data[cid], states[cid])
+        y = augmented(p.client_data[cid], states[cid]).y
         after = label_counts(y, L).float()
         others = [float(before[c]) for c in range(L) if c not in states[cid]["faug_targets"]]
         assert float(before.min()) < 0.5 * min(others)  # label-deficient before,
@@ -218,7 +222,7 @@ def test_fedavg_without_faug_sends_no_setup_bytes(tmp_path):
 
 
 def test_seeds_whose_labels_do_not_match_their_pixels_are_dropped():
-    cfg = _cfg(("algorithm", "fd"), ("fd.faug", True))
+    cfg = _cfg(("algorithm", "fd"), ("faug.enabled", True))
     p = prepare(cfg)
     alg = p.algorithm
     good = SeedsUp(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), [1, 2])
@@ -226,13 +230,62 @@ def test_seeds_whose_labels_do_not_match_their_pixels_are_dropped():
     too_many = SeedsUp(torch.zeros(6, 1, 8, 8, dtype=torch.uint8), [4] * 6)
     m = alg.setup_aggregate(1, {0: good, 1: bad, 2: too_many})
     assert m["faug_seeds_rejected"] == 2 and m["faug_seed_samples"] == 2
-    assert alg.faug_labels == [1, 2]
+    assert alg.labels == [1, 2]
 
 
 def test_faug_resume_is_identical(tmp_path):
-    extra = [("algorithm", "fd"), ("fd.faug", True), ("rounds", 3)]
+    extra = [("algorithm", "fd"), ("faug.enabled", True), ("rounds", 3)]
     Experiment(prepare(_cfg(*extra)), tmp_path / "full", progress=False).run()
     Experiment(prepare(_cfg(*extra[:-1], ("rounds", 2))), tmp_path / "part", progress=False).run()
     cfg = config_for_resume(tmp_path / "part", [("rounds", 3)])
     Experiment(prepare(cfg), tmp_path / "part", resume=True, progress=False).run()
     assert _rows(tmp_path / "part" / "metrics.jsonl") == _rows(tmp_path / "full" / "metrics.jsonl")
+
+
+# --- FAug is a wrapper: any method gets it, and no method carries FAug code --------------------
+
+
+def test_method_modules_carry_no_faug_code():
+    import inspect
+
+    from featherfl.algorithms import baffle, fd, fedavg, fedpeft
+
+    for mod in (fedavg, fd, baffle, fedpeft):
+        assert "faug" not in inspect.getsource(mod).lower(), mod.__name__
+
+
+@pytest.mark.parametrize("algorithm", ["fedsgd", "baffle"])
+def test_any_method_gets_faug_and_trains_on_generated_samples(tmp_path, algorithm, monkeypatch):
+    """FedSGD and BAFFLE have no FAug line, yet with faug.enabled their clients see own + generated samples."""
+    seen = []
+    real = FAugClient.update
+
+    def spy(self, rnd, down, data, state):
+        if not isinstance(down, (SeedRequest, GeneratorDown)):
+            seen.append((data.cid, len(augmented(data, state)), len(data)))
+        return real(self, rnd, down, data, state)
+
+    monkeypatch.setattr(FAugClient, "update", spy)
+    p = prepare(_cfg(("algorithm", algorithm), ("faug.enabled", True), ("baffle.k", 2), ("fedsgd.batch_size", 8)))
+    assert isinstance(p.algorithm, FAug) and p.algorithm.name == algorithm
+    out = tmp_path / algorithm
+    summary = Experiment(p, out, progress=False).run()
+    assert summary["status"] == "completed" and summary["faug_generated"] > 0
+    assert seen and all(n_aug > n_own for _, n_aug, n_own in seen)
+    assert "up_samples" in _rows(out / "metrics.jsonl")[0]["bytes_by_category"]
+
+
+def test_old_configs_with_method_faug_keys_still_load():
+    on = build_config(overrides=SMALL + [("algorithm", "fd"), ("fd.faug", True), ("fedavg.faug", False)])
+    assert on["faug.enabled"] is True
+    off = build_config(overrides=SMALL + [("algorithm", "fedavg"), ("fd.faug", True)])
+    assert off["faug.enabled"] is False  # another method's key was a no-op there, and stays one
+
+
+def test_faug_on_data_that_is_not_images_is_a_config_error():
+    from featherfl.config import ConfigError
+    from featherfl.algorithms.faug import check_input
+
+    with pytest.raises(ConfigError, match="faug.enabled"):
+        check_input((64,))
+    check_input((1, 8, 8))

@@ -79,20 +79,26 @@ def test_fd_temperature_reaches_the_client_loss_and_uploads(monkeypatch):
     assert hot_max < cold_max
 
 
-def test_faug_generated_samples_reach_fedavg_local_training(tmp_path, monkeypatch):
-    """After FAug's setup, the local loop trains on own + generated samples, not only its own."""
+@pytest.mark.parametrize("vectorize", ["off", "auto"])
+def test_faug_generated_samples_reach_fedavg_local_training(tmp_path, monkeypatch, vectorize):
+    """After FAug's setup, the local loop (one by one, or batched) trains on own + generated samples."""
     sizes = []
-    real = fedavg_module.train_epochs
+    real, real_many = fedavg_module.train_epochs, fedavg_module.vectorized.train_clients
 
     def spy(model, x, y, *a, **kw):
         sizes.append(len(y))
         return real(model, x, y, *a, **kw)
 
+    def spy_many(model, runs, *a, **kw):
+        sizes.extend(len(r.y) for r in runs)
+        return real_many(model, runs, *a, **kw)
+
     monkeypatch.setattr(fedavg_module, "train_epochs", spy)
+    monkeypatch.setattr(fedavg_module.vectorized, "train_clients", spy_many)
     tiny_gan = [("faug.gan_steps", 30), ("faug.gan_batch", 16), ("faug.noise_dim", 8), ("faug.gen_hidden", [32, 32]), ("faug.disc_hidden", [32])]
     cfg = build_config(overrides=[("dataset", "synthetic"), ("clients", 3), ("rounds", 1), ("model.name", "mlp"), ("model.width", 16),
                                   ("partition.name", "label-deficient"), ("fedavg.max_steps", 2), ("engine.threads", 1), ("algorithm", "fedavg"),
-                                  ("fedavg.faug", True), *tiny_gan])
+                                  ("faug.enabled", True), ("engine.vectorize", vectorize), *tiny_gan])
     p = prepare(cfg)
     Experiment(p, tmp_path / "run", progress=False).run()
     own = [len(c) for c in p.client_data]

@@ -31,7 +31,10 @@ def get(name: str):
 
 
 def all_config_sections() -> dict[str, Field]:
-    out: dict[str, Field] = {}
+    """Every method's keys, and the [faug] keys of the FAug wrapper that works around any method."""
+    from featherfl.algorithms.faug import FAUG_CONFIG
+
+    out: dict[str, Field] = dict(FAUG_CONFIG)
     for n in names():
         out.update(get(n).CONFIG)
     return out

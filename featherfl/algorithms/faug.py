@@ -1,8 +1,8 @@
 """FAug: federated augmentation (Jeong et al. 2018, "Communication-Efficient On-Device
 Machine Learning: Federated Distillation and Augmentation under Non-IID Private Data", Sec. 3).
 
-A one-time phase before training, for any method that mixes these halves in
-(``fd.faug = true``, ``fedavg.faug = true``). It runs as the engine's setup
+A one-time phase before training around any method (``faug.enabled = true``: the
+``FAug(inner)`` wrapper at the end of this file). It runs as the engine's setup
 exchange (``Algorithm.setup_configure``), in two steps, all bytes counted:
 
 1. ``SeedRequest`` down (control) -> ``SeedsUp`` up (category ``samples``): each
@@ -29,14 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from featherfl.algorithms.base import ClientData
+from featherfl.algorithms.base import Algorithm, ClientData
 from featherfl.seeding import derive_seed, generator
-from featherfl.config import Field
+from featherfl.config import ConfigError, Field
 from featherfl.models import flat_state, load_flat_state
 from featherfl.models.cgan import Discriminator, Generator
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
 FAUG_CONFIG: dict[str, Field] = {
+    "faug.enabled": Field("bool", False, "Run federated augmentation as a one-time first phase around the configured method (image data)."),
     "faug.threshold": Field("float", 0.5, "A label is a target label when the device holds fewer than threshold x (its samples / labels) of it.", min=0.0, max=1.0, min_exclusive=True),
     "faug.seeds_per_label": Field("int", 5, "Seed samples uploaded per target or redundant label.", min=1, max=10_000),
     "faug.redundant_labels": Field("int", 2, "Non-target labels each device also uploads seeds of, hiding which labels are targets.", min=0),
@@ -196,49 +197,79 @@ def sample_generator(g: Generator, plan: dict[int, int], gen: torch.Generator) -
     return to_pixels((g(z, labels) + 1) / 2), labels
 
 
-# --- the two halves, mixed into a method's client and server --------------------------------
+# --- the wrapper: FAug(inner) around any method ------------------------------------------------
+
+
+def augmented(data: ClientData, state: dict) -> ClientData:
+    """The device's own samples plus the ones it generated with the FAug generator (if any)."""
+    if "faug_y" not in state or len(state["faug_y"]) == 0:
+        return data
+    x = torch.cat([data.x, from_pixels(state["faug_x"]).to(data.x.dtype)])
+    return ClientData(data.cid, x, torch.cat([data.y, state["faug_y"]]), data.num_classes)
+
+
+def check_input(input_shape: tuple[int, ...]) -> None:
+    """FAug's GAN makes images: the data must be (channels, height, width) pixels in [0, 1]."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"config key 'faug.enabled': FAug generates images (channels x height x width), but this dataset's samples have shape {tuple(input_shape)}")
 
 
 class FAugClient:
-    """Client side of FAug, mixed into a ``ClientHalf``; call ``faug_client_init`` in ``__init__``."""
+    """Device side of FAug around any method's client half: it answers the two setup payloads
+    itself and then runs the inner client on ``ClientData`` that includes the generated samples."""
 
-    def faug_client_init(self, enabled: bool) -> None:
-        self.faug_enabled = enabled
-        if enabled:
-            self.faug_opts = self.ctx.cfg.section("faug")
-            self.faug_generator = build_generator(self.ctx, self.faug_opts)
-            self.faug_n = flat_state(self.faug_generator).numel()
+    def __init__(self, inner):
+        self.inner = inner
+        self.ctx = inner.ctx
+        self.opts = self.ctx.cfg.section("faug")
+        self.generator = build_generator(self.ctx, self.opts)
+        self.n = flat_state(self.generator).numel()
 
-    def faug_downlink_specs(self) -> dict[str, Spec]:
-        if not self.faug_enabled:
-            return {}
+    def downlink_specs(self, rnd: int) -> dict[str, Spec]:
         L = self.ctx.num_classes
         return {
+            **self.inner.downlink_specs(rnd),
             SeedRequest.KIND: Spec(SeedRequest, {}),
             GeneratorDown.KIND: Spec(
                 GeneratorDown,
-                {"weights": TensorSpec("float32", (self.faug_n,), max_abs=1e6)},
+                {"weights": TensorSpec("float32", (self.n,), max_abs=1e6)},
                 {"labels": ScalarSpec("list[int]", 0, L - 1, max_len=L), "uploaded_labels": ScalarSpec("int", 0, L)},
             ),
         }
 
-    def faug_update(self, down: Payload, data: ClientData, state: dict) -> Payload | None:
-        """Answer a FAug setup payload; ``None`` for anything else (a normal training round)."""
+    def update(self, rnd: int, down: Payload, data: ClientData, state: dict) -> Payload:
         if isinstance(down, SeedRequest):
-            return self._faug_seeds(data, state)
+            return self._seeds(data, state)
         if isinstance(down, GeneratorDown):
-            return self._faug_generate(down, data, state)
-        return None
+            return self._generate(down, data, state)
+        return self.inner.update(rnd, down, augmented(data, state), state)
 
-    def _faug_targets(self, data: ClientData) -> tuple[torch.Tensor, list[int]]:
+    def can_update_many(self) -> bool:
+        check = getattr(self.inner, "can_update_many", None)
+        return bool(check and check())
+
+    def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
+        if any(isinstance(d, (SeedRequest, GeneratorDown)) for d in downs.values()):
+            return {cid: self.update(rnd, d, data[cid], states[cid]) for cid, d in downs.items()}
+        return self.inner.update_many(rnd, downs, {cid: augmented(data[cid], states[cid]) for cid in downs}, states)
+
+    def evaluate(self, state: dict, x, y) -> dict:
+        return self.inner.evaluate(state, x, y)
+
+    def __getattr__(self, name: str):  # anything else the inner client offers
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _targets(self, data: ClientData) -> tuple[torch.Tensor, list[int]]:
         counts = label_counts(data.y, data.num_classes)
-        return counts, find_target_labels(counts, self.faug_opts["threshold"])
+        return counts, find_target_labels(counts, self.opts["threshold"])
 
-    def _faug_seeds(self, data: ClientData, state: dict) -> SeedsUp:
-        counts, targets = self._faug_targets(data)
+    def _seeds(self, data: ClientData, state: dict) -> SeedsUp:
+        counts, targets = self._targets(data)
         gen = generator(self.ctx.seed, "faug-seeds", data.cid)
-        redundant = choose_redundant(counts, targets, self.faug_opts["redundant_labels"], gen)
-        k = self.faug_opts["seeds_per_label"]
+        redundant = choose_redundant(counts, targets, self.opts["redundant_labels"], gen)
+        k = self.opts["seeds_per_label"]
         picks, labels = [], []
         for c in sorted(targets + redundant):
             idx = torch.nonzero(data.y == c).flatten()
@@ -250,48 +281,84 @@ class FAugClient:
         state["faug_redundant"] = redundant
         return SeedsUp(to_pixels(data.x[idx]), labels)
 
-    def _faug_generate(self, down: GeneratorDown, data: ClientData, state: dict) -> AugmentDone:
-        load_flat_state(self.faug_generator, down.weights)
-        counts, targets = self._faug_targets(data)
+    def _generate(self, down: GeneratorDown, data: ClientData, state: dict) -> AugmentDone:
+        load_flat_state(self.generator, down.weights)
+        counts, targets = self._targets(data)
         plan = generation_plan(counts, targets, list(down.labels))
-        x, y = sample_generator(self.faug_generator, plan, generator(self.ctx.seed, "faug-sample", data.cid))
+        x, y = sample_generator(self.generator, plan, generator(self.ctx.seed, "faug-sample", data.cid))
         state["faug_x"], state["faug_y"] = x, y
         n_t = len(state.get("faug_targets", []))
         n_r = len(state.get("faug_redundant", []))
         return AugmentDone(len(y), pl_device_server(n_t, n_r), pl_inter_device(n_t, down.uploaded_labels))
 
-    def training_set(self, data: ClientData, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The device's own samples plus the ones it generated with the FAug generator (if any)."""
-        if "faug_y" not in state or len(state["faug_y"]) == 0:
-            return data.x, data.y
-        return torch.cat([data.x, from_pixels(state["faug_x"])]), torch.cat([data.y, state["faug_y"]])
 
+class FAug(Algorithm):
+    """``FAug(inner)``: federated augmentation as a one-time first phase around any method.
 
-class FAugServer:
-    """Server side of FAug, mixed into an ``Algorithm``; call ``faug_init`` in ``__init__``."""
+    The server runs FAug's two setup exchanges (seeds up, generator down), then hands every
+    call to ``inner`` unchanged; the inner method's clients train on their own samples plus
+    the generated ones (``FAugClient``). ``faug.enabled = true`` installs it
+    (``featherfl.experiment.build_algorithm``); the inner method carries no FAug code.
+    """
 
-    def faug_init(self, enabled: bool) -> None:
-        self.faug_enabled = enabled
-        self.faug_phase = "seeds" if enabled else "done"
-        self.faug_labels: list[int] = []
-        self.faug_union = 0
-        self.faug_weights: torch.Tensor | None = None
-        self.faug_pl: dict[int, list[float]] = {}
-        self.faug_generated: dict[int, int] = {}
-        if enabled:
-            self.faug_opts = self.cfg.section("faug")
+    def __init__(self, inner: Algorithm):
+        super().__init__(inner.ctx)
+        self.inner = inner
+        # what the engines read from the method: the inner method's answers
+        self.name = inner.name
+        self.has_global_model = inner.has_global_model
+        self.client_compute = inner.client_compute
+        self.client_wrappers = inner.client_wrappers
+        self.opts = self.cfg.section("faug")
+        self.phase = "seeds"
+        self.labels: list[int] = []
+        self.union = 0
+        self.weights: torch.Tensor | None = None
+        self.pl: dict[int, list[float]] = {}
+        self.generated: dict[int, int] = {}
 
+    def __getattr__(self, name: str):  # e.g. the inner method's global_model
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def make_client(self):
+        client = FAugClient(self.inner.make_client())
+        for wrap in self.client_wrappers:
+            client = wrap(client)
+        return client
+
+    # --- the inner method, unchanged ---
+    def configure(self, rnd, client_ids):
+        return self.inner.configure(rnd, client_ids)
+
+    def uplink_specs(self, rnd, cid):
+        return self.inner.uplink_specs(rnd, cid)
+
+    def aggregate(self, rnd, replies):
+        return self.inner.aggregate(rnd, replies)
+
+    def evaluate(self, x, y):
+        return self.inner.evaluate(x, y)
+
+    def summarize_client_eval(self, per_client):
+        return self.inner.summarize_client_eval(per_client)
+
+    def model_parameters(self) -> int:
+        return self.inner.model_parameters()
+
+    # --- FAug's setup phase, then the inner method's own setup (if any) ---
     def setup_configure(self, rnd, client_ids):
-        if self.faug_phase == "seeds":
+        if self.phase == "seeds":
             return {cid: SeedRequest() for cid in client_ids}
-        if self.faug_phase == "generator":
-            return {cid: GeneratorDown(self.faug_weights, self.faug_labels, self.faug_union) for cid in client_ids}
-        return {}
+        if self.phase == "generator":
+            return {cid: GeneratorDown(self.weights, self.labels, self.union) for cid in client_ids}
+        return self.inner.setup_configure(rnd, client_ids)
 
     def setup_uplink_specs(self, rnd, cid):
         L = self.ctx.num_classes
-        if self.faug_phase == "seeds":
-            most = L * self.faug_opts["seeds_per_label"]
+        if self.phase == "seeds":
+            most = L * self.opts["seeds_per_label"]
             return {
                 SeedsUp.KIND: Spec(
                     SeedsUp,
@@ -299,7 +366,7 @@ class FAugServer:
                     {"labels": ScalarSpec("list[int]", 0, L - 1, max_len=most)},
                 )
             }
-        if self.faug_phase == "generator":
+        if self.phase == "generator":
             return {
                 AugmentDone.KIND: Spec(
                     AugmentDone,
@@ -307,24 +374,24 @@ class FAugServer:
                     {"generated": ScalarSpec("int", 0, MAX_GENERATED), "pl_device_server": ScalarSpec("float", 0, 1), "pl_inter_device": ScalarSpec("float", 0, 1)},
                 )
             }
-        return {}
+        return self.inner.setup_uplink_specs(rnd, cid)
 
     def setup_aggregate(self, rnd, replies):
-        if self.faug_phase == "seeds":
-            return self._faug_train(replies)
-        if self.faug_phase == "generator":
+        if self.phase == "seeds":
+            return self._train(replies)
+        if self.phase == "generator":
             for cid, r in replies.items():
-                self.faug_pl[cid] = [r.pl_device_server, r.pl_inter_device]
-                self.faug_generated[cid] = r.generated
-            self.faug_phase = "done"
-            return self.faug_metrics()
-        return {}
+                self.pl[cid] = [r.pl_device_server, r.pl_inter_device]
+                self.generated[cid] = r.generated
+            self.phase = "done"
+            return self.metrics()
+        return self.inner.setup_aggregate(rnd, replies)
 
-    def _faug_train(self, replies: dict) -> dict:
+    def _train(self, replies: dict) -> dict:
         """Pool the seeds (dropping replies whose labels do not match their pixels or exceed the
         per-label cap), train the cGAN, and move on to the generator download."""
         xs, ys, bad = [], [], 0
-        k = self.faug_opts["seeds_per_label"]
+        k = self.opts["seeds_per_label"]
         for cid in sorted(replies):
             r = replies[cid]
             y = torch.tensor(r.labels, dtype=torch.int64)
@@ -334,66 +401,62 @@ class FAugServer:
             xs.append(from_pixels(r.pixels))
             ys.append(y)
         y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.int64)
-        self.faug_labels = sorted(set(y.tolist()))
-        self.faug_union = len(self.faug_labels)
+        self.labels = sorted(set(y.tolist()))
+        self.union = len(self.labels)
         if len(y):
-            g = train_cgan(torch.cat(xs), y, self.ctx, self.faug_opts)
-            self.faug_weights = flat_state(g)
-            self.faug_phase = "generator"
+            self.weights = flat_state(train_cgan(torch.cat(xs), y, self.ctx, self.opts))
+            self.phase = "generator"
         else:
-            self.faug_phase = "done"
-        return {"faug_seed_samples": len(y), "faug_seed_labels": self.faug_union, "faug_seeds_rejected": bad}
+            self.phase = "done"
+        return {"faug_seed_samples": len(y), "faug_seed_labels": self.union, "faug_seeds_rejected": bad}
 
-    def faug_metrics(self) -> dict:
-        if not self.faug_pl:
+    def metrics(self) -> dict:
+        if not self.pl:
             return {}
-        ds = [v[0] for v in self.faug_pl.values()]
-        inter = [v[1] for v in self.faug_pl.values()]
+        ds = [v[0] for v in self.pl.values()]
+        inter = [v[1] for v in self.pl.values()]
         return {
-            "faug_generated": sum(self.faug_generated.values()),
+            "faug_generated": sum(self.generated.values()),
             "faug_pl_device_server_mean": sum(ds) / len(ds),
             "faug_pl_inter_device_mean": sum(inter) / len(inter),
         }
 
-    def faug_state_dict(self) -> dict:
-        if not self.faug_enabled:
-            return {}
-        return {
-            "faug": {
-                "phase": self.faug_phase,
-                "labels": list(self.faug_labels),
-                "union": self.faug_union,
-                "weights": self.faug_weights,
-                "pl": {int(c): list(v) for c, v in self.faug_pl.items()},
-                "generated": {int(c): int(v) for c, v in self.faug_generated.items()},
-            }
+    def state_dict(self) -> dict:
+        faug = {
+            "phase": self.phase,
+            "labels": list(self.labels),
+            "union": self.union,
+            "weights": self.weights,
+            "pl": {int(c): list(v) for c, v in self.pl.items()},
+            "generated": {int(c): int(v) for c, v in self.generated.items()},
         }
+        return {**self.inner.state_dict(), "faug": faug}
 
-    def faug_load_state_dict(self, state: dict) -> None:
-        if not self.faug_enabled or "faug" not in state:
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+        if "faug" not in state:
             return
         s = state["faug"]
-        self.faug_phase = s["phase"]
-        self.faug_labels = list(s["labels"])
-        self.faug_union = int(s["union"])
-        self.faug_weights = s["weights"]
-        self.faug_pl = {int(c): list(v) for c, v in s["pl"].items()}
-        self.faug_generated = {int(c): int(v) for c, v in s["generated"].items()}
+        self.phase = s["phase"]
+        self.labels = list(s["labels"])
+        self.union = int(s["union"])
+        self.weights = s["weights"]
+        self.pl = {int(c): list(v) for c, v in s["pl"].items()}
+        self.generated = {int(c): int(v) for c, v in s["generated"].items()}
 
     def summary_extra(self) -> dict:
-        if not self.faug_enabled:
-            return {}
-        out = {"faug_labels": self.faug_labels, **self.faug_metrics()}
-        out["faug_pl_per_client"] = {str(c): {"device_server": v[0], "inter_device": v[1]} for c, v in sorted(self.faug_pl.items())}
+        out = {**self.inner.summary_extra(), "faug_labels": self.labels, **self.metrics()}
+        out["faug_pl_per_client"] = {str(c): {"device_server": v[0], "inter_device": v[1]} for c, v in sorted(self.pl.items())}
         return out
 
     def artifacts(self, run_dir) -> None:
-        """Write ``faug_samples.png``: one row per label, ``faug.grid_per_label`` generated samples each."""
-        if not self.faug_enabled or self.faug_weights is None:
+        """The inner method's files, and ``faug_samples.png``: one row per label, ``faug.grid_per_label`` generated samples each."""
+        self.inner.artifacts(run_dir)
+        if self.weights is None:
             return
-        g = build_generator(self.ctx, self.faug_opts)
-        load_flat_state(g, self.faug_weights)
-        write_sample_grid(g, self.faug_labels, self.ctx.num_classes, self.faug_opts["grid_per_label"], Path(run_dir) / "faug_samples.png", self.ctx.seed)
+        g = build_generator(self.ctx, self.opts)
+        load_flat_state(g, self.weights)
+        write_sample_grid(g, self.labels, self.ctx.num_classes, self.opts["grid_per_label"], Path(run_dir) / "faug_samples.png", self.ctx.seed)
 
 
 def write_sample_grid(g: Generator, labels: list[int], num_classes: int, per_label: int, path: Path, seed: int) -> None:

@@ -23,8 +23,6 @@ uploads differ by at most 2 C sqrt(L) in L2 whatever the device's data, and
 noise of std ``logit_noise`` x 2 C sqrt(L) makes each upload device-level
 (epsilon, delta)-DP, composed over rounds with the RDP accountant. The counts
 are sent in the clear and are not covered.
-
-``fd.faug = true`` runs FAug (``featherfl.algorithms.faug``) as a one-time first phase.
 """
 
 from __future__ import annotations
@@ -39,11 +37,10 @@ import torch.nn.functional as F
 from featherfl.algorithms.aggregate import aggregation_fields, combine
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.seeding import derive_seed, generator
-from featherfl.algorithms.faug import FAUG_CONFIG, FAugClient, FAugServer
 from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
 from featherfl.config import ConfigError, Field
 from featherfl.models import count_parameters, model_names
-from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
+from featherfl.wire import Payload, Spec, TensorSpec
 
 MAX_COUNT = 2**31 - 1
 NOISY_MAX_ABS = 1e6
@@ -159,7 +156,7 @@ def step_batches(n: int, batch_size: int, gen: torch.Generator):
 # --- the two halves ----------------------------------------------------------------------------
 
 
-class FDClient(FAugClient, ClientHalf):
+class FDClient(ClientHalf):
     """Device side: own model (kept in the device's state), local steps with the distillation
     regulariser, upload of per-label mean outputs."""
 
@@ -168,7 +165,6 @@ class FDClient(FAugClient, ClientHalf):
         self.opts = ctx.cfg.section("fd")
         self.models: dict[str, torch.nn.Module] = {}
         self.inits: dict[str, dict] = {}
-        self.faug_client_init(self.opts["faug"])
 
     def _model(self, state: dict, cid: int) -> torch.nn.Module:
         name = state.get("model_name") or model_for(self.ctx.cfg, cid)
@@ -182,18 +178,13 @@ class FDClient(FAugClient, ClientHalf):
 
     def downlink_specs(self, rnd):
         L = self.ctx.num_classes
-        specs = {TeacherDown.KIND: Spec(TeacherDown, {"teacher": TensorSpec("float32", (L, L), max_abs=NOISY_MAX_ABS), "contributors": TensorSpec("int32", (L,), min_value=0, max_value=MAX_COUNT)})}
-        specs.update(self.faug_downlink_specs())
-        return specs
+        return {TeacherDown.KIND: Spec(TeacherDown, {"teacher": TensorSpec("float32", (L, L), max_abs=NOISY_MAX_ABS), "contributors": TensorSpec("int32", (L,), min_value=0, max_value=MAX_COUNT)})}
 
     def update(self, rnd: int, down: Payload, data: ClientData, state: dict) -> Payload:
-        setup = self.faug_update(down, data, state) if self.faug_enabled else None
-        if setup is not None:
-            return setup
         o = self.opts
         L = self.ctx.num_classes
         model = self._model(state, data.cid)
-        x, y = self.training_set(data, state)
+        x, y = data.x, data.y
         teacher = down.teacher.clamp_min(0)
         mass = teacher.sum(1)
         has_teacher = (down.contributors > 0) & (mass > 0)
@@ -222,7 +213,7 @@ class FDClient(FAugClient, ClientHalf):
         return evaluate_model(self._model(state, -1), x, y, self.ctx.cfg["eval.batch_size"])
 
 
-class FD(FAugServer, Algorithm):
+class FD(Algorithm):
     name = "fd"
     client_class = FDClient
     has_global_model = False
@@ -236,9 +227,7 @@ class FD(FAugServer, Algorithm):
         "fd.logit_noise": Field("float", 0.0, "Gaussian noise multiplier on uploaded vectors (0 = off); std = multiplier x 2 C sqrt(L).", min=0.0),
         "fd.noise_clip": Field("float", 1.0, "L2 clip C of each uploaded per-label vector when logit_noise > 0.", min=0.0, min_exclusive=True),
         "fd.noise_delta": Field("float", 1e-5, "delta of the reported (epsilon, delta) when logit_noise > 0.", min=0.0, max=1.0, min_exclusive=True),
-        "fd.faug": Field("bool", False, "Run federated augmentation (the [faug] keys) as a one-time first phase."),
         **aggregation_fields("fd", weighted=False),
-        **FAUG_CONFIG,
     }
 
     @classmethod
@@ -261,7 +250,6 @@ class FD(FAugServer, Algorithm):
         self.releases = torch.zeros(m, dtype=torch.int64)
         rng = np.random.default_rng(derive_seed(ctx.seed, "fd-reference-client"))
         self.reference_client = int(rng.integers(m))
-        self.faug_init(self.cfg["fd.faug"])
 
     def configure(self, rnd, client_ids):
         sec = self.cfg.section("fd")
@@ -320,14 +308,12 @@ class FD(FAugServer, Algorithm):
         if self.cfg["fd.logit_noise"] > 0:
             out["dp_epsilon"] = dp_epsilon(self.cfg["fd.logit_noise"], int(self.releases.max()), self.cfg["fd.noise_delta"])
             out["dp_delta"] = self.cfg["fd.noise_delta"]
-        out.update(super().summary_extra())
         return out
 
     def state_dict(self):
-        return {"vectors": self.vectors.clone(), "present": self.present.clone(), "releases": self.releases.clone(), **self.faug_state_dict()}
+        return {"vectors": self.vectors.clone(), "present": self.present.clone(), "releases": self.releases.clone()}
 
     def load_state_dict(self, state):
         self.vectors = state["vectors"].clone()
         self.present = state["present"].clone()
         self.releases = state["releases"].clone()
-        self.faug_load_state_dict(state)

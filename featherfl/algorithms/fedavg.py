@@ -4,8 +4,7 @@ Networks from Decentralized Data"): the backprop baseline every method is compar
 Wire: down = all model state (flat float32 vector), up = all model state (FedAvg,
 Alg. 1: the sample-weighted average of client weights) or the local gradient
 (FedSGD: one gradient per client per round, averaged and applied by a server
-optimizer). ``fedavg.faug = true`` runs FAug (``featherfl.algorithms.faug``) as a
-one-time first phase; off, FedAvg is unchanged.
+optimizer).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import torch.nn.functional as F
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.seeding import generator
-from featherfl.algorithms.faug import FAUG_CONFIG, FAugClient, FAugServer
 from featherfl.algorithms import vectorized
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import Field
@@ -56,7 +54,7 @@ def weights_spec(cls, n: int, field_name: str, max_abs: float = 1e6, with_sample
     return Spec(cls, {field_name: TensorSpec("float32", (n,), max_abs=max_abs)}, scalars)
 
 
-class WeightsClient(FAugClient, ClientHalf):
+class WeightsClient(ClientHalf):
     """Client half of FedAvg: load the global weights, train E local epochs, send weights back."""
 
     section = "fedavg"
@@ -66,27 +64,22 @@ class WeightsClient(FAugClient, ClientHalf):
         self.model = ctx.build_model()
         self.n = flat_state(self.model).numel()
         self.opts = ctx.cfg.section(self.section)
-        self.faug_client_init(bool(self.opts.get("faug", False)))
 
     def downlink_specs(self, rnd: int) -> dict[str, Spec]:
-        return {WeightsDown.KIND: weights_spec(WeightsDown, self.n, "weights"), **self.faug_downlink_specs()}
+        return {WeightsDown.KIND: weights_spec(WeightsDown, self.n, "weights")}
 
     def update(self, rnd: int, down: WeightsDown, data: ClientData, state: dict) -> Payload:
-        setup = self.faug_update(down, data, state) if self.faug_enabled else None
-        if setup is not None:
-            return setup
         load_flat_state(self.model, down.weights)
         opt = make_optimizer(self.model.parameters(), self.opts)
         gen = generator(self.ctx.seed, "fedavg-client", rnd, data.cid)
-        x, y = self.training_set(data, state)
-        train_epochs(self.model, x, y, opt, self.opts["local_epochs"], self.opts["batch_size"], gen, self.opts["max_steps"])
-        return WeightsUp(flat_state(self.model), len(y))
+        train_epochs(self.model, data.x, data.y, opt, self.opts["local_epochs"], self.opts["batch_size"], gen, self.opts["max_steps"])
+        return WeightsUp(flat_state(self.model), len(data))
 
     def can_update_many(self) -> bool:
         """Whether ``update_many`` gives exactly what ``update`` gives, client by client: not for a
-        subclass or a patched ``update`` (FedSGD, test doubles), FAug's setup phase, or models
-        with BatchNorm or dropout (``vectorized.supports``)."""
-        return type(self).update is _SEQUENTIAL_UPDATE and not self.faug_enabled and vectorized.supports(self.model)
+        subclass or a patched ``update`` (FedSGD, test doubles), or models with BatchNorm or
+        dropout (``vectorized.supports``)."""
+        return type(self).update is _SEQUENTIAL_UPDATE and vectorized.supports(self.model)
 
     def update_many(self, rnd: int, downs: dict[int, WeightsDown], data: dict[int, ClientData], states: dict[int, dict]) -> dict[int, Payload]:
         """Every client's E local epochs as one batched computation (``engine.vectorize``): each client
@@ -95,7 +88,7 @@ class WeightsClient(FAugClient, ClientHalf):
         runs = []
         for cid, down in downs.items():
             load_flat_state(self.model, down.weights)
-            x, y = self.training_set(data[cid], states[cid])
+            x, y = data[cid].x, data[cid].y
             start = {k: p.detach().clone() for k, p in self.model.named_parameters()}
             runs.append(vectorized.ClientRun(start, x, y, generator(self.ctx.seed, "fedavg-client", rnd, cid)))
         finals, _ = vectorized.train_clients(self.model, runs, self.opts, self.opts["local_epochs"], self.opts["batch_size"], self.opts["max_steps"])
@@ -133,7 +126,7 @@ class GlobalModelServer(Algorithm):
         self.global_model.load_state_dict(state["model"])
 
 
-class FedAvg(FAugServer, GlobalModelServer):
+class FedAvg(GlobalModelServer):
     name = "fedavg"
     client_class = WeightsClient
     CONFIG = {
@@ -143,14 +136,11 @@ class FedAvg(FAugServer, GlobalModelServer):
         **optimizer_fields("fedavg", lr=0.05, momentum=0.9),
         "fedavg.server_lr": Field("float", 1.0, "Server step on the averaged update (1.0 = plain FedAvg).", min=0.0, min_exclusive=True),
         **aggregation_fields("fedavg"),
-        "fedavg.faug": Field("bool", False, "Run federated augmentation (the [faug] keys) as a one-time first phase."),
-        **FAUG_CONFIG,
     }
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.n = flat_state(self.global_model).numel()
-        self.faug_init(self.cfg["fedavg.faug"])
 
     def uplink_specs(self, rnd, cid):
         return {WeightsUp.KIND: weights_spec(WeightsUp, self.n, "weights", with_samples=True)}
@@ -165,13 +155,6 @@ class FedAvg(FAugServer, GlobalModelServer):
         new = old + sec["server_lr"] * (avg - old)
         load_flat_state(self.global_model, new)
         return {"update_norm": float((new - old).norm())}
-
-    def state_dict(self):
-        return {**super().state_dict(), **self.faug_state_dict()}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.faug_load_state_dict(state)
 
 
 _SEQUENTIAL_UPDATE = WeightsClient.update
