@@ -18,11 +18,12 @@ With the default, one client claiming 10^9 samples weighs at most as much as
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
 
+import torch
+
 from featherfl.config import ConfigError, Field
+from featherfl.privacy.client_level import clip_rows
 
 RULES = ("mean", "median", "trimmed-mean", "norm-clip")
 WEIGHTINGS = ("capped", "samples", "uniform")
@@ -112,8 +113,6 @@ def combine(
         return s[k : n - k].mean(0)
     if rule == "norm-clip":
         ref = torch.zeros_like(vectors[0]) if reference is None else reference
-        d = vectors - ref
-        norms = d.flatten(1).norm(dim=1).clamp_min(1e-12)
-        scale = (clip / norms).clamp(max=1.0)
-        return ref + (d * scale.view(shape) * w.view(shape)).sum(0)
+        clipped = clip_rows((vectors - ref).flatten(1), clip)[0].view_as(vectors)
+        return ref + (clipped * w.view(shape)).sum(0)
     raise ConfigError(f"unknown aggregation rule {rule!r}; expected one of {', '.join(RULES)}")

@@ -39,6 +39,7 @@ from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
 from featherfl.config import ConfigError, Field
+from featherfl.privacy.client_level import clip_rows
 from featherfl.models import count_parameters, model_names
 from featherfl.wire import Payload, Spec, TensorSpec
 
@@ -126,20 +127,10 @@ def noise_std(multiplier: float, clip: float, num_labels: int) -> float:
 
 
 def dp_epsilon(multiplier: float, releases: int, delta: float) -> float:
-    """epsilon after ``releases`` Gaussian-mechanism uploads (RDP accountant, sampling rate 1)."""
-    if multiplier <= 0 or releases <= 0:
-        return 0.0 if releases <= 0 else math.inf
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+    """epsilon after ``releases`` Gaussian-mechanism uploads (the RDP accountant, sampling rate 1)."""
+    from featherfl.privacy.accountant import epsilon
 
-    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 256))
-    rdp = compute_rdp(q=1.0, noise_multiplier=multiplier, steps=releases, orders=orders)
-    eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
-    return float(eps)
-
-
-def clip_rows(v: torch.Tensor, clip: float) -> torch.Tensor:
-    norms = v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return v * (clip / norms).clamp(max=1.0)
+    return epsilon([(multiplier, 1.0, releases)], delta)
 
 
 def model_for(cfg, cid: int) -> str:
@@ -203,7 +194,7 @@ class FDClient(ClientHalf):
         means = label_means(sums, counts)
         if o["logit_noise"] > 0:
             noise = torch.randn(means.shape, generator=generator(self.ctx.seed, "fd-noise", rnd, data.cid))
-            means = clip_rows(means, o["noise_clip"]) + noise_std(o["logit_noise"], o["noise_clip"], L) * noise
+            means = clip_rows(means, o["noise_clip"])[0] + noise_std(o["logit_noise"], o["noise_clip"], L) * noise
         return LogitsUp(means.float(), counts.clamp(max=MAX_COUNT).to(torch.int32))
 
     def evaluate(self, state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
