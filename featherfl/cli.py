@@ -51,10 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--only", action="append", help="run only this method label (repeatable)")
     d.add_argument("--quiet", action="store_true")
     rr = sub.add_parser("reproduce", help="a paper's headline result on its own protocol: table of paper vs ours")
-    rr.add_argument("name", help="baffle-mnist")
+    rr.add_argument("name", help="baffle-mnist, fd-table1, ...")
     rr.add_argument("--quick", action="store_true", help="scaled-down run of the same code path (minutes, not comparable to the paper)")
     rr.add_argument("--out", help="output folder (default runs/reproduce-<name>-<timestamp>)")
     rr.add_argument("--data-dir", help="folder holding mnist-t10k/, sst2/, agnews/ (default ../shared/data)")
+    rr.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="change one of the recipe's options (e.g. fd-table1: devices=[2,4]); the table lists it as a deviation")
     rr.add_argument("--quiet", action="store_true")
     pt = sub.add_parser("pretrain", help="pretrain the vit-tiny backbone on a source task for fedpeft")
     pt.add_argument("--dataset", default="digits")
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "reproduce":
             from featherfl.reproduce.runner import cmd_reproduce
 
-            print(cmd_reproduce(a.name, quick=a.quick, out=a.out, data_dir=a.data_dir, quiet=a.quiet))
+            print(cmd_reproduce(a.name, quick=a.quick, out=a.out, data_dir=a.data_dir, quiet=a.quiet, sets=a.sets))
             return 0
         if a.command == "pretrain":
             from featherfl.models.pretrain import cmd_pretrain

@@ -90,6 +90,7 @@ CORE_SCHEMA: dict[str, Field] = {
     "partition.samples_per_client": _f("int", 0, "label-deficient: samples S per client (0 = as many as fit).", min=0),
     "partition.target_labels": _f("int", 3, "label-deficient: target labels T per client.", min=0),
     "partition.target_keep": _f("int", 5, "label-deficient: samples R kept per target label.", min=0),
+    "partition.overlap": _f("bool", False, "label-deficient: each device draws its S samples from the whole pool (devices may share samples)."),
     "engine.name": _f("str", "local", "How rounds are executed.", choices=("local", "ray", "flower")),
     "engine.fraction": _f("float", 1.0, "Fraction of clients sampled per round.", min=0.0, max=1.0, min_exclusive=True),
     "engine.dropout": _f("float", 0.0, "Probability a sampled client drops before replying.", min=0.0, max=1.0),

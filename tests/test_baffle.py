@@ -17,6 +17,7 @@ from featherfl.algorithms.base import ClientData, Context
 from featherfl.algorithms.training import evaluate_model
 from featherfl.config import ConfigError, build_config
 from featherfl.experiment import prepare, run_experiment
+from support.mnist import tiny_mnist as _tiny_mnist
 
 
 @pytest.fixture(autouse=True)
@@ -451,31 +452,6 @@ def test_server_model_takes_a_typed_round_entry():
     seeds = [zo.direction_seed(5, 0, j) for j in range(8)]
     assert torch.allclose(before - alg.server.theta.data, zo.reconstruct(torch.ones(8), seeds, before.numel(), 1e-3))
     assert RoundEntry.from_state(entry.to_state()) == entry or torch.equal(RoundEntry.from_state(entry.to_state()).diffs, entry.diffs)
-
-
-def _write_idx(path, arr):
-    import gzip
-    import struct
-
-    with gzip.open(path, "wb") as f:
-        f.write(bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + arr.tobytes())
-
-
-def _tiny_mnist(root, n=300):
-    """MNIST-format t10k files: ten class-dependent blob positions plus noise (learnable, seeded)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    y = (np.arange(n) % 10).astype(np.uint8)
-    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(y):
-        r, q = divmod(int(c), 5)
-        x[i, 4 + 12 * r : 12 + 12 * r, 2 + 5 * q : 6 + 5 * q] = 255
-    folder = root / "mnist-t10k"
-    folder.mkdir(parents=True)
-    _write_idx(folder / "t10k-images-idx3-ubyte.gz", x)
-    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", y)
-    return folder
 
 
 def test_reproduce_baffle_mnist_quick_writes_the_table_and_a_normal_run(tmp_path):

@@ -289,3 +289,41 @@ def test_faug_on_data_that_is_not_images_is_a_config_error():
     with pytest.raises(ConfigError, match="faug.enabled"):
         check_input((64,))
     check_input((1, 8, 8))
+
+
+def test_gan_stops_once_the_judge_recognises_its_samples(one_thread):
+    """The stopping rule: check every 50 steps, stop at 90 % recognition, long before the 3,000-step cap."""
+    import featherfl.algorithms.faug as faug_module
+
+    base = [("algorithm", "fd"), ("faug.gan_batch", 32), ("faug.gan_lr", 2e-3), ("faug.aug_rotate", 0.0), ("faug.aug_shift", 0.0)]
+    x = torch.zeros(10, 1, 8, 8)
+    x[:5, :, :, :4] = 1
+    x[5:, :, :, 4:] = 1
+    y = torch.tensor([0] * 5 + [1] * 5)
+    cfg = _cfg(*base, ("faug.gan_steps", 3000), ("faug.check_every", 50), ("faug.stop_recognition", 0.9))
+    ctx = Context(cfg, (1, 8, 8), 2, 2)
+    stats = {}
+    faug_module._TRAINED.clear()
+    g = train_cgan(x, y, ctx, cfg.section("faug"), stats)
+    assert stats["gan_steps"] < 3000 and stats["gan_steps"] % 50 == 0 and stats["recognition"] >= 0.9
+    # the same inputs again: the trained generator is reused, identical, with the same stats
+    again = {}
+    g2 = train_cgan(x, y, ctx, cfg.section("faug"), again)
+    assert again == stats and all(torch.equal(a, b) for a, b in zip(g.state_dict().values(), g2.state_dict().values()))
+    # without the rule every step runs
+    off = _cfg(*base, ("faug.gan_steps", 120), ("faug.check_every", 0))
+    stats_off = {}
+    train_cgan(x, y, Context(off, (1, 8, 8), 2, 2), off.section("faug"), stats_off)
+    assert stats_off == {"gan_steps": 120, "recognition": None}
+
+
+def test_judge_tells_the_seed_labels_apart(one_thread):
+    from featherfl.algorithms.faug import train_judge
+
+    cfg = _cfg(("algorithm", "fd"), ("faug.aug_rotate", 0.0), ("faug.aug_shift", 0.0))
+    x = torch.zeros(10, 1, 8, 8)
+    x[:5, :, :, :4] = 1
+    x[5:, :, :, 4:] = 1
+    y = torch.tensor([0] * 5 + [1] * 5)
+    judge = train_judge(x, y, Context(cfg, (1, 8, 8), 2, 2), cfg.section("faug"), steps=100)
+    assert (judge(x).argmax(1) == y).all()

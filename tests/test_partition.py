@@ -72,6 +72,22 @@ def test_label_deficient_counts_exact():
     assert len(np.unique(allidx)) == len(allidx)
 
 
+def test_label_deficient_overlap_lets_devices_exceed_the_pool():
+    """The FD paper's M=10 x 2,000 samples from an 8,000 pool: distinct within a device, shared across."""
+    y = np.repeat(np.arange(10), 800)
+    with pytest.raises(ConfigError, match="partition.overlap"):
+        P.label_deficient(y, 10, seed=0, samples_per_client=2000)
+    parts, targets = P.label_deficient(y, 10, seed=0, samples_per_client=2000, target_labels=3, target_keep=5, overlap=True)
+    for p, tgt in zip(parts, targets):
+        assert len(np.unique(p)) == len(p)  # no sample twice on one device
+        counts = np.bincount(y[p], minlength=10)
+        assert [int(counts[t]) for t in tgt] == [5, 5, 5]
+        assert sum(counts[c] for c in range(10) if c not in tgt) > 1300  # ~7/10 of 2,000
+    assert len(np.unique(np.concatenate(parts))) < sum(len(p) for p in parts)  # devices share samples
+    again, _ = P.label_deficient(y, 10, seed=0, samples_per_client=2000, target_labels=3, target_keep=5, overlap=True)
+    assert all((a == b).all() for a, b in zip(parts, again))
+
+
 def test_too_many_clients_is_config_error():
     with pytest.raises(ConfigError):
         P.dirichlet(_labels(50), 20, 0.5, 0, min_samples=10)

@@ -22,6 +22,7 @@ exchange (``Algorithm.setup_configure``), in two steps, all bytes counted:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,9 @@ FAUG_CONFIG: dict[str, Field] = {
     "faug.threshold": Field("float", 0.5, "A label is a target label when the device holds fewer than threshold x (its samples / labels) of it.", min=0.0, max=1.0, min_exclusive=True),
     "faug.seeds_per_label": Field("int", 5, "Seed samples uploaded per target or redundant label.", min=1, max=10_000),
     "faug.redundant_labels": Field("int", 2, "Non-target labels each device also uploads seeds of, hiding which labels are targets.", min=0),
-    "faug.gan_steps": Field("int", 1000, "Server-side conditional GAN training steps.", min=1),
+    "faug.gan_steps": Field("int", 10000, "Most server-side conditional GAN training steps (training stops earlier once stop_recognition is reached).", min=1),
+    "faug.check_every": Field("int", 500, "Check the generator's samples every this many GAN steps (0 = never: train all gan_steps).", min=0),
+    "faug.stop_recognition": Field("float", 0.9, "Stop GAN training once a classifier trained on the augmented seeds labels at least this share of generated samples as their label (0 = off).", min=0.0, max=1.0),
     "faug.gan_batch": Field("int", 64, "GAN mini-batch (drawn with replacement from the augmented seeds).", min=2),
     "faug.gan_lr": Field("float", 2e-4, "Adam learning rate of the generator and the discriminator.", min=0.0, min_exclusive=True),
     "faug.noise_dim": Field("int", 100, "Generator noise dimension.", min=1),
@@ -157,8 +160,62 @@ def build_generator(ctx, opts: dict) -> Generator:
         return Generator(opts["noise_dim"], ctx.num_classes, ctx.input_shape, list(opts["gen_hidden"]))
 
 
-def train_cgan(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict) -> Generator:
-    """Train the conditional GAN on oversampled, augmented seeds (pixels in [0, 1])."""
+def train_judge(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict, steps: int = 300) -> torch.nn.Module:
+    """A small classifier trained on the augmented seeds: the stopping rule's judge of whether
+    generated samples look like their label (it sees only what the server has: the seeds)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(ctx.seed, "faug-judge-init"))
+        judge = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(ctx.input_shape), 256), torch.nn.ReLU(), torch.nn.Linear(256, ctx.num_classes))
+    opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
+    gen = generator(ctx.seed, "faug-judge")
+    for _ in range(steps):
+        idx = torch.randint(len(y), (64,), generator=gen)
+        real = augment(x[idx], gen, opts["aug_rotate"], opts["aug_shift"], opts["aug_noise"])
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(judge(real), y[idx]).backward()
+        opt.step()
+    return judge.eval()
+
+
+@torch.no_grad()
+def recognition(g: Generator, judge: torch.nn.Module, labels: list[int], gen: torch.Generator, per_label: int = 32) -> float:
+    """Share of generated samples (``per_label`` of each label) the judge labels as their label."""
+    x, y = sample_generator(g, {c: per_label for c in labels}, gen)
+    g.train()
+    return float((judge(from_pixels(x)).argmax(1) == y).float().mean())
+
+
+#: Generators already trained in this process, by a digest of everything that determines them
+#: (seeds, labels, [faug] keys, run seed, shapes): runs that upload the same seeds (e.g. FD+FAug
+#: and FedAvg+FAug on one partition) train the GAN once. Training is deterministic, so this
+#: changes no result.
+_TRAINED: dict[str, tuple[dict, dict]] = {}
+
+
+def _digest(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict) -> str:
+    h = hashlib.sha256()
+    h.update(x.contiguous().numpy().tobytes())
+    h.update(y.contiguous().numpy().tobytes())
+    h.update(repr((sorted((k, v) for k, v in opts.items() if k != "grid_per_label"), ctx.seed, tuple(ctx.input_shape), ctx.num_classes)).encode())
+    return h.hexdigest()
+
+
+def train_cgan(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict, stats: dict | None = None) -> Generator:
+    """Train the conditional GAN on oversampled, augmented seeds (pixels in [0, 1]).
+
+    Every ``check_every`` steps the generator's samples are shown to a judge trained on the
+    augmented seeds; training stops once it recognises ``stop_recognition`` of them as their
+    label, or after ``gan_steps``. ``stats`` receives the steps run and the last recognition.
+    """
+    key = _digest(x, y, ctx, opts)
+    if key in _TRAINED:
+        weights, done = _TRAINED[key]
+        g = build_generator(ctx, opts)
+        g.load_state_dict(weights)
+        g.eval()
+        if stats is not None:
+            stats.update(done)
+        return g
     g = build_generator(ctx, opts)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(ctx.seed, "faug-discriminator-init"))
@@ -166,11 +223,16 @@ def train_cgan(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict) -> Generator:
     opt_g = torch.optim.Adam(g.parameters(), lr=opts["gan_lr"], betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=opts["gan_lr"], betas=(0.5, 0.999))
     gen = generator(ctx.seed, "faug-gan")
+    check = opts.get("check_every", 0)
+    target = opts.get("stop_recognition", 0.0)
+    judge = train_judge(x, y, ctx, opts) if check and target > 0 else None
+    labels = sorted(set(y.tolist()))
     bs = opts["gan_batch"]
     ones, zeros = torch.ones(bs), torch.zeros(bs)
     g.train()
     d.train()
-    for _ in range(opts["gan_steps"]):
+    done = {"gan_steps": 0, "recognition": None}
+    for step in range(1, opts["gan_steps"] + 1):
         idx = torch.randint(len(y), (bs,), generator=gen)
         real = augment(x[idx], gen, opts["aug_rotate"], opts["aug_shift"], opts["aug_noise"]) * 2 - 1
         lab = y[idx]
@@ -182,7 +244,16 @@ def train_cgan(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict) -> Generator:
         opt_g.zero_grad(set_to_none=True)
         F.binary_cross_entropy_with_logits(d(fake, lab), ones).backward()
         opt_g.step()
+        done["gan_steps"] = step
+        if judge is not None and step % check == 0:
+            done["recognition"] = recognition(g, judge, labels, generator(ctx.seed, "faug-check", step))
+            if done["recognition"] >= target:
+                break
     g.eval()
+    _TRAINED.clear()  # one entry is enough for the reuse above; keep memory flat
+    _TRAINED[key] = ({k: v.clone() for k, v in g.state_dict().items()}, dict(done))
+    if stats is not None:
+        stats.update(done)
     return g
 
 
@@ -403,12 +474,17 @@ class FAug(Algorithm):
         y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.int64)
         self.labels = sorted(set(y.tolist()))
         self.union = len(self.labels)
+        out = {"faug_seed_samples": len(y), "faug_seed_labels": self.union, "faug_seeds_rejected": bad}
         if len(y):
-            self.weights = flat_state(train_cgan(torch.cat(xs), y, self.ctx, self.opts))
+            stats: dict = {}
+            self.weights = flat_state(train_cgan(torch.cat(xs), y, self.ctx, self.opts, stats))
             self.phase = "generator"
+            out["faug_gan_steps"] = stats["gan_steps"]
+            if stats["recognition"] is not None:
+                out["faug_recognition"] = stats["recognition"]
         else:
             self.phase = "done"
-        return {"faug_seed_samples": len(y), "faug_seed_labels": self.union, "faug_seeds_rejected": bad}
+        return out
 
     def metrics(self) -> dict:
         if not self.pl:

@@ -100,25 +100,31 @@ def quantity_skew(labels: np.ndarray, n_clients: int, alpha: float, seed: int, m
 
 
 def label_deficient(
-    labels: np.ndarray, n_clients: int, seed: int, samples_per_client: int = 0, target_labels: int = 3, target_keep: int = 5
+    labels: np.ndarray, n_clients: int, seed: int, samples_per_client: int = 0, target_labels: int = 3, target_keep: int = 5, overlap: bool = False
 ) -> tuple[list[np.ndarray], list[list[int]]]:
     """The FD paper's non-IID setup (Jeong et al. 2018, Sec. 4): each device draws S samples
     at random, then for T random *target labels* keeps only R samples.
+
+    Draws are disjoint across devices; with ``overlap`` each device draws its S samples from
+    the whole pool on its own (distinct within a device, shared across devices), which lets
+    S x devices exceed the pool (e.g. the paper's 10 x 2,000 from an 8,000-sample pool).
 
     Returns (indices per client, target labels per client).
     """
     n = len(labels)
     classes = np.unique(labels)
     s = samples_per_client or n // n_clients
-    if s * n_clients > n:
-        raise ConfigError(f"partition.samples_per_client={s} x clients={n_clients} exceeds the {n} training samples")
+    if overlap and s > n:
+        raise ConfigError(f"partition.samples_per_client={s} exceeds the {n} training samples")
+    if not overlap and s * n_clients > n:
+        raise ConfigError(f"partition.samples_per_client={s} x clients={n_clients} exceeds the {n} training samples; set partition.overlap=true to let devices share samples")
     if target_labels > len(classes):
         raise ConfigError(f"partition.target_labels={target_labels} exceeds the {len(classes)} labels")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
     parts, targets = [], []
     for i in range(n_clients):
-        idx = perm[i * s : (i + 1) * s]
+        idx = rng.choice(n, size=s, replace=False) if overlap else perm[i * s : (i + 1) * s]
         tgt = sorted(rng.choice(classes, size=target_labels, replace=False).tolist())
         keep = [idx[~np.isin(labels[idx], tgt)]]
         for t in tgt:
@@ -144,7 +150,7 @@ def partition(cfg, labels: np.ndarray) -> tuple[list[np.ndarray], dict]:
         parts = quantity_skew(labels, n, cfg["partition.alpha"], seed, cfg["partition.min_samples"])
     elif name == "label-deficient":
         parts, targets = label_deficient(
-            labels, n, seed, cfg["partition.samples_per_client"], cfg["partition.target_labels"], cfg["partition.target_keep"]
+            labels, n, seed, cfg["partition.samples_per_client"], cfg["partition.target_labels"], cfg["partition.target_keep"], cfg["partition.overlap"]
         )
         info["target_labels"] = targets
     else:  # pragma: no cover - the schema restricts the choices

@@ -17,6 +17,7 @@ from featherfl.config import ConfigError
 #: name -> module holding ``RECIPE``; imported only when asked for.
 RECIPES: dict[str, str] = {
     "baffle-mnist": "featherfl.reproduce.baffle_mnist",
+    "fd-table1": "featherfl.reproduce.fd_table1",
 }
 
 

@@ -28,20 +28,20 @@ def _folder(data_dir: Path) -> Path:
     return Path(data_dir) / "mnist-t10k"
 
 
-def check(data_dir: Path) -> None:
+def check(data_dir: Path, name: str = "baffle-mnist") -> None:
     """Load the t10k IDX files and check their shapes and labels before anything is written."""
     folder = _folder(data_dir)
     images, labels = folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
     for f in (images, labels):
         if not f.is_file():
-            raise ConfigError(f"baffle-mnist: {f} not found (the official MNIST t10k IDX files)")
+            raise ConfigError(f"{name}: {f} not found (the official MNIST t10k IDX files)")
     x, y = read_idx(images), read_idx(labels)
     if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise ConfigError(f"baffle-mnist: {images} holds images of shape {x.shape[1:]}, expected 28 x 28")
+        raise ConfigError(f"{name}: {images} holds images of shape {x.shape[1:]}, expected 28 x 28")
     if y.ndim != 1 or len(y) != len(x):
-        raise ConfigError(f"baffle-mnist: {len(x)} images but {y.shape} labels in {folder}")
+        raise ConfigError(f"{name}: {len(x)} images but {y.shape} labels in {folder}")
     if len(y) < 20 * CLIENTS or y.max() > 9:
-        raise ConfigError(f"baffle-mnist: {labels} needs at least {20 * CLIENTS} labels in 0..9")
+        raise ConfigError(f"{name}: {labels} needs at least {20 * CLIENTS} labels in 0..9")
 
 
 def settings(data_dir: Path, quick: bool) -> list[tuple[str, object]]:

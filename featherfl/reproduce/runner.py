@@ -11,9 +11,25 @@ from featherfl.reproduce import get_recipe
 from featherfl.reproduce.table import write
 
 
-def cmd_reproduce(name: str, quick: bool = False, out: str | None = None, data_dir: str | None = None, quiet: bool = False) -> str:
-    """Validate the name, data folder and output folder before anything runs; return the table."""
+def recipe_options(recipe, items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items checked against the recipe's options; defaults fill the rest."""
+    from featherfl.config import _coerce, brief, parse_set_args
+
+    chosen = {k: f.default for k, f in recipe.options.items()}
+    for key, value in parse_set_args(items):
+        if key not in recipe.options:
+            known = brief(sorted(recipe.options)) if recipe.options else "none"
+            raise ConfigError(f"reproduce {recipe.name}: unknown option {key!r}; options: {known}")
+        chosen[key] = _coerce(key, recipe.options[key], value)
+    if recipe.check_options is not None:
+        recipe.check_options(chosen)
+    return chosen
+
+
+def cmd_reproduce(name: str, quick: bool = False, out: str | None = None, data_dir: str | None = None, quiet: bool = False, sets: list[str] | None = None) -> str:
+    """Validate the name, options, data folder and output folder before anything runs; return the table."""
     recipe = get_recipe(name)
+    options = recipe_options(recipe, sets or [])
     data = Path(data_dir or recipe.default_data_dir).expanduser()
     if not data.is_dir():
         raise ConfigError(f"data folder {data} does not exist; pass --data-dir to the folder holding mnist-t10k/, sst2/ and agnews/")
@@ -28,5 +44,6 @@ def cmd_reproduce(name: str, quick: bool = False, out: str | None = None, data_d
     except OSError as e:
         raise ConfigError(f"cannot create --out {folder} ({e.strerror})") from None
     t0 = time.perf_counter()
-    rows = recipe.run(folder, quick=quick, data_dir=data, quiet=quiet)
-    return write(folder, recipe, rows, quick, time.perf_counter() - t0)
+    extra = {"options": options} if recipe.options else {}
+    rows = recipe.run(folder, quick=quick, data_dir=data, quiet=quiet, **extra)
+    return write(folder, recipe, rows, quick, time.perf_counter() - t0, options)

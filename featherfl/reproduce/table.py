@@ -36,9 +36,19 @@ class Recipe:
     default_data_dir: str = "../shared/data"
     #: check(data_dir): load and validate the data files (ConfigError on anything wrong) before any folder is written.
     check: Callable[[Path], None] | None = None
+    #: Settings a user may change with ``reproduce NAME --set KEY=VALUE`` (defaults = the paper's);
+    #: ``run`` then receives ``options=`` and the table lists every changed one as a deviation.
+    options: dict = field(default_factory=dict)
+    #: check_options(options): ConfigError for values the option types allow but the recipe cannot run.
+    check_options: Callable[[dict], None] | None = None
 
 
-def render(recipe: Recipe, rows: list[Row], quick: bool, seconds: float) -> str:
+def option_deviations(recipe: Recipe, options: dict) -> list[str]:
+    """One line per option the user changed from the paper's value."""
+    return [f"{k} = {v} (set with --set; the paper's protocol: {recipe.options[k].default})" for k, v in options.items() if v != recipe.options[k].default]
+
+
+def render(recipe: Recipe, rows: list[Row], quick: bool, seconds: float, options: dict | None = None) -> str:
     """Markdown: the table and the deviations, as written to ``reproduce.md`` in the output folder."""
     lines = [f"# {recipe.name}{' (--quick: scaled down, not comparable to the paper)' if quick else ''}", "", f"Paper: {recipe.paper}", "", recipe.protocol, ""]
     lines += ["| setting | paper | ours | difference | MB per client | run folder |", "|---|---|---|---|---|---|"]
@@ -49,14 +59,16 @@ def render(recipe: Recipe, rows: list[Row], quick: bool, seconds: float) -> str:
     notes = [f"- {r.setting}: {r.note}" for r in rows if r.note]
     if notes:
         lines += ["", "Notes:", *notes]
-    lines += ["", "Settings that differ from the paper:", *([f"- {d}" for d in recipe.deviations] or ["- none"])]
+    deviations = option_deviations(recipe, options or {}) + recipe.deviations
+    lines += ["", "Settings that differ from the paper:", *([f"- {d}" for d in deviations] or ["- none"])]
     lines += ["", f"Wall time: {seconds:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, recipe: Recipe, rows: list[Row], quick: bool, seconds: float) -> str:
-    text = render(recipe, rows, quick, seconds)
+def write(out: Path, recipe: Recipe, rows: list[Row], quick: bool, seconds: float, options: dict | None = None) -> str:
+    text = render(recipe, rows, quick, seconds, options)
     atomic_write_text(out / "reproduce.md", text)
-    payload = {"name": recipe.name, "quick": quick, "seconds": seconds, "rows": [{**asdict(r), "difference": r.difference} for r in rows], "deviations": recipe.deviations}
+    deviations = option_deviations(recipe, options or {}) + recipe.deviations
+    payload = {"name": recipe.name, "quick": quick, "seconds": seconds, "options": options or {}, "rows": [{**asdict(r), "difference": r.difference} for r in rows], "deviations": deviations}
     atomic_write_text(out / "reproduce.json", json.dumps(payload, indent=2) + "\n")
     return text
