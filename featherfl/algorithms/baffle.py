@@ -165,6 +165,7 @@ class ServerModel:
         self.o = o
         self.theta = torch.nn.Parameter(theta.clone())
         self.opt = flat_optimizer(self.theta, o["optimizer"], o["lr"], o, momentum=o["momentum"])
+        self.aggregator = Aggregator.from_section(o)
 
     def apply(self, entry: RoundEntry) -> dict:
         """Apply one round: rebuild the clients' estimates (or trajectories) from seeds + scalars."""
@@ -172,7 +173,7 @@ class ServerModel:
         theta = self.theta.data
         seeds, diffs = entry.seeds, entry.diffs
         ns = torch.tensor([float(c) for c in entry.counts])
-        agg = Aggregator.from_section(o)
+        agg = self.aggregator
         if o["mode"] == "fedavg":
             ends = torch.stack([replay_trajectory(theta, diffs[j], seeds[j], o) for j in range(len(seeds))])
             avg = agg(ends, ns, reference=theta)
@@ -343,7 +344,7 @@ class Baffle(Algorithm):
         counts = tuple(replies[c].num_samples for c in cids)
         if self.o["mode"] == "fedsgd" and self.o["directions"] == "shared":
             ns = torch.tensor([float(c) for c in counts])
-            d = Aggregator.from_section(self.o)(diffs[:, 0], ns)
+            d = self.server.aggregator(diffs[:, 0], ns)
             entry = RoundEntry((self.round_seed(rnd, cids[0]),), (1,), d.view(1, 1, -1).clone(), True)
         else:
             entry = RoundEntry(tuple(self.round_seed(rnd, c) for c in cids), counts, diffs, False)

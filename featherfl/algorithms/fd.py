@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featherfl.algorithms.aggregate import aggregation_fields, combine
+from featherfl.algorithms.aggregate import Aggregator, aggregation_fields, combine
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
@@ -241,10 +241,11 @@ class FD(Algorithm):
         self.releases = torch.zeros(m, dtype=torch.int64)
         rng = np.random.default_rng(derive_seed(ctx.seed, "fd-reference-client"))
         self.reference_client = int(rng.integers(m))
+        self.aggregator = Aggregator.from_section(self.cfg.section("fd"))
 
     def configure(self, rnd, client_ids):
-        sec = self.cfg.section("fd")
-        teachers, contributors = leave_one_out(self.vectors, self.present, sec["aggregation"], sec["trim_beta"], sec["clip_norm"])
+        a = self.aggregator
+        teachers, contributors = leave_one_out(self.vectors, self.present, a.rule, a.trim_beta, a.clip_norm)
         return {cid: TeacherDown(teachers[cid].contiguous(), contributors[cid].contiguous()) for cid in client_ids}
 
     def uplink_specs(self, rnd, cid):

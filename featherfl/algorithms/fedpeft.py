@@ -228,6 +228,7 @@ class FedPEFT(Algorithm, _PeftShared):
         self.client_eps: dict[int, float] = {}
         self.dp_rounds = 0
         self.server_noise = self._server_noise()
+        self.aggregator = Aggregator.from_section(self.opts)
 
     def _expected_clients(self) -> int:
         return max(1, int(round(self.cfg["engine.fraction"] * self.ctx.num_clients)))
@@ -266,7 +267,7 @@ class FedPEFT(Algorithm, _PeftShared):
             self.dp_rounds += 1
         else:
             ns = torch.tensor([float(replies[c].num_samples) for c in cids])
-            step = Aggregator.from_section(o)(stack, ns, reference=old) - old
+            step = self.aggregator(stack, ns, reference=old) - old
         if o["dp"] == "sample":
             for c in cids:
                 self.client_eps[c] = max(self.client_eps.get(c, 0.0), float(replies[c].epsilon))
