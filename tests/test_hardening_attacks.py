@@ -123,10 +123,28 @@ def test_every_method_survives_attacks(name, kind):
     cfg = build_config(overrides=over)
     p = prepare(cfg)
     eng = LocalEngine(cfg, p.algorithm, p.client_data, wire.Ledger(), p.ctx.run_id)
+    clean_cfg = build_config(overrides=over + [("attack.fraction", 0.0)])
+    clean = prepare(clean_cfg)
+    clean_eng = LocalEngine(clean_cfg, clean.algorithm, clean.client_data, wire.Ledger(), clean.ctx.run_id)
     for rnd in (1, 2):
         s = eng.run_round(rnd)
+        clean_eng.run_round(rnd)
         assert s.clients_ok + s.clients_rejected == 4, (s.rejected_reasons, s.dropped_reasons)
         assert s.clients_dropped == 0
+    attacked, honest = _tensors(p.algorithm.state_dict()), _tensors(clean.algorithm.state_dict())
+    assert all(torch.isfinite(t).all() for t in attacked)
+    # the attack reached the server: what it keeps differs from the clean run's (or replies were rejected)
+    assert s.clients_rejected > 0 or any(not torch.equal(a, h) for a, h in zip(attacked, honest))
+
+
+def _tensors(state) -> list:
+    if isinstance(state, torch.Tensor):
+        return [state.float()] if state.is_floating_point() else []
+    if isinstance(state, dict):
+        return [t for k in sorted(state, key=str) for t in _tensors(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in _tensors(v)]
+    return []
 
 
 def test_the_production_client_path_holds_no_attack_code():
