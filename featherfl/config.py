@@ -121,7 +121,10 @@ def _schema_from_algorithms() -> dict[str, Field]:
 
 
 def full_schema() -> dict[str, Field]:
+    from featherfl.tracking import LOG_CONFIG
+
     schema = dict(CORE_SCHEMA)
+    schema.update(LOG_CONFIG)
     schema.update(_schema_from_algorithms())
     return schema
 

@@ -41,6 +41,9 @@ RESUMABLE_KEYS = frozenset(
         "engine.address",
         "engine.num_cpus",
         "engine.max_failure_share",
+        "log.tensorboard",
+        "log.mlflow_uri",
+        "log.mlflow_experiment",
     }
 )
 
@@ -116,6 +119,9 @@ def prepare(cfg: Config) -> Prepared:
         torch.set_num_threads(cfg["engine.threads"])
     alg_cls = algorithms.get(cfg["algorithm"])
     alg_cls.validate(cfg)
+    from featherfl import tracking
+
+    tracking.check(cfg)
     ds = load_dataset(cfg)
     labels = ds.train_y.numpy()
     parts, info = partition(cfg, labels)
@@ -205,78 +211,92 @@ class Experiment:
         return alg.summarize_client_eval(self.engine.evaluate_clients(ds.test_x, ds.test_y))
 
     def run(self) -> dict:
-        if self.resume:
-            self._restore()
-        else:
-            self._init_folder()
-            write_jsonl(self.out / "metrics.jsonl", [])
+        from featherfl.tracking import Trackers
+
+        trackers = Trackers(self.cfg, self.out, resume=self.resume)  # connects before anything is written
+        status = "failed"
+        try:
+            if self.resume:
+                self._restore()
+            else:
+                self._init_folder()
+                write_jsonl(self.out / "metrics.jsonl", [])
+            trackers.started()
+        except BaseException:
+            trackers.close(status)
+            raise
         rounds = self.cfg["rounds"]
         bar = None
         if self.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=rounds, initial=self.start_round - 1, desc=f"{self.cfg['algorithm']}", unit="round", leave=True, dynamic_ncols=True)
-        stopped = None
-        failed = None
         try:
-            for rnd in range(self.start_round, rounds + 1):
-                t0 = time.perf_counter()
-                try:
-                    stats = self.engine.run_round(rnd)
-                except QuorumError as e:
-                    stopped = str(e)
-                    if e.stats is not None and e.stats.errors:
-                        self._log_errors(rnd, e.stats.errors)
-                        failed = self._failure(rnd, e.stats, force=True)
-                    break
-                evaluate = rnd % self.cfg["eval.every"] == 0 or rnd == rounds
-                ev = self._evaluate() if evaluate else {}
-                totals = self.ledger.round_totals(rnd)
-                prev = self.metrics[-1] if self.metrics else {"cumulative_bytes_up": 0, "cumulative_bytes_down": 0}
-                row = {
-                    "round": rnd,
-                    "accuracy": ev.get("accuracy"),
-                    "loss": ev.get("loss"),
-                    "bytes_up": totals["bytes_up"],
-                    "bytes_down": totals["bytes_down"],
-                    "cumulative_bytes_up": prev["cumulative_bytes_up"] + totals["bytes_up"],
-                    "cumulative_bytes_down": prev["cumulative_bytes_down"] + totals["bytes_down"],
-                    "clients_sampled": stats.clients_sampled,
-                    "clients_ok": stats.clients_ok,
-                    "clients_dropped": stats.clients_dropped,
-                    "clients_rejected": stats.clients_rejected,
-                    "dropped_reasons": stats.dropped_reasons,
-                    "rejected_reasons": stats.rejected_reasons,
-                    "aggregated": stats.aggregated,
-                    "bytes_by_category": totals["bytes_by_category"],
-                    "bytes_up_per_client": totals["bytes_up_per_client"],
-                    "bytes_down_per_client": totals["bytes_down_per_client"],
-                    **{k: v for k, v in ev.items() if k not in ("accuracy", "loss")},
-                    **_clean(stats.metrics),
-                    **({"errors": [{k: e[k] for k in ("cid", "type", "message")} for e in stats.errors]} if stats.errors else {}),
-                    "seconds": round(time.perf_counter() - t0, 4),
-                }
-                self.metrics.append(row)
-                self._checkpoint(rnd)
-                append_jsonl(self.out / "metrics.jsonl", row)
-                if bar is not None:
-                    mb = (row["cumulative_bytes_up"] + row["cumulative_bytes_down"]) / 1e6
-                    acc = row["accuracy"]
-                    bar.set_postfix_str(f"acc={acc:.3f} MB={mb:.2f}" if acc is not None else f"MB={mb:.2f}")
-                    bar.update(1)
-                if self.on_round:
-                    self.on_round(row)
-                if stats.errors:
-                    self._log_errors(rnd, stats.errors)
-                    failed = self._failure(rnd, stats)
-                    if failed:
+            stopped = None
+            failed = None
+            try:
+                for rnd in range(self.start_round, rounds + 1):
+                    t0 = time.perf_counter()
+                    try:
+                        stats = self.engine.run_round(rnd)
+                    except QuorumError as e:
+                        stopped = str(e)
+                        if e.stats is not None and e.stats.errors:
+                            self._log_errors(rnd, e.stats.errors)
+                            failed = self._failure(rnd, e.stats, force=True)
                         break
+                    evaluate = rnd % self.cfg["eval.every"] == 0 or rnd == rounds
+                    ev = self._evaluate() if evaluate else {}
+                    totals = self.ledger.round_totals(rnd)
+                    prev = self.metrics[-1] if self.metrics else {"cumulative_bytes_up": 0, "cumulative_bytes_down": 0}
+                    row = {
+                        "round": rnd,
+                        "accuracy": ev.get("accuracy"),
+                        "loss": ev.get("loss"),
+                        "bytes_up": totals["bytes_up"],
+                        "bytes_down": totals["bytes_down"],
+                        "cumulative_bytes_up": prev["cumulative_bytes_up"] + totals["bytes_up"],
+                        "cumulative_bytes_down": prev["cumulative_bytes_down"] + totals["bytes_down"],
+                        "clients_sampled": stats.clients_sampled,
+                        "clients_ok": stats.clients_ok,
+                        "clients_dropped": stats.clients_dropped,
+                        "clients_rejected": stats.clients_rejected,
+                        "dropped_reasons": stats.dropped_reasons,
+                        "rejected_reasons": stats.rejected_reasons,
+                        "aggregated": stats.aggregated,
+                        "bytes_by_category": totals["bytes_by_category"],
+                        "bytes_up_per_client": totals["bytes_up_per_client"],
+                        "bytes_down_per_client": totals["bytes_down_per_client"],
+                        **{k: v for k, v in ev.items() if k not in ("accuracy", "loss")},
+                        **_clean(stats.metrics),
+                        **({"errors": [{k: e[k] for k in ("cid", "type", "message")} for e in stats.errors]} if stats.errors else {}),
+                        "seconds": round(time.perf_counter() - t0, 4),
+                    }
+                    self.metrics.append(row)
+                    self._checkpoint(rnd)
+                    append_jsonl(self.out / "metrics.jsonl", row)
+                    trackers.log(row)
+                    if bar is not None:
+                        mb = (row["cumulative_bytes_up"] + row["cumulative_bytes_down"]) / 1e6
+                        acc = row["accuracy"]
+                        bar.set_postfix_str(f"acc={acc:.3f} MB={mb:.2f}" if acc is not None else f"MB={mb:.2f}")
+                        bar.update(1)
+                    if self.on_round:
+                        self.on_round(row)
+                    if stats.errors:
+                        self._log_errors(rnd, stats.errors)
+                        failed = self._failure(rnd, stats)
+                        if failed:
+                            break
+            finally:
+                if bar is not None:
+                    bar.close()
+                self.engine.close()
+            summary = self.summary(stopped, failed)
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+            status = summary["status"]
         finally:
-            if bar is not None:
-                bar.close()
-            self.engine.close()
-        summary = self.summary(stopped, failed)
-        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+            trackers.close(status)
         self.p.algorithm.artifacts(self.out)
         from featherfl.report import plot_run
 
