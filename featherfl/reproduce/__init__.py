@@ -18,6 +18,8 @@ from featherfl.config import ConfigError
 RECIPES: dict[str, str] = {
     "baffle-mnist": "featherfl.reproduce.baffle_mnist",
     "fd-table1": "featherfl.reproduce.fd_table1",
+    "fedpeft-sst2": "featherfl.reproduce.fedpeft_text",
+    "fedpeft-agnews": "featherfl.reproduce.fedpeft_text",
 }
 
 

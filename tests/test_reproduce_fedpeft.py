@@ -1,0 +1,139 @@
+"""``featherfl reproduce fedpeft-sst2 / fedpeft-agnews --quick`` offline: a tiny random BERT and tiny TSV files made here."""
+
+import json
+
+import pytest
+import torch
+
+from featherfl.config import ConfigError
+from featherfl.reproduce import get_recipe
+from featherfl.reproduce.fedpeft_text import EPSILON, METHODS, MODEL_ENV
+from featherfl.reproduce.runner import cmd_reproduce
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+POS, NEG = ["good", "great", "fine", "fun", "happy"], ["bad", "awful", "boring", "dull", "sad"]
+TOPICS = [["world", "war"], ["sports", "goal"], ["business", "market"], ["tech", "chip"]]
+WORDS = POS + NEG + ["movie", "news", "today"] + [w for t in TOPICS for w in t]
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tok = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    tok.save_pretrained(root)
+    conf = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertModel(conf).save_pretrained(root)
+    return str(root)
+
+
+def _sst2_rows(n, g):
+    out = ["sentence\tlabel"]
+    for i in range(n):
+        label = i % 2
+        words = [(POS if label else NEG)[int(torch.randint(5, (1,), generator=g))] for _ in range(1 + i % 4)] + ["movie"]
+        out.append(" ".join(words) + f" \t{label}")
+    return "\n".join(out) + "\n"
+
+
+def _agnews_rows(n, g):
+    names = ["World", "Sports", "Business", "Sci/Tech"]
+    out = []
+    for i in range(n):
+        c = i % 4
+        words = [TOPICS[c][int(torch.randint(2, (1,), generator=g))] for _ in range(2 + i % 3)] + ["news", "today"]
+        out.append(" ".join(words) + f"\t{names[c]}")
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    g = torch.Generator().manual_seed(0)
+    (root / "sst2").mkdir()
+    (root / "sst2" / "train.tsv").write_text(_sst2_rows(80, g))
+    (root / "sst2" / "dev.tsv").write_text(_sst2_rows(24, g))
+    (root / "agnews").mkdir()
+    (root / "agnews" / "dev.tsv").write_text(_agnews_rows(80, g))
+    (root / "agnews" / "test.tsv").write_text(_agnews_rows(24, g))
+    return root
+
+
+@pytest.fixture()
+def tiny_model(bert_folder, monkeypatch):
+    monkeypatch.setenv(MODEL_ENV, bert_folder)
+    return bert_folder
+
+
+@pytest.mark.parametrize("name,label", [("fedpeft-sst2", "SST-2"), ("fedpeft-agnews", "AG News")])
+def test_quick_recipe_has_a_row_per_method_with_and_without_dp(tiny_model, data_dir, tmp_path, name, label):
+    out = tmp_path / "out"
+    text = cmd_reproduce(name, quick=True, out=str(out), data_dir=str(data_dir), quiet=True)
+    payload = json.loads((out / "reproduce.json").read_text())
+    rows = {r["setting"]: r for r in payload["rows"]}
+    names = {"head": "Head", "bias": "Bias", "adapter": "Adapter", "prompt": "Prompt", "lora": "LoRA", "full": "Full fine-tuning"}
+    assert set(METHODS) == set(names)
+    for m in METHODS:
+        plain, dp = rows[f"{names[m]}, {label}"], rows[f"{names[m]} + DP eps {EPSILON:g}, {label}"]
+        for r in (plain, dp):
+            assert r["paper"] is None and 0.0 <= r["ours"] <= 1.0 and r["bytes_per_client"] > 0
+            assert (out / r["run_dir"].split("/")[-1] / "summary.json").is_file()
+            assert "% of full fine-tuning's" in r["note"]
+        summary = json.loads((out / dp["run_dir"].split("/")[-1] / "summary.json").read_text())
+        assert summary["method"] == m and summary["dp"] == "sample" and 0 < summary["dp_epsilon"] <= EPSILON + 1e-6
+        assert summary["backbone"] == tiny_model
+    full = rows[f"Full fine-tuning, {label}"]["bytes_per_client"]
+    for m in ("head", "bias", "lora", "adapter", "prompt"):
+        # the tiny BERT is mostly embedding, so the shares are larger than MiniLM's (< 1 %); still far below full
+        assert rows[f"{names[m]}, {label}"]["bytes_per_client"] < 0.2 * full, m
+    assert rows[f"Head, {label}"]["bytes_per_client"] < rows[f"LoRA, {label}"]["bytes_per_client"]
+    assert any(s.startswith("Headline check") for s in rows)
+    md = (out / "reproduce.md").read_text()
+    assert md == text and "--quick" in md and "Settings that differ from the paper:" in md
+    assert "IID" in md and "no text experiment" in md and "validation split" in md
+    assert len(payload["deviations"]) >= 5
+
+
+def test_recipes_are_registered_with_their_own_data_checks():
+    sst2, agnews = get_recipe("fedpeft-sst2"), get_recipe("fedpeft-agnews")
+    assert sst2.name == "fedpeft-sst2" and agnews.name == "fedpeft-agnews"
+    assert "SST-2" in sst2.protocol and "AG News" in agnews.protocol
+
+
+@pytest.mark.parametrize("name,sub,fname", [("fedpeft-sst2", "sst2", "train.tsv"), ("fedpeft-sst2", "sst2", "dev.tsv"), ("fedpeft-agnews", "agnews", "test.tsv")])
+def test_missing_tsv_is_a_config_error_before_any_folder(data_dir, tmp_path, name, sub, fname):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    (root / sub / fname).unlink()
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=fname) as e:
+        cmd_reproduce(name, quick=True, out=str(out), data_dir=str(root), quiet=True)
+    assert "\n" not in str(e.value) and name in str(e.value)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name,sub,fname,content",
+    [
+        ("fedpeft-sst2", "sst2", "train.tsv", "sentence\tlabel\ngood movie\t7\n"),
+        ("fedpeft-sst2", "sst2", "dev.tsv", "sentence\tlabel\n"),
+        ("fedpeft-agnews", "agnews", "dev.tsv", "good news\tWorld\textra\n"),
+        ("fedpeft-agnews", "agnews", "test.tsv", "good news\tPolitics\n"),
+    ],
+)
+def test_malformed_tsv_is_a_config_error_before_any_folder(data_dir, tmp_path, name, sub, fname, content):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    (root / sub / fname).write_text(content)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=fname) as e:
+        cmd_reproduce(name, quick=True, out=str(out), data_dir=str(root), quiet=True)
+    assert "\n" not in str(e.value)
+    assert not out.exists()
