@@ -34,3 +34,15 @@ def test_worked_example_is_one_file_and_one_registry_line(tmp_path, monkeypatch)
     prox = _run(tmp_path, "mu1", 1.0)
     # a strong proximal term keeps clients near the global model: smaller server steps
     assert prox[0]["update_norm"] < 0.9 * rows[0]["update_norm"]
+
+
+def test_the_worked_example_gets_faug_without_a_line_of_faug_code(tmp_path, monkeypatch):
+    _install(tmp_path, monkeypatch)
+    out = tmp_path / "faug"
+    argv = ["run", "--algorithm", "fedprox", "--rounds", "1", "--clients", "3", "--out", str(out), "--quiet", "--set", "engine.threads=1",
+            "--set", "fedprox.local_epochs=1", "--set", "partition.name=label-deficient", "--set", "faug.enabled=true",
+            "--set", "faug.gan_steps=20", "--set", "faug.gen_hidden=[32]", "--set", "faug.disc_hidden=[32]", "--set", "faug.noise_dim=8"]
+    assert cli.main(argv) == 0
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["faug_generated"] > 0 and "up_samples" in row["bytes_by_category"]
+    assert "faug" not in (tmp_path / "fedprox_example.py").read_text().lower()
