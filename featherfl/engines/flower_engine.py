@@ -7,7 +7,8 @@ runs inside the generic ServerApp (:mod:`featherfl.flower_app.server_app`), whic
 the byte ledger, the quorum) stays in :class:`~featherfl.engines.base.Engine`, so a
 Flower run counts the same bytes as the local engine.
 
-Protocol (three message types, all ``grid.send_and_receive`` with a timeout):
+Protocol (three message types, each sent with ``exchange``: push, then pull replies at a
+short interval, logging progress every ``PROGRESS_EVERY`` s, until all arrived or the timeout):
 
 ``query.featherfl_setup``   the resolved config (TOML) to every new node; the node
                             answers with its ``partition-id`` / ``num-partitions``
@@ -41,6 +42,36 @@ from featherfl.engines.base import ClientOutcome, Engine
 from featherfl.engines.flower_protocol import SETUP, evaluate_type, pack, train_type, unpack
 
 LOG = logging.getLogger("flwr.featherfl")  # a child of Flower's logger, so `flwr log` shows these lines
+
+#: Seconds between "still waiting" lines in the ServerApp log (no long silences).
+PROGRESS_EVERY = 10.0
+#: Reply polling: first pull after this many seconds, backing off to POLL_MAX. Flower's own
+#: ``send_and_receive`` sleeps 3 s between pulls, which adds up to 3 s to every round trip.
+POLL_FIRST, POLL_MAX = 0.05, 1.0
+
+
+def exchange(grid, msgs: list, timeout: float, what: str) -> list:
+    """Push ``msgs`` and pull their replies until all arrived or ``timeout`` s passed."""
+    if not msgs:
+        return []
+    ids = set(grid.push_messages(msgs))
+    n = len(ids)
+    start = time.monotonic()
+    end, next_log, pause = start + timeout, start + PROGRESS_EVERY, POLL_FIRST
+    replies: list = []
+    while ids:
+        got = list(grid.pull_messages(ids))
+        replies.extend(got)
+        ids.difference_update(m.metadata.reply_to_message_id for m in got)
+        now = time.monotonic()
+        if not ids or now >= end:
+            break
+        if now >= next_log:
+            LOG.info("featherfl: %s: %s of %s replies after %.0fs (waiting up to %.0fs)", what, len(replies), n, now - start, timeout)
+            next_log = now + PROGRESS_EVERY
+        time.sleep(min(pause, max(end - now, 0.0)))
+        pause = min(pause * 1.5, POLL_MAX)
+    return replies
 
 _BINDING: dict[str, Any] = {}
 
@@ -76,7 +107,7 @@ class FlowerEngine(Engine):
         from flwr.app import Message
 
         msgs = [Message(pack(config=self.config_toml), dst_node_id=n, message_type=SETUP, ttl=max(timeout, 1.0)) for n in node_ids]
-        for reply in self.grid.send_and_receive(msgs, timeout=timeout):
+        for reply in exchange(self.grid, msgs, timeout, "setup query to new SuperNodes"):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self.seen.add(node)
@@ -99,6 +130,7 @@ class FlowerEngine(Engine):
     def _discover(self, wanted: set[int]) -> None:
         """Map new SuperNodes to client ids, waiting up to ``node_wait`` s for the wanted ones."""
         deadline = time.monotonic() + self.node_wait
+        next_log = time.monotonic() + PROGRESS_EVERY
         while True:
             alive = set(self.grid.get_node_ids())
             for cid, node in list(self.node_of.items()):
@@ -112,6 +144,9 @@ class FlowerEngine(Engine):
                 self._setup(new, timeout=max(left, 5.0))
             if wanted <= set(self.node_of) or time.monotonic() >= deadline:
                 break
+            if time.monotonic() >= next_log:
+                LOG.info("featherfl: waiting for SuperNodes: %s of %s partitions connected (%.0fs left)", len(wanted & set(self.node_of)), len(wanted), deadline - time.monotonic())
+                next_log = time.monotonic() + PROGRESS_EVERY
             time.sleep(0.5)
         missing = sorted(wanted - set(self.node_of))
         if missing:
@@ -140,7 +175,7 @@ class FlowerEngine(Engine):
         if not msgs:
             return out
         t = time.monotonic()
-        replies = list(self.grid.send_and_receive(msgs, timeout=self.reply_timeout))
+        replies = exchange(self.grid, msgs, self.reply_timeout, f"round {rnd}")
         LOG.info("featherfl: round %s: %s of %s SuperNodes replied in %.1fs", rnd, len(replies), len(msgs), time.monotonic() - t)
         for reply in replies:
             cid = cid_of.get(reply.metadata.src_node_id)
@@ -172,7 +207,7 @@ class FlowerEngine(Engine):
         msgs = [Message(pack(), dst_node_id=n, message_type=evaluate_type(self.algorithm_name), ttl=self.reply_timeout) for n in self.node_of.values()]
         cid_of = {n: c for c, n in self.node_of.items()}
         res: dict[int, dict] = {}
-        for reply in self.grid.send_and_receive(msgs, timeout=self.reply_timeout):
+        for reply in exchange(self.grid, msgs, self.reply_timeout, "evaluation"):
             if reply.has_error():
                 LOG.warning("evaluation failed on SuperNode %s: %s", reply.metadata.src_node_id, reply.error.reason)
                 continue

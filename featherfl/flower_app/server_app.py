@@ -43,9 +43,11 @@ def main(grid: Grid, context: Context) -> None:
     from featherfl.experiment import Experiment, default_run_dir, prepare
 
     rc = dict(context.run_config)
+    log(INFO, "featherfl: ServerApp started; reading the config, loading the data and building the model")
     cfg = config_from_run_config(rc)
     prepared = prepare(cfg)
-    out = Path(str(rc.get("out") or "")) if rc.get("out") else default_run_dir(cfg)
+    # a relative out= is relative to the SuperLink's working directory: log where it really is
+    out = (Path(str(rc.get("out") or "")) if rc.get("out") else default_run_dir(cfg)).resolve()
     log(INFO, "featherfl: %s on %s, %s rounds, %s clients -> %s", cfg["algorithm"], cfg["dataset"], cfg["rounds"], cfg["clients"], out)
     with bind(grid, node_wait=float(rc.get("node-wait", 60.0)), reply_timeout=float(rc.get("reply-timeout", 300.0))):
         summary = Experiment(prepared, out, progress=False).run()
