@@ -1,0 +1,63 @@
+"""The aggregation core, value by value: every setting of Aggregator reaches combine, and each
+rule returns what its definition says (kills the mutants listed in benchmarks/results/mutation.md)."""
+
+import pytest
+import torch
+
+from featherfl.algorithms.aggregate import Aggregator, combine
+from featherfl.wire import PayloadError
+
+
+def _column(values):
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1)
+
+
+def test_median_is_the_middle_value_for_odd_and_the_mean_of_the_two_middle_for_even_counts():
+    w = torch.ones(4)
+    assert float(combine(_column([1, 2, 10]), w[:3], "median")) == 2.0
+    assert float(combine(_column([1, 2, 3, 40]), w, "median")) == 2.5
+
+
+def test_defaults_of_combine_are_mean_beta_0_1_and_clip_10():
+    v = _column(list(range(10)))  # 0..9
+    w = torch.ones(10)
+    assert float(combine(v, w)) == pytest.approx(4.5)
+    assert float(combine(v, w, "trimmed-mean")) == pytest.approx(4.5)  # trims one from each end: mean of 1..8
+    big = torch.full((1, 4), 20.0)  # norm 40 from the zero reference, clipped to 10
+    assert float(combine(big, torch.ones(1), "norm-clip").norm()) == pytest.approx(10.0)
+    skew = _column([0, 0, 0, 0, 0, 0, 0, 0, 100, 100])
+    assert float(combine(skew, w, "trimmed-mean")) == pytest.approx(12.5)  # beta 0.1 cuts one value each side: 100 / 8
+
+
+def test_every_aggregator_setting_reaches_combine():
+    v = torch.tensor([[3.0, 4.0], [0.0, 0.0]])  # client 0 moved 5 from the reference 0; client 1 did not move
+    ref = torch.tensor([1.0, 1.0])
+    agg = Aggregator(rule="norm-clip", clip_norm=0.5, weighting="uniform")
+    out = agg(v + ref, torch.ones(2), reference=ref)
+    # around the reference (not zero), each difference clipped to 0.5, then averaged
+    assert torch.allclose(out, ref + torch.tensor([0.3, 0.4]) / 2)
+    tm = Aggregator(rule="trimmed-mean", trim_beta=0.2, weighting="uniform")
+    column = _column([0, 1, 2, 3, 4, 5, 6, 7, 8, 1000])
+    assert float(tm(column, torch.ones(10))) == pytest.approx(4.5)  # beta 0.2 cuts 2 of 10 each side
+
+
+def test_weights_are_floats_clamped_at_zero_and_capped():
+    samples = Aggregator(weighting="samples")
+    w = samples.weights(torch.tensor([0, 4, 2**40]))
+    assert w.dtype == torch.float64 and w.tolist() == [0.0, 4.0, float(2**40)]  # exact, even past float32
+    assert samples.weights(torch.tensor([-3.0, 2.0])).tolist() == [0.0, 2.0]
+    capped = Aggregator(weighting="capped", weight_cap=3.0)
+    assert capped.weights(torch.tensor([1.0, 2.0, 100.0])).tolist() == [1.0, 2.0, 6.0]
+
+
+def test_survives_says_what_each_rule_bounds():
+    assert Aggregator(rule="mean").survives(0.0) and not Aggregator(rule="mean").survives(0.01)
+    assert Aggregator(rule="median").survives(0.3) and not Aggregator(rule="median").survives(0.5)
+    assert Aggregator(rule="trimmed-mean", trim_beta=0.2).survives(0.2) and not Aggregator(rule="trimmed-mean", trim_beta=0.2).survives(0.25)
+
+
+def test_payload_error_message_and_fields():
+    e = PayloadError("bad-shape", "field x: (3,) != (4,)")
+    assert str(e) == "bad-shape: field x: (3,) != (4,)" and e.reason == "bad-shape" and e.detail == "field x: (3,) != (4,)"
+    bare = PayloadError("too-large")
+    assert str(bare) == "too-large" and bare.detail == ""
