@@ -119,9 +119,10 @@ def prepare(cfg: Config) -> Prepared:
         torch.set_num_threads(cfg["engine.threads"])
     alg_cls = algorithms.get(cfg["algorithm"])
     alg_cls.validate(cfg)
-    from featherfl import tracking
+    from featherfl import devices, tracking
 
     tracking.check(cfg)
+    device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
     ds = load_dataset(cfg)
     labels = ds.train_y.numpy()
     parts, info = partition(cfg, labels)
@@ -131,6 +132,9 @@ def prepare(cfg: Config) -> Prepared:
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
     ctx.info["warnings"] = robustness_warnings(cfg)
+    if device.type != "cpu" and getattr(alg_cls, "runs_on_cpu_only", False):
+        ctx.info["warnings"].append(f"{cfg['algorithm']} runs on the cpu whatever engine.device says ({device}): its clients' and server's arithmetic must agree bit for bit")
+    ctx.info["device"] = str(ctx.device)
     torch.set_num_threads(choose_threads(cfg["engine.threads"], algorithm.model_parameters()))
     ctx.info["threads"] = torch.get_num_threads()
     return Prepared(cfg, ds, parts, info, ctx, algorithm, client_data)
@@ -359,6 +363,7 @@ class Experiment:
             "wall_seconds": round(sum(m["seconds"] for m in self.metrics), 3),
             "data_note": self.p.dataset.note,
             "torch_threads": self.p.ctx.info.get("threads"),
+            "device": self.p.ctx.info.get("device", "cpu"),
             "warnings": self.p.ctx.info.get("warnings", []),
         }
         if failed:

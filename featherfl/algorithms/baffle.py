@@ -274,6 +274,8 @@ class Baffle(Algorithm):
     name = "baffle"
     client_class = BaffleClient
     client_compute = "forward-only"
+    #: a client's local trajectory and the server's replay of it must agree bit for bit
+    runs_on_cpu_only = True
     CONFIG = {
         "baffle.k": Field("int", 100, "Random directions K per estimate (uplink: 4K bytes per step).", min=1, max=1_000_000),
         "baffle.sigma": Field("float", 1e-4, "Perturbation scale sigma (delta = sigma * eps).", min=0.0, min_exclusive=True),

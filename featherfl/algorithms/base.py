@@ -43,6 +43,16 @@ class Context:
     def seed(self) -> int:
         return self.cfg["seed"]
 
+    @property
+    def device(self) -> torch.device:
+        """``engine.device`` resolved on this machine (the CPU for methods that run on the CPU only)."""
+        from featherfl import algorithms
+        from featherfl.devices import resolve
+
+        if getattr(algorithms.get(self.cfg["algorithm"]), "runs_on_cpu_only", False):
+            return torch.device("cpu")
+        return resolve(self.cfg["engine.device"])
+
     def build_model(self, name: str | None = None) -> nn.Module:
         """Build the configured model with the seed-determined initial weights."""
         with torch.random.fork_rng(devices=[]):
@@ -62,7 +72,7 @@ class Context:
                 raise ConfigError(f"config key 'model.width': {self.cfg['model.width']} makes {name or self.cfg['model.name']} too large for this machine's memory") from None
         if self.cfg["model.init"]:
             load_init_weights(m, self.cfg["model.init"])
-        return m
+        return m.to(self.device)
 
 
 def load_init_weights(model: nn.Module, path: str) -> None:
@@ -126,6 +136,8 @@ class Algorithm(ABC):
     has_global_model: ClassVar[bool] = True
     #: "backprop" or "forward-only": what clients compute.
     client_compute: ClassVar[str] = "backprop"
+    #: True for methods whose results rely on CPU arithmetic: they ignore ``engine.device``.
+    runs_on_cpu_only: ClassVar[bool] = False
     client_class: ClassVar[type[ClientHalf]]
 
     def __init__(self, ctx: Context):

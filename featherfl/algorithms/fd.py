@@ -39,6 +39,7 @@ from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
 from featherfl.config import ConfigError, Field
+from featherfl.devices import model_device
 from featherfl.privacy.client_level import clip_rows
 from featherfl.models import count_parameters, model_names
 from featherfl.wire import Payload, Spec, TensorSpec
@@ -175,14 +176,15 @@ class FDClient(ClientHalf):
         o = self.opts
         L = self.ctx.num_classes
         model = self._model(state, data.cid)
-        x, y = data.x, data.y
+        dev = model_device(model)
+        x, y = data.x.to(dev), data.y.to(dev)
         teacher = down.teacher.clamp_min(0)
         mass = teacher.sum(1)
-        has_teacher = (down.contributors > 0) & (mass > 0)
-        teacher = teacher / mass.clamp_min(1e-12).unsqueeze(1)
+        has_teacher = ((down.contributors > 0) & (mass > 0)).to(dev)
+        teacher = (teacher / mass.clamp_min(1e-12).unsqueeze(1)).to(dev)
         opt = make_optimizer(model.parameters(), o)
         gen = generator(self.ctx.seed, "fd-client", rnd, data.cid)
-        sums, counts = torch.zeros(L, L), torch.zeros(L, dtype=torch.int64)
+        sums, counts = torch.zeros(L, L, device=dev), torch.zeros(L, dtype=torch.int64, device=dev)
         model.train()
         for _, idx in zip(range(o["local_steps"]), step_batches(len(y), o["batch_size"], gen)):
             opt.zero_grad(set_to_none=True)
@@ -190,7 +192,8 @@ class FDClient(ClientHalf):
             distillation_loss(logits, y[idx], teacher, has_teacher, o["gamma"], o["temperature"]).backward()
             opt.step()
             accumulate(sums, counts, F.softmax(logits.detach() / o["temperature"], 1), y[idx])
-        state["model"] = {k: v.clone() for k, v in model.state_dict().items()}
+        state["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        sums, counts = sums.cpu(), counts.cpu()
         means = label_means(sums, counts)
         if o["logit_noise"] > 0:
             noise = torch.randn(means.shape, generator=generator(self.ctx.seed, "fd-noise", rnd, data.cid))

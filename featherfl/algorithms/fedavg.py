@@ -20,6 +20,7 @@ from featherfl.seeding import generator
 from featherfl.algorithms import vectorized
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import Field
+from featherfl.devices import model_device
 from featherfl.models import flat_state, load_flat_state
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
@@ -175,8 +176,9 @@ class GradientClient(WeightsClient):
             x, y = data.x[idx], data.y[idx]
         else:
             x, y = data.x, data.y
-        F.cross_entropy(self.model(x), y).backward()
-        grad = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in self.model.parameters()])
+        dev = model_device(self.model)
+        F.cross_entropy(self.model(x.to(dev)), y.to(dev)).backward()
+        grad = torch.cat([p.grad.reshape(-1).cpu() if p.grad is not None else torch.zeros(p.numel()) for p in self.model.parameters()])
         self.model.zero_grad(set_to_none=True)
         return GradientUp(grad.detach(), len(y))
 
@@ -215,7 +217,7 @@ class FedSGD(GlobalModelServer):
         g = self.aggregator(stack, ns)
         i = 0
         for p in self.global_model.parameters():
-            p.grad = g[i : i + p.numel()].view_as(p).clone()
+            p.grad = g[i : i + p.numel()].view_as(p).to(p.device).clone()
             i += p.numel()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

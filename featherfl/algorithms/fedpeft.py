@@ -28,6 +28,7 @@ from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import ConfigError, Field
+from featherfl.devices import model_device
 from featherfl.models.peft_modules import METHODS, apply_method
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
@@ -93,14 +94,15 @@ class _PeftShared:
     def _setup(self, ctx: Context) -> None:
         self.opts = ctx.cfg.section("fedpeft")
         self.model, self.names, self.backbone = build_peft_model(ctx)
+        self.model.to(ctx.device)
         self.params = dict(self.model.named_parameters())
         self.Down, self.Up = make_payloads(self.names, self.opts["dp"] == "sample")
 
     def trainable(self) -> dict[str, torch.Tensor]:
-        return {n: self.params[n].detach().clone() for n in self.names}
+        return {n: self.params[n].detach().cpu().clone() for n in self.names}
 
     def flat(self) -> torch.Tensor:
-        return torch.cat([self.params[n].detach().reshape(-1).float() for n in self.names])
+        return torch.cat([self.params[n].detach().reshape(-1).float() for n in self.names]).cpu()
 
     @torch.no_grad()
     def load_flat(self, vec: torch.Tensor) -> None:
@@ -154,7 +156,8 @@ class PeftClient(ClientHalf, _PeftShared):
         if f is None or len(f) != len(data):
             self.model.eval()
             bs = self.ctx.cfg["eval.batch_size"]
-            f = torch.cat([self.model.features(data.x[i : i + bs]) for i in range(0, len(data), bs)])
+            dev = model_device(self.model)
+            f = torch.cat([self.model.features(data.x[i : i + bs].to(dev)) for i in range(0, len(data), bs)])
             self._features[data.cid] = f
         return f
 
@@ -179,7 +182,8 @@ class PeftClient(ClientHalf, _PeftShared):
                 self._noise[data.cid] = noise_for_epsilon(o["dp_target_epsilon"], o["dp_delta"], q, steps * self.ctx.cfg["rounds"])
             noise = self._noise[data.cid]
         opt = make_optimizer(self.model.parameters(), o)
-        dp_sgd_epochs(self.model, self.names, data.x, data.y, opt, steps, q, o["dp_clip"], noise, gen)
+        dev = model_device(self.model)
+        dp_sgd_epochs(self.model, self.names, data.x.to(dev), data.y.to(dev), opt, steps, q, o["dp_clip"], noise, gen)
         state["dp_steps"] = int(state.get("dp_steps", 0)) + steps
         state["dp_rate"] = q
         state["dp_noise"] = noise

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featherfl.config import Field
+from featherfl.devices import model_device
 
 
 def optimizer_fields(section: str, lr: float, optimizer: str = "sgd", momentum: float = 0.0) -> dict[str, Field]:
@@ -46,12 +47,14 @@ def train_epochs(
 ) -> dict:
     """Plain mini-batch training. ``loss_fn(logits, y, idx)`` overrides cross-entropy (e.g. FD's regulariser)."""
     model.train()
+    dev = model_device(model)
     steps, total = 0, 0.0
     for _ in range(epochs):
         for idx in batches(len(y), batch_size, gen):
             opt.zero_grad(set_to_none=True)
-            logits = model(x[idx])
-            loss = F.cross_entropy(logits, y[idx]) if loss_fn is None else loss_fn(logits, y[idx], idx)
+            xb, yb = x[idx].to(dev), y[idx].to(dev)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, yb, idx)
             loss.backward()
             opt.step()
             total += float(loss.detach())
@@ -65,11 +68,13 @@ def train_epochs(
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict:
     was = model.training
     model.eval()
+    dev = model_device(model)
     correct, loss = 0, 0.0
     for i in range(0, len(y), batch_size):
-        logits = model(x[i : i + batch_size])
-        loss += float(F.cross_entropy(logits, y[i : i + batch_size], reduction="sum"))
-        correct += int((logits.argmax(1) == y[i : i + batch_size]).sum())
+        xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
+        logits = model(xb)
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
     model.train(was)
     n = max(len(y), 1)
     return {"accuracy": correct / n, "loss": loss / n}

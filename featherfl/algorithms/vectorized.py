@@ -33,7 +33,12 @@ from featherfl.algorithms.training import batches
 
 
 def supports(model: nn.Module) -> bool:
-    """Whether ``model`` can be trained vectorised with results equal to the sequential loop."""
+    """Whether ``model`` can be trained vectorised with results equal to the sequential loop
+    (on the CPU; on other devices clients train one by one)."""
+    from featherfl.devices import model_device
+
+    if model_device(model).type != "cpu":
+        return False
     for m in model.modules():
         if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)):
             return False

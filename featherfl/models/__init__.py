@@ -57,7 +57,7 @@ def state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def flat_state(model: nn.Module) -> torch.Tensor:
-    return torch.cat([t.detach().reshape(-1).float() for _, t in state_tensors(model)])
+    return torch.cat([t.detach().reshape(-1).float() for _, t in state_tensors(model)]).cpu()
 
 
 @torch.no_grad()

@@ -83,7 +83,7 @@ def dp_sgd_epochs(
                 summed[n] = torch.einsum("b,b...->...", factor, g[n])
         opt.zero_grad(set_to_none=True)
         for n in names:
-            noise_t = torch.randn(summed[n].shape, generator=gen) * (noise * clip)
+            noise_t = (torch.randn(summed[n].shape, generator=gen) * (noise * clip)).to(summed[n].device)
             params[n].grad = (summed[n] + noise_t) / expected
         opt.step()
     return {"train_loss": sum(losses) / max(len(losses), 1), "dp_clipped_fraction": clipped / max(seen, 1)}
