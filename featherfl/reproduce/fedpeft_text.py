@@ -33,9 +33,13 @@ DELTA = 1e-5
 
 #: Client learning rate (Adam) per method: the best of a 3-point grid on a validation split held out from
 #: SST-2's training file (``tune``); the same values are used for AG News (no AG News tuning was run).
-LR = {"head": 1e-2, "bias": 3e-3, "adapter": 1e-3, "prompt": 1e-2, "lora": 3e-3, "full": 1e-4}
+LR = {"head": 3e-2, "bias": 3e-3, "adapter": 1e-3, "prompt": 1e-2, "lora": 3e-3, "full": 1e-4}
 #: What chose LR: validation accuracy (500 held-out training rows) per method and rate, from ``tune``.
-TUNED = ""
+TUNED = (
+    "Validation accuracy (500 rows): head 0.814 at 1e-2, 0.820 at 3e-2; bias 0.838 at 3e-3, 0.562 at 1e-2; adapter 0.850 at 1e-3, "
+    "0.850 at 3e-3 (tie: the lower rate); prompt 0.852 at 1e-2, 0.820 at 3e-2; LoRA 0.846 at 3e-3, 0.806 at 1e-2; full fine-tuning "
+    "0.842 at 1e-4, 0.816 at 3e-4."
+)
 GRID = {
     "full": (1e-4, 3e-4),
     "head": (1e-2, 3e-2),
