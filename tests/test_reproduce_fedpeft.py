@@ -95,6 +95,11 @@ def test_quick_recipe_has_a_row_per_method_with_and_without_dp(tiny_model, data_
     assert md == text and "--quick" in md and "Settings that differ from the paper:" in md
     assert "IID" in md and "no text experiment" in md and "validation split" in md
     assert len(payload["deviations"]) >= 5
+    # the runs read the stratified subsets written once under the output folder
+    sub = out / "data" / ("sst2" if name == "fedpeft-sst2" else "agnews")
+    train, test = ("train.tsv", "dev.tsv") if name == "fedpeft-sst2" else ("dev.tsv", "test.tsv")
+    header = 1 if name == "fedpeft-sst2" else 0
+    assert len((sub / train).read_text().splitlines()) == 40 + header and len((sub / test).read_text().splitlines()) == 20 + header
 
 
 def test_recipes_are_registered_with_their_own_data_checks():
