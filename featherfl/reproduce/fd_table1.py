@@ -94,19 +94,29 @@ def run(out: Path, quick: bool, data_dir: Path, quiet: bool, options: dict) -> l
         for method in options["methods"]:
             cfg = build_config(overrides=settings(data_dir, m, method, quick, steps, iterations))
             folder = Path(out) / f"{method.replace('+', '-').lower()}-M{m}"
-            summary = Experiment(prepare(cfg), folder, progress=not quiet).run()
-            total = summary["bytes_up"] + summary["bytes_down"]
-            parts = [f"{total * 8 / m / 1e6:.3f} Mbit per device"]
-            if cfg["algorithm"] == "fd":
-                parts.append(f"devices' accuracy {summary.get('accuracy_min', 0):.4f}-{summary.get('accuracy_max', 0):.4f}")
-            if cfg["faug.enabled"]:
-                rec = summary.get("faug_recognition")
-                parts.append(f"GAN {summary.get('faug_gan_steps')} steps" + (f", {rec:.0%} of its samples recognised" if rec is not None else ""))
-            paper = PAPER.get(m, {}).get(method)
-            if paper is None and not quick:
-                parts.append("no paper figure available here for this M")
-            rows.append(Row(f"{method}, M={m}", paper, summary["final_accuracy"], total / m, str(folder), "; ".join(parts)))
+            Experiment(prepare(cfg), folder, progress=not quiet).run()
+            rows.append(row(folder, method, m, quick))
     return rows
+
+
+def row(folder: Path, method: str, m: int, quick: bool = False) -> Row:
+    """The table row of one finished run folder (its summary and last metrics line)."""
+    import json
+
+    summary = json.loads((Path(folder) / "summary.json").read_text())
+    last = json.loads((Path(folder) / "metrics.jsonl").read_text().splitlines()[-1])
+    total = summary["bytes_up"] + summary["bytes_down"]
+    parts = [f"{total * 8 / m / 1e6:.3f} Mbit per device"]
+    if last.get("accuracy_min") is not None:
+        parts.append(f"devices' own models {last['accuracy_min']:.4f}-{last['accuracy_max']:.4f}")
+    if "faug_gan_steps" in summary or "faug_labels" in summary:
+        first = json.loads((Path(folder) / "metrics.jsonl").read_text().splitlines()[0])
+        rec = first.get("faug_recognition")
+        parts.append(f"GAN {first.get('faug_gan_steps')} steps" + (f", {rec:.0%} of its samples recognised" if rec is not None else ""))
+    paper = PAPER.get(m, {}).get(method)
+    if paper is None and not quick:
+        parts.append("no paper figure available here for this M")
+    return Row(f"{method}, M={m}", paper, summary["final_accuracy"], total / m, str(folder), "; ".join(parts))
 
 
 RECIPE = Recipe(
