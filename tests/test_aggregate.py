@@ -61,3 +61,32 @@ def test_payload_error_message_and_fields():
     assert str(e) == "bad-shape: field x: (3,) != (4,)" and e.reason == "bad-shape" and e.detail == "field x: (3,) != (4,)"
     bare = PayloadError("too-large")
     assert str(bare) == "too-large" and bare.detail == ""
+
+
+def test_trimmed_mean_past_half_falls_back_to_the_middle():
+    """beta >= 0.5 would trim everything: the middle value (odd) or the two middle ones (even) remain."""
+    v = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [40.0, 400.0]])
+    w = torch.ones(4)
+    assert combine(v, w, "trimmed-mean", beta=0.5).tolist() == [2.5, 25.0]
+    five = _column([1, 2, 3, 4, 50])
+    assert float(combine(five, torch.ones(5), "trimmed-mean", beta=0.6)) == 3.0
+    nine = _column([0, 0, 0, 1, 2, 6, 100, 100, 100])
+    assert float(combine(nine, torch.ones(9), "trimmed-mean", beta=0.34)) == pytest.approx(3.0)  # k = 3 of 9: mean of 1, 2, 6 (not the median 2)
+    assert float(combine(five, torch.ones(5), "trimmed-mean", beta=0.1)) == pytest.approx(12.0)  # k = 0: plain mean
+
+
+def test_median_works_per_coordinate():
+    v = torch.tensor([[1.0, 40.0], [2.0, 30.0], [3.0, 20.0], [4.0, 10.0]])
+    assert combine(v, torch.ones(4), "median").tolist() == [2.5, 25.0]
+
+
+def test_no_vectors_is_an_error():
+    with pytest.raises(ValueError, match="no vectors to combine"):
+        combine(torch.zeros(0, 3), torch.ones(0))
+
+
+def test_from_section_reads_every_key_and_defaults_what_unweighted_sections_lack():
+    full = {"aggregation": "norm-clip", "trim_beta": 0.3, "clip_norm": 2.5, "weighting": "samples", "weight_cap": 5.0, "max_samples": 99}
+    assert Aggregator.from_section(full) == Aggregator("norm-clip", 0.3, 2.5, "samples", 5.0, 99)
+    bare = {"aggregation": "median", "trim_beta": 0.1, "clip_norm": 7.0}  # e.g. fd's section: no weighting keys
+    assert Aggregator.from_section(bare) == Aggregator("median", 0.1, 7.0, "uniform", 3.0, 0)

@@ -117,3 +117,74 @@ def test_ledger_counts_categories():
     t = led.round_totals(1)
     assert t["bytes_up"] == 150 and t["bytes_down"] == 10
     assert t["bytes_by_category"] == {"down_seeds": 10, "up_weights": 150}
+
+
+# --- value by value: what the mutation run (benchmarks/results/mutation.md) showed untested ----
+
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scalars(wire.Payload):
+    KIND = "test.scalars"
+    CATEGORY = "control"
+    f: float
+    i: int
+    b: bool
+
+
+@dataclass(frozen=True)
+class Empty(wire.Payload):
+    KIND = "test.empty"
+    CATEGORY = "control"
+
+
+SCALAR_SPECS = {Scalars.KIND: wire.Spec(Scalars, {}, {"f": wire.ScalarSpec("float", 0, 10), "i": wire.ScalarSpec("int", 0, 10), "b": wire.ScalarSpec("bool")})}
+
+
+def _raw(meta: bytes, kind: bytes = Scalars.KIND.encode(), rnd: int = 0, run: int = 0) -> bytes:
+    return wire._FIXED.pack(wire.MAGIC, wire.VERSION, rnd, run, len(kind)) + kind + wire._META_LEN.pack(len(meta)) + meta
+
+
+def test_scalar_fields_are_checked_by_type_and_converted():
+    ok = wire.decode(_raw(b'{"f":3,"i":4,"b":true}'), SCALAR_SPECS)
+    assert ok.f == 3.0 and isinstance(ok.f, float) and ok.i == 4 and ok.b is True
+    bad = {
+        b'{"f":"x","i":4,"b":true}': "f not a finite number",
+        b'{"f":true,"i":4,"b":true}': "f not a finite number",
+        b'{"f":NaN,"i":4,"b":true}': "f not a finite number",
+        b'{"f":1e999,"i":4,"b":true}': "f not a finite number",
+        b'{"f":3,"i":4.5,"b":true}': "i not an int",
+        b'{"f":3,"i":true,"b":true}': "i not an int",
+        b'{"f":3,"i":4,"b":1}': "b not a bool",
+        b'{"f":30,"i":4,"b":true}': "f=30",
+    }
+    for meta, message in bad.items():
+        with pytest.raises(wire.PayloadError) as e:
+            wire.decode(_raw(meta), SCALAR_SPECS)
+        assert e.value.reason in ("bad-field", "out-of-range") and message in str(e.value), (meta, str(e.value))
+
+
+def test_encoding_is_exact_compact_and_refuses_nan():
+    assert wire.peek(wire.encode(Empty())) == (Empty.KIND, 0, 0)  # defaults: round 0, run 0
+    empty = wire.encode(Empty())
+    assert empty == _raw(b"", kind=Empty.KIND.encode())  # no meta block, no tensor blob: the bare envelope
+    s = wire.encode(Scalars(2.5, 3, False), 1, 2)
+    assert s == _raw(b'{"f":2.5,"i":3,"b":false}', rnd=1, run=2)  # compact JSON, fields in order
+    with pytest.raises(ValueError):
+        wire.encode(Scalars(float("nan"), 3, False))
+
+
+def test_ledger_keeps_rounds_clients_and_repeats_apart():
+    led = wire.Ledger()
+    led.record(1, "up", 4, 100, "weights")
+    led.record(1, "up", 4, 20, "weights")  # a second reply of the same client adds up
+    led.record(2, "up", 7, 5, "weights")
+    t1, t2 = led.round_totals(1), led.round_totals(2)
+    assert t1["bytes_up_per_client"] == {"4": 120} and t1["bytes_up"] == 120
+    assert t2["bytes_up_per_client"] == {"7": 5} and t2["bytes_down_per_client"] == {}
+    led.record(2, "down", 7, 9, "seeds")
+    assert led.round_totals(2)["bytes_down_per_client"] == {"7": 9}
+    with pytest.raises(ValueError, match="sideways"):
+        led.record(1, "sideways", 0, 1, "x")
