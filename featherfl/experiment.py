@@ -125,7 +125,7 @@ def prepare(cfg: Config) -> Prepared:
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
     ds = load_dataset(cfg)
     labels = ds.train_y.numpy()
-    parts, info = partition(cfg, labels)
+    parts, info = partition(cfg, labels, ds.train_groups.numpy() if ds.train_groups is not None else None)
     info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
     ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info))
     ctx.info["data_note"] = ds.note

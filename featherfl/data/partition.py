@@ -134,7 +134,17 @@ def label_deficient(
     return parts, targets
 
 
-def partition(cfg, labels: np.ndarray) -> tuple[list[np.ndarray], dict]:
+def natural(groups: np.ndarray | None, n_clients: int) -> list[np.ndarray]:
+    """One client per distinct client id in the data (sorted ids; the first ``n_clients`` of them)."""
+    if groups is None:
+        raise ConfigError("partition.name=natural needs client ids in the data (an npz client_train array or a csv data.client_column)")
+    ids = np.unique(groups)
+    if n_clients > len(ids):
+        raise ConfigError(f"partition.name=natural: the data has {len(ids)} client ids, fewer than clients={n_clients}")
+    return [np.flatnonzero(groups == g) for g in ids[:n_clients]]
+
+
+def partition(cfg, labels: np.ndarray, groups: np.ndarray | None = None) -> tuple[list[np.ndarray], dict]:
     """Apply the configured partitioner. Returns (indices per client, extra info for the run folder)."""
     name = cfg["partition.name"]
     n = cfg["clients"]
@@ -148,6 +158,9 @@ def partition(cfg, labels: np.ndarray) -> tuple[list[np.ndarray], dict]:
         parts = shards(labels, n, cfg["partition.shards_per_client"], seed)
     elif name == "quantity-skew":
         parts = quantity_skew(labels, n, cfg["partition.alpha"], seed, cfg["partition.min_samples"])
+    elif name == "natural":
+        parts = natural(groups, n)
+        info["client_ids_in_data"] = int(len(np.unique(groups)))
     elif name == "label-deficient":
         parts, targets = label_deficient(
             labels, n, seed, cfg["partition.samples_per_client"], cfg["partition.target_labels"], cfg["partition.target_keep"], cfg["partition.overlap"]

@@ -34,6 +34,8 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     note: str = ""
+    #: a client id per training row, where the data has one (``partition.name = natural``)
+    train_groups: torch.Tensor | None = None
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -280,7 +282,12 @@ def load_dataset(cfg) -> Dataset:
     if cfg["data.max_train"]:
         keep = stratified_subset(ds.train_y.numpy(), cfg["data.max_train"], seed=cfg["seed"])
         ds.train_x, ds.train_y = ds.train_x[keep], ds.train_y[keep]
+        if ds.train_groups is not None:
+            ds.train_groups = ds.train_groups[keep]
     if cfg["data.max_test"]:
         keep = stratified_subset(ds.test_y.numpy(), cfg["data.max_test"], seed=cfg["seed"])
         ds.test_x, ds.test_y = ds.test_x[keep], ds.test_y[keep]
     return ds
+
+
+from featherfl.data import files  # noqa: E402,F401  (registers imagefolder, npz, csv)
