@@ -133,3 +133,22 @@ def test_a_missing_data_folder_exits_2_before_any_file(tmp_path, capsys):
     assert cli.main(["run", "--dataset", "imagefolder", "--out", str(out), "--set", f"data.dir={tmp_path / 'none'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "imagefolder" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_torchvision_mnist_raw_folder_with_uncompressed_idx(tmp_path):
+    import gzip
+    import shutil
+
+    from support.mnist import tiny_mnist
+
+    gz = tiny_mnist(tmp_path / "orig", n=200)
+    raw = tmp_path / "tv" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in gz.iterdir():
+        with gzip.open(f, "rb") as src, open(raw / f.name[:-3], "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    a = load_dataset(_cfg("mnist", gz, ("data.download", False)))
+    b = load_dataset(_cfg("mnist", tmp_path / "tv", ("data.download", False)))
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y) and len(b.train_y) == 160
+    with pytest.raises(ConfigError, match="torchvision's layout"):
+        load_dataset(_cfg("mnist", tmp_path / "orig" / "none", ("data.download", False)))

@@ -175,24 +175,38 @@ def _data_dir(cfg, name: str) -> Path:
     return Path(os.environ.get("FEATHERFL_DATA", Path.home() / ".cache" / "featherfl" / "data")) / name
 
 
+#: torchvision's download folders: ``<root>/MNIST/raw`` and ``<root>/FashionMNIST/raw``
+_TORCHVISION_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+def _idx_layout(root: Path, name: str) -> tuple[Path, dict[str, str]]:
+    """Where the IDX files are: ``root`` itself or torchvision's ``<root>/MNIST/raw``, gzipped
+    (the original release) or not (what torchvision also leaves there)."""
+    for folder in (root, root / _TORCHVISION_DIRS.get(name, "") / "raw"):
+        for files in (_MNIST_FILES, {k: f[:-3] for k, f in _MNIST_FILES.items()}):
+            if (folder / files["test_x"]).exists() and (folder / files["test_y"]).exists():
+                return folder, files
+    return root, _MNIST_FILES
+
+
 def _mnist_like(cfg, name: str) -> Dataset:
-    root = _data_dir(cfg, name)
-    have = {k: (root / f).exists() for k, f in _MNIST_FILES.items()}
+    root, files = _idx_layout(_data_dir(cfg, name), name)
+    have = {k: (root / f).exists() for k, f in files.items()}
     if not (have["test_x"] and have["test_y"]):
         if cfg["data.dir"] or not cfg["data.download"]:
             raise ConfigError(
-                f"{name}: no {_MNIST_FILES['test_x']} / {_MNIST_FILES['test_y']} in {root}; download the original IDX files there or set data.dir"
+                f"{name}: no {_MNIST_FILES['test_x']} / {_MNIST_FILES['test_y']} (gzipped or not) in {root} or {root / _TORCHVISION_DIRS.get(name, '') / 'raw'} (torchvision's layout); download the original IDX files there or set data.dir"
             )
         for k, f in _MNIST_FILES.items():
             _download(_MIRRORS[name] + f, root / f)
         have = {k: True for k in _MNIST_FILES}
-    tx, ty = read_idx_pair(root / _MNIST_FILES["test_x"], root / _MNIST_FILES["test_y"], (28, 28), 10)
+    tx, ty = read_idx_pair(root / files["test_x"], root / files["test_y"], (28, 28), 10)
     to_x = lambda a: torch.tensor(a, dtype=torch.float32).unsqueeze(1) / 255.0  # noqa: E731
     if have["train_x"] != have["train_y"]:
-        missing = _MNIST_FILES["train_y"] if have["train_x"] else _MNIST_FILES["train_x"]
+        missing = files["train_y"] if have["train_x"] else files["train_x"]
         raise ConfigError(f"{name}: {root} has one training file but not {missing}; add it or remove the other")
     if have["train_x"] and have["train_y"]:
-        trx, try_ = read_idx_pair(root / _MNIST_FILES["train_x"], root / _MNIST_FILES["train_y"], (28, 28), 10)
+        trx, try_ = read_idx_pair(root / files["train_x"], root / files["train_y"], (28, 28), 10)
         note = "official train/test split"
         ds = Dataset(name, to_x(trx), torch.tensor(try_, dtype=torch.int64), to_x(tx), torch.tensor(ty, dtype=torch.int64), 10, (1, 28, 28), note)
     else:
