@@ -132,9 +132,9 @@ RECIPE = Recipe(
     ),
     run=run,
     deviations=[
-        "data: only MNIST's t10k files exist offline, so devices draw from an 8,000-sample pool instead of 60,000; at M >= 5 "
-        "2,000 x M exceeds it, so each device draws on its own (partition.overlap: distinct within a device, shared across "
-        "devices); the same draw is used at every M for consistency.",
+        "data: only MNIST's t10k files exist offline, so devices draw from an 8,000-sample pool instead of 60,000. Since "
+        "2,000 x M exceeds it from M = 5, every device draws its 2,000 samples on its own at every M (partition.overlap: "
+        "distinct within a device, possibly shared with other devices; at M = 2 the two devices share about a quarter).",
         "optimiser: the paper does not state one that we could verify offline; featherfl's defaults (SGD lr 0.05, momentum 0.9) "
         "are used for every method unchanged; nothing was tuned, so no validation split was needed.",
         "FAug's GAN: an MLP cGAN (256-512-1024 / 512-512-512) with a stopping rule (a classifier trained on the augmented "
