@@ -301,7 +301,7 @@ def _deviations(dataset: str) -> list[str]:
         f"{z['rounds']} rounds x {z['local_steps']} local steps of batch {z['batch']} ({steps} steps, {steps * z['batch']:,} "
         f"examples drawn from {z['max_train']:,}) instead of the paper's larger federation, more rounds and local epochs over a full "
         "training set. Every method gets the same steps; none is trained to convergence, so the gaps are those of a short budget.",
-        f"clients: {z['clients']} IID clients of {per_client:,} examples (partition.name = iid; the paper's main tables are IID too), "
+        f"clients: {z['clients']} IID clients of {per_client:,} examples (partition.name = iid), "
         "every client in every round; fewer clients leave more sequential steps in the same compute.",
         f"data: {data}. Accuracy is on a stratified {z['max_test']:,}-example subset of the test split (evaluation time), so each "
         "figure carries about +-1.2 points of sampling error (one standard deviation); differences under about 2 points are not resolved.",
