@@ -188,3 +188,66 @@ def test_ledger_keeps_rounds_clients_and_repeats_apart():
     assert led.round_totals(2)["bytes_down_per_client"] == {"7": 9}
     with pytest.raises(ValueError, match="sideways"):
         led.record(1, "sideways", 0, 1, "x")
+
+
+@dataclass(frozen=True)
+class Vec(wire.Payload):
+    KIND = "test.vec"
+    w: torch.Tensor
+
+
+def _vec_spec(**ts):
+    return {Vec.KIND: wire.Spec(Vec, {"w": wire.TensorSpec("float32", (4,), **ts)})}
+
+
+def _reason(data, specs, **kw):
+    with pytest.raises(wire.PayloadError) as e:
+        wire.decode(data, specs, **kw)
+    return e.value.reason, e.value.detail
+
+
+def test_every_rejection_names_its_reason_and_detail():
+    """The ledger counts rejections by reason: each path gives its own tag and a detail a person can act on."""
+    good = wire.encode(Vec(torch.ones(4)), 3, 9)
+    specs = _vec_spec()
+    env = wire._FIXED.size
+    klen = len(Vec.KIND)
+    meta_at = env + klen
+    cases = [
+        (("not-bytes", "str"), lambda: _reason("text", specs)),
+        (("truncated", "2 bytes"), lambda: _reason(b"FF", specs)),
+        (("bad-magic", ""), lambda: _reason(b"XX" + good[2:], specs)),
+        (("bad-version", "2"), lambda: _reason(good[:2] + b"\x02" + good[3:], specs)),
+        (("truncated", "kind"), lambda: _reason(good[: env + 2], specs)),
+        (("bad-kind", "not ascii"), lambda: _reason(good[:env] + b"\xff" * klen + good[meta_at:], specs)),
+        (("unexpected-kind", Vec.KIND), lambda: _reason(good, SCALAR_SPECS)),
+        (("wrong-round", "3 != 4"), lambda: _reason(good, specs, round=4)),
+        (("wrong-run", "9 != 8"), lambda: _reason(good, specs, run=8)),
+        (("oversized", f"{len(good)} > {len(good) - 1} bytes"), lambda: _reason(good, {Vec.KIND: wire.Spec(Vec, specs[Vec.KIND].tensors, max_bytes=len(good) - 1)})),
+        (("truncated", "meta"), lambda: _reason(good[:meta_at] + wire._META_LEN.pack(wire.MAX_META + 1) + good[meta_at + 2 :], specs)),
+        (("truncated", "meta"), lambda: _reason(_raw(b'{"f":1', kind=Vec.KIND.encode())[:-1], specs)),
+        (("bad-meta", "not JSON"), lambda: _reason(_raw(b"{nope", kind=Vec.KIND.encode()), specs)),
+        (("bad-meta", "not an object"), lambda: _reason(_raw(b"[1]", kind=Vec.KIND.encode()), specs)),
+        (("bad-fields", "meta fields ['x'] != []"), lambda: _reason(_raw(b'{"x":1}', kind=Vec.KIND.encode()), specs)),
+        (("truncated", "no tensors"), lambda: _reason(_raw(b"", kind=Vec.KIND.encode()), specs)),
+        (("bad-tensors", ""), lambda: _reason(_raw(b"", kind=Vec.KIND.encode()) + b"garbage!", specs)),
+        (("trailing-bytes", "3"), lambda: _reason(wire.encode(Empty()) + b"abc", {Empty.KIND: wire.Spec(Empty, {})})),
+        (("wrong-dtype", "w: torch.float64 != float32"), lambda: _reason(wire.encode(Vec(torch.ones(4, dtype=torch.float64))), specs)),
+        (("wrong-shape", "w: (5,) != (4,)"), lambda: _reason(wire.encode(Vec(torch.ones(5))), specs)),
+        (("oversized", "w: 4 elements"), lambda: _reason(good, _vec_spec(max_elems=3))),
+        (("non-finite", "w"), lambda: _reason(wire.encode(Vec(torch.tensor([1.0, float("nan"), 0, 0]))), specs)),
+        (("out-of-range", "w: |x| > 2"), lambda: _reason(wire.encode(Vec(torch.tensor([1.0, -2.5, 0, 0]))), _vec_spec(max_abs=2.0))),
+        (("out-of-range", "w < 0"), lambda: _reason(wire.encode(Vec(torch.tensor([1.0, -0.5, 0, 0]))), _vec_spec(min_value=0.0))),
+        (("out-of-range", "w > 1"), lambda: _reason(wire.encode(Vec(torch.tensor([1.5, 0, 0, 0]))), _vec_spec(max_value=1.0))),
+    ]
+    for (reason, detail), run in cases:
+        got = run()
+        assert got[0] == reason and detail in got[1] and (detail or got[1] == "" or reason == "bad-tensors"), (reason, detail, got)
+
+
+def test_limits_are_inclusive():
+    """A payload exactly at every limit is accepted: sizes, element counts and value bounds are maxima, not open bounds."""
+    good = wire.encode(Vec(torch.tensor([1.0, -2.0, 0.0, 0.5])))
+    exact = {Vec.KIND: wire.Spec(Vec, {"w": wire.TensorSpec("float32", (4,), max_elems=4, max_abs=2.0, min_value=-2.0, max_value=1.0)}, max_bytes=len(good))}
+    assert torch.equal(wire.decode(good, exact).w, torch.tensor([1.0, -2.0, 0.0, 0.5]))
+    assert wire.peek(wire._FIXED.pack(wire.MAGIC, wire.VERSION, 0, 0, 0) + wire._META_LEN.pack(0)) == ("", 0, 0)  # the shortest envelope
