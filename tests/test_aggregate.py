@@ -69,20 +69,27 @@ def test_trimmed_mean_past_half_falls_back_to_the_middle():
     w = torch.ones(4)
     assert combine(v, w, "trimmed-mean", beta=0.5).tolist() == [2.5, 25.0]
     five = _column([1, 2, 3, 4, 50])
-    assert float(combine(five, torch.ones(5), "trimmed-mean", beta=0.6)) == 3.0
+    assert float(combine(_column([1, 2, 3, 10, 50]), torch.ones(5), "trimmed-mean", beta=0.6)) == 3.0  # the median, not mean(2, 3, 10)
     nine = _column([0, 0, 0, 1, 2, 6, 100, 100, 100])
     assert float(combine(nine, torch.ones(9), "trimmed-mean", beta=0.34)) == pytest.approx(3.0)  # k = 3 of 9: mean of 1, 2, 6 (not the median 2)
     assert float(combine(five, torch.ones(5), "trimmed-mean", beta=0.1)) == pytest.approx(12.0)  # k = 0: plain mean
 
 
 def test_median_works_per_coordinate():
-    v = torch.tensor([[1.0, 40.0], [2.0, 30.0], [3.0, 20.0], [4.0, 10.0]])
-    assert combine(v, torch.ones(4), "median").tolist() == [2.5, 25.0]
+    v = torch.tensor([[40.0, 1.0], [30.0, 2.0], [20.0, 3.0], [10.0, 4.0]])
+    assert combine(v, torch.ones(4), "median").tolist() == [25.0, 2.5]
+    assert combine(v, torch.ones(4), "trimmed-mean", beta=0.25).tolist() == [25.0, 2.5]
 
 
-def test_no_vectors_is_an_error():
-    with pytest.raises(ValueError, match="no vectors to combine"):
+def test_no_vectors_and_unknown_rules_are_errors():
+    from featherfl.config import ConfigError
+
+    with pytest.raises(ValueError) as e:
         combine(torch.zeros(0, 3), torch.ones(0))
+    assert str(e.value) == "no vectors to combine"
+    with pytest.raises(ConfigError) as e:
+        combine(torch.ones(2, 3), torch.ones(2), "mode")
+    assert str(e.value) == "unknown aggregation rule 'mode'; expected one of mean, median, trimmed-mean, norm-clip"
 
 
 def test_from_section_reads_every_key_and_defaults_what_unweighted_sections_lack():
