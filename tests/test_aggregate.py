@@ -97,3 +97,23 @@ def test_from_section_reads_every_key_and_defaults_what_unweighted_sections_lack
     assert Aggregator.from_section(full) == Aggregator("norm-clip", 0.3, 2.5, "samples", 5.0, 99)
     bare = {"aggregation": "median", "trim_beta": 0.1, "clip_norm": 7.0}  # e.g. fd's section: no weighting keys
     assert Aggregator.from_section(bare) == Aggregator("median", 0.1, 7.0, "uniform", 3.0, 0)
+
+
+def test_aggregation_fields_are_the_safe_defaults():
+    """The keys every method's [section] gets (called here, not only at import, so a changed default fails)."""
+    from featherfl.algorithms.aggregate import RULES, WEIGHTINGS, aggregation_fields
+
+    f = aggregation_fields("m")
+    assert list(f) == ["m.aggregation", "m.trim_beta", "m.clip_norm", "m.weighting", "m.weight_cap", "m.max_samples"]
+    got = {k: (v.type, v.default, v.choices, v.min, v.max, v.min_exclusive) for k, v in f.items()}
+    assert got == {
+        "m.aggregation": ("str", "mean", RULES, None, None, False),
+        "m.trim_beta": ("float", 0.2, None, 0.0, 0.49, False),
+        "m.clip_norm": ("float", 10.0, None, 0.0, None, True),
+        "m.weighting": ("str", "capped", WEIGHTINGS, None, None, False),
+        "m.weight_cap": ("float", 3.0, None, 1.0, None, False),
+        "m.max_samples": ("int", 0, None, 0, None, False),
+    }
+    assert RULES == ("mean", "median", "trimmed-mean", "norm-clip") and WEIGHTINGS == ("capped", "samples", "uniform")
+    assert list(aggregation_fields("u", weighted=False)) == ["u.aggregation", "u.trim_beta", "u.clip_norm"]
+    assert all(v.help for v in f.values())
