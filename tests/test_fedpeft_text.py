@@ -16,14 +16,9 @@ WORDS = "good bad great awful fine movie film plot acting boring fun dull sad ha
 
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tok = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
-    tok.save_pretrained(root)
-    conf = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.BertModel(conf).save_pretrained(root)
-    return str(root)
+    from support.tiny_bert import make_bert_folder
+
+    return make_bert_folder(tmp_path_factory.mktemp("tiny-bert"), WORDS)
 
 
 @pytest.fixture(scope="module")
