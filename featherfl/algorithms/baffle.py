@@ -285,7 +285,7 @@ class Baffle(Algorithm):
         "baffle.local_optimizer": Field("str", "sgd", "fedavg mode: client optimizer on each local estimate (fresh each round).", choices=("sgd", "adam")),
         "baffle.local_lr": Field("float", 0.05, "fedavg mode: client learning rate.", min=0.0, min_exclusive=True),
         "baffle.batch_size": Field("int", 0, "Samples per estimate (0 = all local data); steps walk through the data in passes.", min=0),
-        "baffle.directions": Field("str", "shared", "fedsgd mode: shared: one seed set for all clients; per-client: independent seeds (fedavg mode: always per client).", choices=("shared", "per-client")),
+        "baffle.directions": Field("str", "shared", "fedsgd mode: shared: one seed set for all clients; per-client: independent seeds (fedavg mode: per client, except shared-all: one seed set per step for every client, which secagg needs).", choices=("shared", "per-client", "shared-all")),
         "baffle.downlink": Field("str", "weights", "weights: send the model; replay: send seeds + scalars to clients holding the model.", choices=("weights", "replay")),
         "baffle.optimizer": Field("str", "adam", "fedsgd mode: server optimizer on the estimate.", choices=("sgd", "adam")),
         "baffle.lr": Field("float", 0.03, "fedsgd mode: server learning rate.", min=0.0, min_exclusive=True),
@@ -319,8 +319,11 @@ class Baffle(Algorithm):
     def round_seed(self, rnd: int, cid: int) -> int:
         """The base seed of ``cid``'s directions. Shared directions exist only in FedSGD mode,
         where every client estimates at the same weights; FedAvg-mode clients walk their
-        own trajectories, so their directions are seeded by (round, client, step)."""
-        if self.o["directions"] == "shared" and self.o["mode"] == "fedsgd":
+        own trajectories, so their directions are seeded by (round, client, step), unless
+        ``directions = shared-all`` (every client the same seeds per step: with a linear client
+        optimizer the average of the replayed trajectories is then the replay of the averaged
+        scalars, which is all secure aggregation reveals)."""
+        if self.o["directions"] == "shared-all" or (self.o["directions"] == "shared" and self.o["mode"] == "fedsgd"):
             return derive_seed(self.ctx.seed, "baffle-directions", rnd) % SEED_MAX
         return derive_seed(self.ctx.seed, "baffle-directions", rnd, cid) % SEED_MAX
 
@@ -344,7 +347,7 @@ class Baffle(Algorithm):
         cids = sorted(replies)
         diffs = torch.stack([replies[c].d for c in cids])
         counts = tuple(replies[c].num_samples for c in cids)
-        if self.o["mode"] == "fedsgd" and self.o["directions"] == "shared":
+        if self.o["mode"] == "fedsgd" and self.o["directions"] in ("shared", "shared-all"):
             ns = torch.tensor([float(c) for c in counts])
             d = self.server.aggregator(diffs[:, 0], ns)
             entry = RoundEntry((self.round_seed(rnd, cids[0]),), (1,), d.view(1, 1, -1).clone(), True)
