@@ -50,17 +50,18 @@ RESUMABLE_KEYS = frozenset(
 
 def build_algorithm(ctx: Context) -> algorithms.base.Algorithm:
     """The configured method with its cross-cutting wrappers: FAug around it when
-    ``faug.enabled``, simulated attackers when ``attack.fraction > 0``; every engine builds
+    ``faug.enabled``, simulated attackers when ``attack.fraction > 0``, secure aggregation
+    outermost when ``secagg.protocol`` is on; every engine builds
     its client halves from this."""
-    from featherfl import attacks
+    from featherfl import attacks, secagg
     from featherfl.algorithms import faug
 
     algorithm = algorithms.get(ctx.cfg["algorithm"])(ctx)
     if ctx.cfg["faug.enabled"]:
         faug.check_input(ctx.input_shape)
         algorithm = faug.FAug(algorithm)
-    attacks.install(algorithm)
-    return algorithm
+    attacks.install(algorithm)  # attackers alter their update before it is masked
+    return secagg.wrap(algorithm)
 
 
 def robustness_warnings(cfg: Config) -> list[str]:
@@ -119,7 +120,9 @@ def prepare(cfg: Config) -> Prepared:
         torch.set_num_threads(cfg["engine.threads"])
     alg_cls = algorithms.get(cfg["algorithm"])
     alg_cls.validate(cfg)
-    from featherfl import devices, tracking
+    from featherfl import devices, secagg, tracking
+
+    secagg.validate(cfg)
 
     tracking.check(cfg)
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2

@@ -69,6 +69,11 @@ class Payload:
     KIND: ClassVar[str] = ""
     CATEGORY: ClassVar[str] = "weights"
 
+    def ledger_parts(self, size: int) -> list[tuple[str, int]]:
+        """How the ``size`` encoded bytes of this payload split over ledger categories
+        (one line under ``CATEGORY`` unless a payload carries another inside it)."""
+        return [(self.CATEGORY, size)]
+
     def tensor_fields(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 

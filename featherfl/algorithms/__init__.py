@@ -31,10 +31,11 @@ def get(name: str):
 
 
 def all_config_sections() -> dict[str, Field]:
-    """Every method's keys, and the [faug] keys of the FAug wrapper that works around any method."""
+    """Every method's keys, and the [faug] and [secagg] keys of the wrappers that work around any method."""
     from featherfl.algorithms.faug import FAUG_CONFIG
+    from featherfl.secagg import SECAGG_CONFIG
 
-    out: dict[str, Field] = dict(FAUG_CONFIG)
+    out: dict[str, Field] = {**FAUG_CONFIG, **SECAGG_CONFIG}
     for n in names():
         out.update(get(n).CONFIG)
     return out

@@ -182,6 +182,26 @@ class Algorithm(ABC):
         """Consume one setup exchange's replies; must advance so ``setup_configure`` ends."""
         return {}
 
+    def round_configure(self, rnd: int, stage: str, client_ids: list[int]) -> dict[int, Payload]:
+        """Extra exchanges inside a round (e.g. secure aggregation's key agreement and unmasking).
+
+        ``stage`` is ``"before"`` (the round's sampled clients, before ``configure``) or
+        ``"after"`` (the clients whose training reply was accepted, before ``aggregate``). The
+        engine runs one exchange per non-empty answer, counted and validated like every other
+        payload, until it answers ``{}`` (the default: none)."""
+        return {}
+
+    def round_uplink_specs(self, rnd: int, stage: str, cid: int) -> dict[str, Spec]:
+        return {}
+
+    def round_aggregate(self, rnd: int, stage: str, replies: dict[int, Payload]) -> dict:
+        """Consume one extra exchange's replies; must advance so ``round_configure`` ends."""
+        return {}
+
+    def round_dropout(self, rnd: int, stage: str) -> float:
+        """Simulated share of clients that vanish in an extra exchange of ``stage`` (experiments)."""
+        return 0.0
+
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         raise NotImplementedError
 

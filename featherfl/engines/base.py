@@ -23,6 +23,11 @@ from featherfl.seeding import derive_seed
 MAX_SETUP_EXCHANGES = 8
 
 
+class RoundSkipped(RuntimeError):
+    """Raised by ``Algorithm.aggregate`` when this round's update cannot be formed (e.g. secure
+    aggregation could not unmask); the engine records the reason and the round moves nothing."""
+
+
 class QuorumError(RuntimeError):
     """Too few valid replies and ``engine.on_quorum_fail = stop``; ``stats`` is the round's record."""
 
@@ -125,21 +130,26 @@ class Engine(ABC):
         sampled = sample_clients(seed, rnd, len(self.client_data), cfg["engine.fraction"])
         stats = RoundStats(rnd, clients_sampled=len(sampled))
         stats.metrics.update(self._run_setup(rnd))
+        stats.metrics.update(self._round_exchanges(rnd, "before", sampled))
         downs = self.algorithm.configure(rnd, sampled)
         jobs: dict[int, bytes] = {}
         for cid in sampled:
+            if cid not in downs:  # left out by an extra exchange (e.g. no keys from it): not contacted
+                continue
             data = wire.encode(downs[cid], rnd, self.run_id)
-            self.ledger.record(rnd, "down", cid, len(data), downs[cid].CATEGORY)
+            self._record_down(rnd, cid, data, downs[cid])
             jobs[cid] = data
-        gone = dropped_clients(seed, rnd, sampled, cfg["engine.dropout"])
+        gone = dropped_clients(seed, rnd, list(jobs), cfg["engine.dropout"])
         outcomes = self._execute(rnd, {c: b for c, b in jobs.items() if c not in gone})
         dropped: Counter = Counter({"dropout": len(gone)} if gone else {})
         rejected: Counter = Counter()
         replies = self._accept(rnd, outcomes, self.algorithm.uplink_specs, dropped, rejected)
-        stats.attempted = len(sampled) - len(gone)
+        stats.attempted = len(jobs) - len(gone)
         stats.errors = [e for cid in sorted(outcomes) if (e := client_error(outcomes[cid], cid))]
         for cid in sampled:
-            if cid not in outcomes and cid not in gone:
+            if cid not in jobs:
+                dropped["not-configured"] += 1
+            elif cid not in outcomes and cid not in gone:
                 dropped["no-reply"] += 1
         stats.clients_ok = len(replies)
         stats.clients_dropped = sum(dropped.values())
@@ -152,9 +162,46 @@ class Engine(ABC):
                 raise QuorumError(msg, stats)
             stats.metrics["skipped"] = msg
             return stats
-        stats.metrics.update(self.algorithm.aggregate(rnd, replies))
+        stats.metrics.update(self._round_exchanges(rnd, "after", sorted(replies)))
+        try:
+            stats.metrics.update(self.algorithm.aggregate(rnd, replies))
+        except RoundSkipped as e:
+            stats.metrics["skipped"] = f"round {rnd}: {e}"
+            return stats
         stats.aggregated = True
         return stats
+
+    def _record_down(self, rnd: int, cid: int, data: bytes, payload: wire.Payload) -> None:
+        """Ledger lines of one downlink: one per category the payload says it carries."""
+        parts = payload.ledger_parts(len(data))
+        for category, n in parts:
+            self.ledger.record(rnd, "down", cid, n, category)
+
+    def _round_exchanges(self, rnd: int, stage: str, client_ids: list[int]) -> dict:
+        """The algorithm's extra exchanges of ``stage`` (``Algorithm.round_configure``)."""
+        metrics: dict = {}
+        for i in range(MAX_SETUP_EXCHANGES):
+            downs = self.algorithm.round_configure(rnd, stage, client_ids)
+            if not downs:
+                break
+            jobs: dict[int, bytes] = {}
+            for cid, payload in sorted(downs.items()):
+                data = wire.encode(payload, rnd, self.run_id)
+                self._record_down(rnd, cid, data, payload)
+                jobs[cid] = data
+            p = self.algorithm.round_dropout(rnd, stage)
+            gone = dropped_clients(derive_seed(self.cfg["seed"], "round-exchange", stage, i), rnd, sorted(jobs), p) if p > 0 else set()
+            dropped: Counter = Counter()
+            rejected: Counter = Counter()
+            outcomes = self._execute(rnd, {c: b for c, b in jobs.items() if c not in gone})
+            replies = self._accept(rnd, outcomes, lambda r, c: self.algorithm.round_uplink_specs(r, stage, c), dropped, rejected)
+            lost = sum(dropped.values()) + len(gone) + sum(1 for c in jobs if c not in outcomes and c not in gone)
+            if lost:
+                metrics[f"{stage}_exchange_dropped"] = metrics.get(f"{stage}_exchange_dropped", 0) + lost
+            if rejected:
+                metrics[f"{stage}_exchange_rejected"] = metrics.get(f"{stage}_exchange_rejected", 0) + sum(rejected.values())
+            metrics.update(self.algorithm.round_aggregate(rnd, stage, replies))
+        return metrics
 
     def _accept(self, rnd: int, outcomes: dict[int, ClientOutcome], specs_for, dropped: Counter, rejected: Counter) -> dict[int, wire.Payload]:
         """The one path every client reply takes (training rounds and setup exchanges alike).
@@ -214,7 +261,7 @@ class Engine(ABC):
             jobs: dict[int, bytes] = {}
             for cid, payload in downs.items():
                 data = wire.encode(payload, rnd, self.run_id)
-                self.ledger.record(rnd, "down", cid, len(data), payload.CATEGORY)
+                self._record_down(rnd, cid, data, payload)
                 jobs[cid] = data
             dropped: Counter = Counter()
             rejected: Counter = Counter()

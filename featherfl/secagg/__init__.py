@@ -1,0 +1,53 @@
+"""Secure aggregation (SecAgg+) around any method that needs only a sum: ``secagg.protocol``.
+
+``protocol.py`` is the protocol, ``methods.py`` what each method sums, ``wrapper.py`` the
+``SecAgg(inner)`` algorithm wrapper the engines run (``featherfl.experiment.build_algorithm``
+installs it), ``crypto.py`` the library primitives. Threat model: docs/security.md.
+"""
+
+from __future__ import annotations
+
+from featherfl.config import Config, ConfigError, Field
+
+SECAGG_CONFIG = {
+    "secagg.protocol": Field("str", "off", "Secure aggregation: off, or secagg+ (the server learns only the sum of the round's uploads; docs/security.md).", choices=("off", "secagg+")),
+    "secagg.neighbours": Field("int", 0, "secagg+: neighbours k each client shares its secrets with (0 = everyone up to 16 clients, else max(16, 4 log2 n)).", min=0),
+    "secagg.threshold": Field("float", 0.5, "secagg+: shares needed to rebuild a secret, t = floor(threshold x k) + 1 (> k/2); a client's mask is removable while fewer than k - t + 1 of its neighbours drop.", min=0.5, max=1.0),
+    "secagg.ring_bits": Field("int", 64, "secagg+: masked values are words of Z_2^b: 64, or 32 (half the uplink, less range and precision).", choices=(32, 64)),
+    "secagg.fraction_bits": Field("int", 0, "secagg+: fixed-point fraction bits f (0 = half the ring: 32 or 16): each value is rounded to a multiple of 2^-f (error of the sum <= n 2^-(f+1)) and clipped to 2^(b-1-f) / n for n participants (counted in secagg_clipped_values).", min=0, max=56),
+    "secagg.dropout": Field("float", 0.0, "Experiments: share of clients that vanish after uploading their masked input, before the unmasking step.", min=0.0, max=0.99),
+}
+
+
+def enabled(cfg: Config) -> bool:
+    return cfg["secagg.protocol"] != "off"
+
+
+def fraction_bits(cfg: Config) -> int:
+    return cfg["secagg.fraction_bits"] or cfg["secagg.ring_bits"] // 2
+
+
+def validate(cfg: Config) -> None:
+    """Config-time checks (exit 2): the method's rule and weighting, the participant count, the extra."""
+    if not enabled(cfg):
+        return
+    from featherfl.secagg import methods
+
+    expected = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+    methods.check(cfg, expected)
+    if fraction_bits(cfg) > cfg["secagg.ring_bits"] - 8:
+        raise ConfigError(f"config key 'secagg.fraction_bits': {cfg['secagg.fraction_bits']} leaves no integer range in a {cfg['secagg.ring_bits']}-bit ring; expected <= {cfg['secagg.ring_bits'] - 8}")
+    try:
+        import flwr.common.secure_aggregation.crypto.shamir  # noqa: F401
+        import cryptography  # noqa: F401
+    except ImportError:
+        raise ConfigError("config key 'secagg.protocol': secure aggregation needs the secagg extra: pip install 'featherfl[secagg]'") from None
+
+
+def wrap(algorithm):
+    """``SecAgg(algorithm)`` when ``secagg.protocol`` is on, else the algorithm itself."""
+    if not enabled(algorithm.cfg):
+        return algorithm
+    from featherfl.secagg.wrapper import SecAgg
+
+    return SecAgg(algorithm)

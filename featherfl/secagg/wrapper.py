@@ -1,0 +1,205 @@
+"""``SecAgg(inner)``: the SecAgg+ protocol (``protocol.py``) run around any summable method.
+
+The server half runs the protocol's exchanges as the engine's extra round exchanges
+(``Algorithm.round_configure``: key advertisement and share exchange before training, the
+unmasking step after it), wraps the method's downlink in an envelope with the masking set,
+and hands the method only the unmasked sum (``methods.py``). The client half wraps the
+method's client: it answers the protocol messages and masks the method's reply. Every
+message goes through the wire codec, so the ledger counts the protocol's bytes ("secagg").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from featherfl import wire
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf
+from featherfl.secagg import crypto, fraction_bits, methods, protocol
+from featherfl.seeding import derive_seed
+
+
+#: where the wrapped method's own client state lives inside the client's state
+METHOD_STATE = "method"
+
+
+class SecAggClient(ClientHalf):
+    def __init__(self, inner: ClientHalf, adapter):
+        super().__init__(inner.ctx)
+        self.inner = inner
+        self.adapter = adapter
+        self.fraction_bits = fraction_bits(inner.ctx.cfg)
+        self.ring_bits = inner.ctx.cfg["secagg.ring_bits"]
+
+    def __getattr__(self, name: str):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def downlink_specs(self, rnd):
+        return protocol.client_specs({})
+
+    def update(self, rnd: int, down: wire.Payload, data: ClientData, state: dict) -> wire.Payload:
+        session = protocol.ClientSession(state, self.ctx.run_id)
+        if isinstance(down, protocol.AdvertiseDown):
+            return session.advertise(rnd, data.cid, down)
+        if isinstance(down, protocol.KeysDown):
+            return session.keys(rnd, down)
+        if isinstance(down, protocol.UnmaskDown):
+            return session.unmask(rnd, down)
+        if not isinstance(down, protocol.Envelope):
+            raise protocol.ProtocolError(f"unexpected message {down.KIND}")
+        specs = self.adapter.client_down_specs(self.inner.downlink_specs(rnd))
+        inner_down = wire.decode(bytes(down.inner.numpy().tobytes()), specs, round=rnd, run=self.ctx.run_id)
+        inner_down = self.adapter.client_down(inner_down, state)
+        # the method keeps its own state apart from the protocol's (some methods reset theirs)
+        reply = self.inner.update(rnd, inner_down, data, state.setdefault(METHOD_STATE, {}))
+        x, clear = self.adapter.summand(rnd, reply, inner_down, state)
+        bound = crypto.bound_for(down.participants, self.fraction_bits, self.ring_bits)
+        clipped = float(np.count_nonzero(np.abs(x) > bound))
+        y, _ = session.mask(rnd, down, np.concatenate([x, [clipped]]), self.fraction_bits, self.ring_bits)
+        return protocol.MaskedUp(torch.from_numpy(y.view(crypto.RINGS[self.ring_bits][1]).copy()), clear)
+
+    def evaluate(self, state, x, y):
+        return self.inner.evaluate(state.setdefault(METHOD_STATE, {}), x, y)
+
+
+class SecAgg(Algorithm):
+    """The server half; every other call goes to ``inner`` unchanged."""
+
+    def __init__(self, inner: Algorithm):
+        super().__init__(inner.ctx)
+        self.inner = inner
+        self.name = inner.name
+        self.has_global_model = inner.has_global_model
+        self.client_compute = inner.client_compute
+        self.client_wrappers = ()  # the inner method's wrappers (e.g. simulated attackers) act before masking
+        self.opts = self.cfg.section("secagg")
+        self.adapter = methods.adapter_for(inner, self.cfg)
+        self.round: protocol.ServerRound | None = None
+        self.sent_downs: dict[int, wire.Payload] = {}
+
+    def __getattr__(self, name: str):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def make_client(self):
+        return SecAggClient(self.inner.make_client(), methods.adapter_for(self.inner, self.cfg))
+
+    # --- the protocol's exchanges ---
+    def round_configure(self, rnd, stage, client_ids):
+        r = self.round
+        if stage == "before":
+            if r is None or r.rnd != rnd:
+                k = protocol.neighbour_count(len(client_ids), self.opts["neighbours"])
+                t = protocol.threshold_for(k, self.opts["threshold"])
+                graph = protocol.neighbour_graph(client_ids, k, derive_seed(self.ctx.seed, "secagg-graph", rnd))
+                self.round = protocol.ServerRound(rnd, self.ctx.run_id, graph, t)
+                return self.round.advertise() if k >= 2 else {}
+            if r.stage == "keys":
+                return r.send_keys()
+            return {}
+        if r is not None and r.rnd == rnd and r.stage == "masked":
+            return r.send_unmask(client_ids)
+        return {}
+
+    def round_uplink_specs(self, rnd, stage, cid):
+        r = self.round
+        if r.stage == "advertise":
+            return protocol.keys_up_spec()
+        if r.stage == "keys":
+            return protocol.shares_up_spec(len(r.keys_sent.get(cid, [])))
+        return protocol.reveal_up_spec(len(r.graph.get(cid, [])))
+
+    def round_aggregate(self, rnd, stage, replies):
+        r = self.round
+        if r.stage == "advertise":
+            return r.take_keys(replies)
+        if r.stage == "keys":
+            r.take_shares(replies)
+            if not r.u2:  # nobody can mask: the round contacts no one
+                r.stage = "masked"
+            return {"secagg_neighbours": len(next(iter(r.graph.values()), [])), "secagg_threshold": r.t, "secagg_sharing": len(r.u2)}
+        if r.stage == "reveal":
+            r.take_reveals(replies)
+        return {}
+
+    def round_dropout(self, rnd, stage):
+        return self.opts["dropout"] if stage == "after" else 0.0
+
+    # --- the method's round, masked ---
+    def configure(self, rnd, client_ids):
+        r = self.round
+        if r is None or r.rnd != rnd or not r.u2:
+            return {}
+        downs = self.adapter.configure(rnd, r.u2)
+        out = {}
+        for c in r.u2:
+            data = wire.encode(downs[c], rnd, self.ctx.run_id)
+            out[c] = protocol.Envelope(torch.frombuffer(bytearray(data), dtype=torch.uint8), downs[c].CATEGORY, r.masking_set(c), len(r.u2))
+        return out
+
+    def uplink_specs(self, rnd, cid):
+        return protocol.masked_up_spec(self.adapter.dim(rnd, cid) + 1, self.adapter.clear_len(), self.opts["ring_bits"])
+
+    def aggregate(self, rnd, replies):
+        from featherfl.engines.base import RoundSkipped
+
+        r = self.round
+        unsigned = crypto.RINGS[self.opts["ring_bits"]][0]
+        masked = {c: replies[c].y.numpy().view(unsigned) for c in sorted(replies)}
+        try:
+            total = r.unmask_sum(masked)
+        except protocol.Skip as e:
+            raise RoundSkipped(f"secagg: {e}") from None
+        x = crypto.decode_fixed(total, fraction_bits(self.cfg))
+        metrics = self.adapter.finish(rnd, x[:-1], {c: list(replies[c].clear) for c in replies}, sorted(replies))
+        metrics.update(
+            {
+                "secagg_masked_inputs": len(r.u3),
+                "secagg_dropped_before_masking": len(r.u2) - len(r.u3),
+                "secagg_revealed": len(r.reveals),
+                "secagg_clipped_values": int(round(x[-1])),
+                "secagg_bad_shares": len(r.bad_share_clients),
+            }
+        )
+        if r.bad_share_clients:
+            metrics["secagg_bad_share_clients"] = sorted(r.bad_share_clients)
+        return metrics
+
+    # --- the inner method, unchanged ---
+    def setup_configure(self, rnd, client_ids):
+        return self.inner.setup_configure(rnd, client_ids)
+
+    def setup_uplink_specs(self, rnd, cid):
+        return self.inner.setup_uplink_specs(rnd, cid)
+
+    def setup_aggregate(self, rnd, replies):
+        return self.inner.setup_aggregate(rnd, replies)
+
+    def evaluate(self, x, y):
+        return self.inner.evaluate(x, y)
+
+    def summarize_client_eval(self, per_client):
+        return self.inner.summarize_client_eval(per_client)
+
+    def model_parameters(self) -> int:
+        return self.inner.model_parameters()
+
+    def summary_extra(self) -> dict:
+        return {**self.inner.summary_extra(), "secagg": self.cfg["secagg.protocol"]}
+
+    def artifacts(self, run_dir) -> None:
+        self.inner.artifacts(run_dir)
+
+    def state_dict(self) -> dict:
+        out = self.inner.state_dict()
+        if hasattr(self.adapter, "state_dict"):
+            out = {**out, "secagg": self.adapter.state_dict()}
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+        if "secagg" in state and hasattr(self.adapter, "load_state_dict"):
+            self.adapter.load_state_dict(state["secagg"])
