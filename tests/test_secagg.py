@@ -248,12 +248,15 @@ def test_fd_devices_build_the_plain_leave_one_out_teacher():
     totals = (vec * present.unsqueeze(2)).sum(0)
     holders = present.sum(0).to(torch.int32)
     for i in range(m):
-        state = {FDSums.KEY: {"round": 3, "vectors": vec[i] * present[i].unsqueeze(1).float(), "present": present[i].float()}}
+        own = {"vectors": vec[i] * present[i].unsqueeze(1).float(), "present": present[i].float()}
+        # the device also uploaded in round 4, which was skipped: the totals are still round 3's
+        state = {FDSums.KEY: {2: own, 3: own, 4: {"vectors": torch.zeros(L, L), "present": torch.zeros(L)}}}
         got = fd.client_down(TotalsDown(totals, holders, 3, True), state)
         assert torch.allclose(got.teacher, teachers[i], atol=1e-6)
         assert torch.equal(got.contributors, contributors[i])
+        assert sorted(state[FDSums.KEY]) == [3, 4]  # round 2's upload can never be needed again
     with pytest.raises(protocol.ProtocolError, match="no longer holds"):
-        fd.client_down(TotalsDown(totals, holders, 4, True), state)
+        fd.client_down(TotalsDown(totals, holders, 5, True), state)
 
 
 def test_dropouts_in_a_run_are_counted_and_too_many_skip_the_round(tmp_path):
@@ -295,3 +298,68 @@ def test_cli_refuses_robust_aggregation_with_secagg_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "trimmed-mean needs every client's own values" in proc.stderr
+
+
+# --- hostile messages ------------------------------------------------------------------------------
+
+
+def test_hostile_reveals_cannot_block_or_corrupt_the_round(seeded):
+    v = vectors(7)
+
+    def duplicate_ids(r):  # the same neighbour's share twice: the whole reveal is dropped
+        return protocol.RevealUp([r.b_ids[0], *r.b_ids[:-1]], torch.cat([r.b_shares[:1], r.b_shares[:-1]]), r.s_ids, r.s_shares)
+
+    def wrong_index(r):  # a share relabelled as another position of the polynomial
+        sh = r.b_shares.clone()
+        sh[0, 0] = (int(sh[0, 0]) % 6) + 1 if int(sh[0, 0]) != 6 else 1
+        return protocol.RevealUp(r.b_ids, sh, r.s_ids, r.s_shares)
+
+    out = simulate.run_round(v, tamper_reveal={2: duplicate_ids, 4: wrong_index})
+    assert out.skipped is None and 2 not in out.server.reveals
+    assert out.server.bad_share_clients == {4}
+    assert np.abs(out.total - sum(v.values())).max() <= crypto.error_bound(7, 32)
+
+
+def test_low_order_or_copied_public_keys_are_rejected_at_the_server():
+    graph = protocol.neighbour_graph([0, 1, 2, 3], 3, 0)
+    server = protocol.ServerRound(1, 0, graph, 2)
+    good = [crypto.keypair()[1] for _ in range(4)]
+    k = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8)  # noqa: E731
+    replies = {
+        0: protocol.KeysUp(k(good[0]), k(good[1]), k(bytes(32))),
+        1: protocol.KeysUp(k(bytes(32)), k(good[2]), k(bytes(32))),  # all-zero (low-order) point
+        2: protocol.KeysUp(k(good[0]), k(good[3]), k(bytes(32))),  # client 0's key again
+    }
+    assert server.take_keys(replies) == {"secagg_keys_rejected": 2}
+    assert set(server.keys) == {0}
+
+
+def test_every_secagg_message_decoder_survives_mutated_bytes(seeded):
+    """Random bit flips, truncation and junk on valid protocol messages: a PayloadError or a valid payload, never a crash."""
+    from featherfl import wire
+
+    session, server = _client_at_unmask({})
+    msgs = [
+        (protocol.keys_up_spec(), protocol.KeysUp(*(torch.zeros(32, dtype=torch.uint8) + i for i in range(3)))),
+        (protocol.masked_up_spec(5, 1), protocol.MaskedUp(torch.arange(5, dtype=torch.int64), [0.5])),
+        (protocol.reveal_up_spec(4), session.unmask(1, server.send_unmask([0, 1, 2, 3, 4])[0])),
+        (protocol.client_specs({}), server.send_unmask([0, 1, 2, 3, 4])[1]),
+        (protocol.client_specs({}), protocol.AdvertiseDown([1, 2, 3], 2)),
+    ]
+    rng = random.Random(0)
+    for specs, msg in msgs:
+        data = bytearray(wire.encode(msg, 1, 0))
+        for trial in range(300):
+            b = bytearray(data)
+            op = trial % 3
+            if op == 0:
+                for _ in range(rng.randint(1, 4)):
+                    b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                b = b[: rng.randrange(len(b))]
+            else:
+                b += bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64)))
+            try:
+                wire.decode(bytes(b), specs, round=1, run=0)
+            except wire.PayloadError:
+                pass

@@ -11,7 +11,7 @@ from featherfl.config import Config, ConfigError, Field
 
 SECAGG_CONFIG = {
     "secagg.protocol": Field("str", "off", "Secure aggregation: off, or secagg+ (the server learns only the sum of the round's uploads; docs/security.md).", choices=("off", "secagg+")),
-    "secagg.neighbours": Field("int", 0, "secagg+: neighbours k each client shares its secrets with (0 = everyone up to 16 clients, else max(16, 4 log2 n)).", min=0),
+    "secagg.neighbours": Field("int", 0, "secagg+: neighbours k each client shares its secrets with (0 = max(16, 4 ceil(log2 n)): everyone in rounds of up to 21 clients).", min=0),
     "secagg.threshold": Field("float", 0.5, "secagg+: shares needed to rebuild a secret, t = floor(threshold x k) + 1 (> k/2); a client's mask is removable while fewer than k - t + 1 of its neighbours drop.", min=0.5, max=1.0),
     "secagg.ring_bits": Field("int", 64, "secagg+: masked values are words of Z_2^b: 64, or 32 (half the uplink, less range and precision).", choices=(32, 64)),
     "secagg.fraction_bits": Field("int", 0, "secagg+: fixed-point fraction bits f (0 = half the ring: 32 or 16): each value is rounded to a multiple of 2^-f (error of the sum <= n 2^-(f+1)) and clipped to 2^(b-1-f) / n for n participants (counted in secagg_clipped_values).", min=0, max=56),

@@ -66,6 +66,17 @@ def _raw_public(sk) -> bytes:
     return sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def valid_public(public: bytes) -> bool:
+    """Whether a 32-byte X25519 public key yields a usable (non-zero) shared secret."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    try:
+        X25519PrivateKey.from_private_bytes(hashlib.sha256(b"featherfl-key-check").digest()).exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:  # low-order points give an all-zero secret
+        return False
+    return True
+
+
 def agree(secret: bytes, public: bytes, context: bytes) -> bytes:
     """32 bytes both ends of an X25519 pair derive; ``context`` binds them to a run, round and use."""
     from cryptography.hazmat.primitives import hashes

@@ -218,9 +218,12 @@ class FDSums:
         from featherfl.secagg.protocol import ProtocolError
 
         t, h = down.totals.to(torch.float64), down.holders.to(torch.float64)
+        # uploads by round: the server's totals only move forward, so older ones are done with
+        own_by_round = {r: v for r, v in state.get(self.KEY, {}).items() if r >= down.from_round}
+        state[self.KEY] = own_by_round
         if down.included:
-            own = state.get(self.KEY)
-            if own is None or own["round"] != down.from_round:
+            own = own_by_round.get(down.from_round)
+            if own is None:
                 raise ProtocolError(f"the totals include this device's round-{down.from_round} upload, which it no longer holds")
             t = t - own["vectors"].to(torch.float64)
             h = h - own["present"].to(torch.float64)
@@ -232,7 +235,7 @@ class FDSums:
     def summand(self, rnd: int, reply: Payload, down: Payload, state: dict) -> tuple[np.ndarray, list[float]]:
         present = (reply.counts > 0).to(torch.float32)
         vectors = reply.logits * present.unsqueeze(1)
-        state[self.KEY] = {"round": rnd, "vectors": vectors.clone(), "present": present.clone()}
+        state.setdefault(self.KEY, {})[rnd] = {"vectors": vectors.clone(), "present": present.clone()}
         return np.concatenate([vectors.reshape(-1).to(torch.float64).numpy(), present.to(torch.float64).numpy()]), []
 
     # server side ---------------------------------------------------------------------------

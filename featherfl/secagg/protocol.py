@@ -386,8 +386,8 @@ class ServerRound:
         for c in sorted(replies):
             r = replies[c]
             c_pk, s_pk, com = _b(r.c_pk), _b(r.s_pk), _b(r.commit)
-            if c_pk in seen or s_pk in seen or c_pk == s_pk:
-                rejected += 1  # a replayed or copied key would let one client speak for another
+            if c_pk in seen or s_pk in seen or c_pk == s_pk or not (crypto.valid_public(c_pk) and crypto.valid_public(s_pk)):
+                rejected += 1  # a copied key would let one client speak for another; a low-order one breaks agreement
                 continue
             seen.update((c_pk, s_pk))
             self.keys[c] = (c_pk, s_pk, com)
@@ -438,18 +438,33 @@ class ServerRound:
         for c in sorted(replies):
             r = replies[c]
             surv, drop = self.unmask_sent.get(c, ([], []))
-            if not set(r.b_ids) <= set(surv) or not set(r.s_ids) <= set(drop) or len(r.b_ids) != r.b_shares.shape[0] or len(r.s_ids) != r.s_shares.shape[0]:
-                continue
+            if (
+                not set(r.b_ids) <= set(surv)
+                or not set(r.s_ids) <= set(drop)
+                or len(set(r.b_ids)) != len(r.b_ids)
+                or len(set(r.s_ids)) != len(r.s_ids)
+                or len(r.b_ids) != r.b_shares.shape[0]
+                or len(r.s_ids) != r.s_shares.shape[0]
+            ):
+                continue  # not what was asked: none of this client's reveal is used
             self.reveals[c] = r
         self.stage = "done"
 
     def _shares_of(self, v: int, kind: str) -> list[tuple[int, bytes]]:
+        """The shares of v's secret that its neighbours revealed. v made share i + 1 for the
+        i-th client it was sent keys of; a share carrying another index is wrong (and named)."""
+        order = {c: i + 1 for i, c in enumerate(self.keys_sent.get(v, []))}
         out = []
         for c, r in sorted(self.reveals.items()):
             ids, sh = (r.b_ids, r.b_shares) if kind == "b" else (r.s_ids, r.s_shares)
             for i, w in enumerate(ids):
-                if w == v:
-                    out.append((c, _b(sh[i])))
+                if w != v:
+                    continue
+                share = _b(sh[i])
+                if int.from_bytes(share[:4], "little") != order.get(c):
+                    self.bad_share_clients.add(c)
+                    continue
+                out.append((c, share))
         return out
 
     def _rebuild(self, v: int, kind: str, check) -> bytes:
