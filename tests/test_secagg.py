@@ -186,6 +186,7 @@ METHODS = {
     "fedpeft-dp": [("algorithm", "fedpeft"), ("fedpeft.method", "bias"), ("fedpeft.weighting", "samples"), ("fedpeft.dp", "client"), ("fedpeft.dp_noise", 0.5)],
     # server SGD: Adam's first steps are about lr x sign(estimate), which turns a 1e-9 difference in a
     # near-zero coordinate into a full step (as any change in the order of the float sums would)
+    "fedpeft-dp-sample": [("algorithm", "fedpeft"), ("fedpeft.method", "bias"), ("fedpeft.weighting", "uniform"), ("fedpeft.dp", "sample"), ("fedpeft.dp_noise", 0.8)],
     "baffle": [("algorithm", "baffle"), ("baffle.k", 20), ("baffle.weighting", "samples"), ("baffle.downlink", "replay"), ("baffle.optimizer", "sgd")],
     "baffle-fedavg": [("algorithm", "baffle"), ("baffle.k", 10), ("baffle.mode", "fedavg"), ("baffle.local_steps", 2), ("baffle.directions", "shared-all"), ("baffle.weighting", "samples")],
     "fd": [("algorithm", "fd"), ("fd.local_steps", 15)],
@@ -221,6 +222,8 @@ def test_secagg_gives_the_plain_result_within_quantisation(tmp_path, method):
         assert float((a - b).abs().max()) < 1e-4, method
         assert not torch.equal(a, torch.zeros_like(a))
     assert abs(sec["final_accuracy"] - plain["final_accuracy"]) <= 1 / 300 + 1e-12
+    if method == "fedpeft-dp-sample":  # the clients' epsilons travel in the clear beside the masked sum
+        assert sec_rows[-1]["dp_epsilon"] == pytest.approx(plain_rows[-1]["dp_epsilon"]) and sec_rows[-1]["dp_epsilon"] > 0
     # the ledger: the method's downlink bytes are the plain run's; the protocol's are "secagg"
     for p_row, s_row in zip(plain_rows, sec_rows):
         cats = s_row["bytes_by_category"]
