@@ -71,6 +71,16 @@ def _plt():
     return plt
 
 
+def _figure():
+    """A figure on the Agg canvas without pyplot's global state (half pyplot's cost per plot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     summary, metrics = load_run(run_dir)
@@ -78,29 +88,23 @@ def plot_run(run_dir: Path) -> list[Path]:
     (run_dir / "plots").mkdir(exist_ok=True)
     if not pts:
         return []
-    plt = _plt()
+    curves = [
+        ("accuracy_vs_round.png", "round", [m["round"] for m in pts], f"{summary.get('algorithm')} on {summary.get('dataset')}"),
+        ("accuracy_vs_mb.png", "cumulative MB (up + down, all clients)", [(m["cumulative_bytes_up"] + m["cumulative_bytes_down"]) / 1e6 for m in pts], None),
+    ]
     out = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([m["round"] for m in pts], [m["accuracy"] for m in pts], marker=".")
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{summary.get('algorithm')} on {summary.get('dataset')}")
-    ax.grid(alpha=0.3)
-    fig.subplots_adjust(left=0.15, right=0.97, bottom=0.15, top=0.9)  # fixed margins: tight_layout costs a third of a short run
-    p = run_dir / "plots" / "accuracy_vs_round.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([(m["cumulative_bytes_up"] + m["cumulative_bytes_down"]) / 1e6 for m in pts], [m["accuracy"] for m in pts], marker=".")
-    ax.set_xlabel("cumulative MB (up + down, all clients)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    fig.subplots_adjust(left=0.15, right=0.97, bottom=0.15, top=0.9)  # fixed margins: tight_layout costs a third of a short run
-    p = run_dir / "plots" / "accuracy_vs_mb.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p)
+    for name, xlabel, xs, title in curves:
+        fig, ax = _figure()
+        ax.plot(xs, [m["accuracy"] for m in pts], marker=".")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy")
+        if title:
+            ax.set_title(title)
+        ax.grid(alpha=0.3)
+        fig.subplots_adjust(left=0.15, right=0.97, bottom=0.15, top=0.9)  # fixed margins: tight_layout costs a third of a short run
+        p = run_dir / "plots" / name
+        fig.savefig(p, dpi=110)
+        out.append(p)
     return out
 
 
