@@ -152,3 +152,61 @@ def test_torchvision_mnist_raw_folder_with_uncompressed_idx(tmp_path):
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y) and len(b.train_y) == 160
     with pytest.raises(ConfigError, match="torchvision's layout"):
         load_dataset(_cfg("mnist", tmp_path / "orig" / "none", ("data.download", False)))
+
+
+def test_fashion_mnist_reads_torchvision_fashionmnist_raw(tmp_path):
+    import gzip
+    import shutil
+
+    from support.mnist import tiny_mnist
+
+    gz = tiny_mnist(tmp_path / "orig", n=100)
+    raw = tmp_path / "tv" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in gz.iterdir():
+        with gzip.open(f, "rb") as src, open(raw / f.name[:-3], "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    ds = load_dataset(_cfg("fashion-mnist", tmp_path / "tv", ("data.download", False)))
+    assert ds.name == "fashion-mnist" and ds.train_x.shape[1:] == (1, 28, 28) and len(ds.train_y) + len(ds.test_y) == 100
+    with pytest.raises(ConfigError, match="FashionMNIST/raw \\(torchvision's layout\\); download the original IDX files there"):
+        load_dataset(_cfg("fashion-mnist", tmp_path / "empty", ("data.download", False)))
+
+
+class _RunsCode:
+    """What a hostile pickle does when loaded: here, create a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_cifar10_pickle_release_is_refused_and_the_binary_release_read(tmp_path, capsys):
+    import pickle
+
+    root = tmp_path / "c10"
+    py = root / "cifar-10-batches-py"
+    py.mkdir(parents=True)
+    marker = tmp_path / "pickle-was-loaded"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (py / name).write_bytes(pickle.dumps(_RunsCode(marker)))
+    out = tmp_path / "run"
+    assert cli.main(["run", "--dataset", "cifar10", "--model", "cnn", "--out", str(out), "--set", f"data.dir={root}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cifar-10-batches-py is the Python (pickle) release, which featherfl never loads" in err
+    assert "cifar-10-binary.tar.gz" in err and str(root) in err
+    assert not marker.exists() and not out.exists()
+    # the binary release beside it is what is read
+    binary = root / "cifar-10-batches-bin"
+    binary.mkdir()
+    rec = np.zeros((4, 3073), dtype=np.uint8)
+    rec[:, 0] = [3, 1, 4, 1]
+    rec[:, 1:] = np.arange(3072, dtype=np.int64) % 256
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (binary / name).write_bytes(rec.tobytes())
+    ds = load_dataset(_cfg("cifar10", root))
+    assert ds.train_x.shape == (20, 3, 32, 32) and ds.test_y.tolist() == [3, 1, 4, 1] and not marker.exists()
+    assert float(ds.train_x[0, 0, 0, 5]) == pytest.approx(5 / 255) and float(ds.train_x[0, 1, 0, 0]) == pytest.approx((1024 % 256) / 255)

@@ -28,11 +28,11 @@ from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import ConfigError, Field
+from featherfl.data.sources import is_text
 from featherfl.devices import model_device
 from featherfl.models.peft_modules import METHODS, apply_method
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
-TEXT_DATASETS = ("sst2", "agnews")
 MAX_SAMPLES = 10**9
 
 
@@ -40,7 +40,7 @@ def build_peft_model(ctx: Context) -> tuple[torch.nn.Module, list[str], str]:
     """The backbone with a fresh seed-initialised head and the method's modules; returns (model, trainable names, backbone label)."""
     cfg = ctx.cfg
     seed = ctx.seed
-    if cfg["dataset"] in TEXT_DATASETS:
+    if is_text(cfg):
         from featherfl.models.text import build_text_classifier, resolve_name
 
         model = build_text_classifier(cfg["model.pretrained"], ctx.num_classes, derive_seed(seed, "text-backbone"))
@@ -222,7 +222,7 @@ class FedPEFT(Algorithm, _PeftShared):
             raise ConfigError("config key 'fedpeft.aggregation': client-level DP uses its own clipped mean; expected mean with fedpeft.dp=client")
         if cfg["fedpeft.dp"] != "none" and cfg["fedpeft.dp_noise"] <= 0 and cfg["fedpeft.dp_target_epsilon"] <= 0:
             raise ConfigError("config key 'fedpeft.dp_noise': got 0 with fedpeft.dp on, expected > 0 or set fedpeft.dp_target_epsilon")
-        if cfg["dataset"] in TEXT_DATASETS and cfg["fedpeft.method"] == "lora" and cfg["fedpeft.lora_targets"] == ["qkv"]:
+        if cfg["fedpeft.method"] == "lora" and cfg["fedpeft.lora_targets"] == ["qkv"] and is_text(cfg):
             raise ConfigError("config key 'fedpeft.lora_targets': text encoders name their projections query, key, value")
 
     def __init__(self, ctx: Context):
@@ -316,7 +316,7 @@ class FedPEFT(Algorithm, _PeftShared):
         total = sum(p.numel() for p in self.params.values())
         n = sum(self.params[k].numel() for k in self.names)
         out = {
-            "model": "vit-tiny" if self.cfg["dataset"] not in TEXT_DATASETS else "hf-encoder",
+            "model": "hf-encoder" if is_text(self.cfg) else "vit-tiny",
             "method": self.opts["method"],
             "backbone": self.backbone,
             "trainable_parameters": n,

@@ -86,10 +86,10 @@ def _read_images(folder: Path, classes: list[str] | None, size: int) -> tuple[li
     return arrays, labels, modes
 
 
-def _stack(arrays: list[np.ndarray], gray: bool, where: Path) -> torch.Tensor:
+def _stack(arrays: list[np.ndarray], gray: bool, where: Path, name: str = "imagefolder") -> torch.Tensor:
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1:
-        raise ConfigError(f"dataset imagefolder: images under {where} have different sizes {sorted(shapes)[:3]}; set data.image_size to resize them")
+        raise ConfigError(f"dataset {name}: images under {where} have different sizes {sorted(shapes)[:3]}; set data.image_size to resize them")
     out = []
     for a in arrays:
         if gray:

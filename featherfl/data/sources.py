@@ -217,6 +217,9 @@ def _mnist_like(cfg, name: str) -> Dataset:
     return ds
 
 
+CIFAR10_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+
+
 def _cifar10(cfg) -> Dataset:
     """The binary CIFAR-10 release (cifar-10-binary.tar.gz or its extracted folder): no pickle involved."""
     root = _data_dir(cfg, "cifar10")
@@ -225,8 +228,14 @@ def _cifar10(cfg) -> Dataset:
     if not folder.exists():
         if not tar.exists():
             if cfg["data.dir"] or not cfg["data.download"]:
-                raise ConfigError(f"cifar10: neither {folder} nor {tar} found; get the binary version of CIFAR-10 there or set data.dir")
-            _download("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", tar)
+                pickled = [p for p in (root / "cifar-10-batches-py", root / "cifar-10-python.tar.gz") if p.exists()]
+                if pickled:  # what torchvision downloads: Python pickles, which would run code when loaded
+                    raise ConfigError(
+                        f"cifar10: {pickled[0]} is the Python (pickle) release, which featherfl never loads (unpickling a file can run code); "
+                        f"put the binary release {CIFAR10_BINARY_URL} (or its extracted cifar-10-batches-bin) in {root}"
+                    )
+                raise ConfigError(f"cifar10: neither {folder} nor {tar} found; get the binary version of CIFAR-10 ({CIFAR10_BINARY_URL}) there or set data.dir")
+            _download(CIFAR10_BINARY_URL, tar)
         staging = root / ".cifar10-extracting"
         shutil.rmtree(staging, ignore_errors=True)
         try:  # extract aside, then rename: a corrupt or cut-off archive leaves no half folder behind
@@ -304,4 +313,16 @@ def load_dataset(cfg) -> Dataset:
     return ds
 
 
-from featherfl.data import files  # noqa: E402,F401  (registers imagefolder, npz, csv)
+def is_text(cfg) -> bool:
+    """Whether ``cfg``'s data are token ids for a text encoder: SST-2, AG News, or an ``hf``
+    folder whose input column is text (read from its metadata, so every process agrees)."""
+    if cfg["dataset"] in _LAZY_SOURCES:
+        return True
+    if cfg["dataset"] == "hf":
+        from featherfl.data.hf import input_kind
+
+        return input_kind(cfg) == "text"
+    return False
+
+
+from featherfl.data import files, hf  # noqa: E402,F401  (registers imagefolder, npz, csv, hf)

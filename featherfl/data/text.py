@@ -92,9 +92,37 @@ def tokenize(texts: list[str], tokenizer, max_length: int, length: int | None = 
     return out
 
 
-def _load(cfg, name: str) -> Dataset:
+def check_text_model(cfg, name: str) -> None:
+    """Token ids feed a text encoder (FedPEFT's ``model.pretrained``) or a model of your own;
+    the built-in vision models would fail on them mid-run, so that is a ConfigError now."""
+    from featherfl import plugins
+
+    if cfg["algorithm"] == "fedpeft" or plugins.is_dotted(cfg["model.name"]) or cfg["model.name"].startswith("python-"):
+        return
+    raise ConfigError(
+        f"dataset {name} holds text (token ids), which the built-in model {cfg['model.name']!r} cannot read: "
+        "train with algorithm = fedpeft and a text encoder in model.pretrained, or name your own model (model.name = module:build)"
+    )
+
+
+def token_ids(cfg, train: list[str], test: list[str] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Both splits tokenized with ``model.pretrained``'s tokenizer and padded to one length."""
     from featherfl.models.text import load_tokenizer
 
+    tok = load_tokenizer(cfg["model.pretrained"])
+    max_len = cfg["data.max_length"]
+    trx = tokenize(train, tok, max_len)
+    if test is None:
+        return trx, None
+    tex = tokenize(test, tok, max_len)
+    n = max(trx.shape[1], tex.shape[1])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    trx, tex = (torch.nn.functional.pad(t, (0, n - t.shape[1]), value=pad) for t in (trx, tex))
+    return trx, tex
+
+
+def _load(cfg, name: str) -> Dataset:
+    check_text_model(cfg, name)
     if cfg["data.dir"]:
         root = Path(cfg["data.dir"]).expanduser()
         if name == "sst2":
@@ -104,13 +132,8 @@ def _load(cfg, name: str) -> Dataset:
             test = _agnews_rows(root, "test")
     else:
         train, test = _from_hub(name)
-    tok = load_tokenizer(cfg["model.pretrained"])
-    max_len = cfg["data.max_length"]
-    trx = tokenize(train[0], tok, max_len)
-    tex = tokenize(test[0], tok, max_len)
-    n = max(trx.shape[1], tex.shape[1])
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    trx, tex = (torch.nn.functional.pad(t, (0, n - t.shape[1]), value=pad) for t in (trx, tex))
+    trx, tex = token_ids(cfg, train[0], test[0])
+    n = trx.shape[1]
     classes = 2 if name == "sst2" else 4
     note = f"{name} from {cfg['data.dir'] or 'the Hugging Face hub'}, {len(train[1])} train / {len(test[1])} test, <= {n} tokens"
     return Dataset(name, trx, torch.tensor(train[1]), tex, torch.tensor(test[1]), classes, (n,), note)

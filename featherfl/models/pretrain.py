@@ -34,8 +34,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEATHERFL_CACHE", Path.home() / ".cache" / "featherfl")).expanduser()
 
 
-def default_backbone_path(dataset: str, model: str, width: int) -> Path:
-    key = json.dumps([dataset, model, width, list(DEFAULT_SOURCE_CLASSES), DEFAULT_EPOCHS, PRETRAIN_SEED])
+#: Sources whose data is whatever ``data.dir`` holds: their backbones are cached per folder.
+FOLDER_SOURCES = ("imagefolder", "npz", "csv", "hf")
+
+
+def data_identity(cfg) -> str:
+    """What besides the dataset's name decides its training split: for your own files the
+    folder and how it is read (two ImageFolders must not share one cached backbone)."""
+    if cfg["dataset"] not in FOLDER_SOURCES:
+        return ""
+    folder = str(Path(cfg["data.dir"]).expanduser().resolve()) if cfg["data.dir"] else ""
+    return json.dumps([folder, cfg["data.image_size"], cfg["data.label_column"], cfg["data.input_column"], cfg["data.test_fraction"]])
+
+
+def default_backbone_path(dataset: str, model: str, width: int, source: str = "") -> Path:
+    key = json.dumps([dataset, model, width, list(DEFAULT_SOURCE_CLASSES), DEFAULT_EPOCHS, PRETRAIN_SEED] + ([source] if source else []))
     tag = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
     return cache_dir() / "backbones" / f"{model}-{dataset}-{tag}.safetensors"
 
@@ -134,7 +147,7 @@ def load_backbone(path: str | Path, num_classes: int, input_shape: tuple[int, ..
 def default_backbone(cfg, train_x: torch.Tensor | None = None, train_y: torch.Tensor | None = None) -> Path:
     """The cached default backbone for ``cfg``'s dataset, pretraining it first if missing."""
     dataset = cfg["dataset"]
-    path = default_backbone_path(dataset, "vit-tiny", cfg["model.width"])
+    path = default_backbone_path(dataset, "vit-tiny", cfg["model.width"], data_identity(cfg))
     if path.is_file():
         return path
     if train_x is None:
@@ -172,7 +185,7 @@ def cmd_pretrain(dataset: str, classes: str, epochs: int | None, width: int, out
     is_default = chosen == DEFAULT_SOURCE_CLASSES and epochs in (None, DEFAULT_EPOCHS)
     if out is None and not is_default:
         raise ConfigError("--out is needed when --classes or --epochs differ from the defaults")
-    path = Path(out) if out else default_backbone_path(dataset, "vit-tiny", width)
+    path = Path(out) if out else default_backbone_path(dataset, "vit-tiny", width, data_identity(cfg))
     from featherfl.runfolder import check_output_file
 
     check_output_file(path)
