@@ -53,3 +53,25 @@ def test_a_missing_reply_ends_at_the_timeout_with_progress_lines(monkeypatch, ca
 
 def test_no_messages_no_wait():
     assert flower_engine.exchange(FakeGrid([]), [], timeout=5, what="x") == []
+
+
+def test_waiting_for_supernodes_prints_progress_and_names_the_missing_partitions(monkeypatch, caplog):
+    """No SuperNode connects: a progress line every 10 s, then the missing partitions and the command that serves them."""
+    from featherfl import wire
+    from featherfl.config import build_config
+    from featherfl.experiment import prepare
+
+    cfg = build_config(overrides=[("clients", 2), ("engine.name", "flower"), ("data.max_train", 100)])
+    p = prepare(cfg)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(flower_engine.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(flower_engine.time, "sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    grid = SimpleNamespace(get_node_ids=lambda: [])
+    engine = flower_engine.FlowerEngine(cfg, p.algorithm, p.client_data, wire.Ledger(), p.ctx.run_id, grid=grid, node_wait=25)
+    with caplog.at_level(logging.INFO, logger="flwr.featherfl"):
+        engine._discover({0, 1})
+    assert 25 <= clock["t"] <= 26
+    waiting = [r.getMessage() for r in caplog.records if "waiting for SuperNodes" in r.getMessage()]
+    assert len(waiting) == 2 and all("0 of 2 partitions connected" in w for w in waiting)  # at about 10 and 20 s
+    (missing,) = [r.getMessage() for r in caplog.records if "no SuperNode holds" in r.getMessage()]
+    assert "partition(s) [0, 1]" in missing and "--node-config 'partition-id=0 num-partitions=2'" in missing
