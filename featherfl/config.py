@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import importlib.util
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -305,6 +306,8 @@ def build_config(
     from featherfl import plugins
     from featherfl.data.sources import source_names
 
+    if values["dataset"].startswith("hf:") and importlib.util.find_spec("hf") is None:
+        raise ConfigError(f"config key 'dataset': got {values['dataset']!r}; for a Hugging Face datasets folder write dataset = \"hf\" and data.dir = \"{values['dataset'][3:]}\"")
     if plugins.is_dotted(values["dataset"]):
         plugins.register_dataset_path(values["dataset"])
     if plugins.is_dotted(values["model.name"]):

@@ -261,3 +261,18 @@ def test_own_folders_get_their_own_cached_backbone(tmp_path, image_dict):
     assert path(a) != path(b) and path(a) == path(_cfg(image_dict)) and path(a) != path(_cfg(image_dict, ("data.image_size", 4)))
     digits = build_config(overrides=[("dataset", "digits"), ("data.dir", str(tmp_path))])
     assert data_identity(digits) == "" and path(digits) == default_backbone_path("digits", "vit-tiny", 0)
+
+
+def test_undecoded_image_columns_read_the_same(tmp_path, image_dict):
+    """Image(decode=False) stores the encoded bytes: they are decoded here, to the same tensors."""
+    d = datasets.load_from_disk(str(image_dict))
+    d.cast_column("image", datasets.Image(decode=False)).save_to_disk(str(tmp_path / "raw"))
+    a, b = load_dataset(_cfg(image_dict)), load_dataset(_cfg(tmp_path / "raw"))
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+
+
+def test_an_hf_prefix_says_how_to_name_the_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["run", "--dataset", f"hf:{tmp_path}/mnist", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f'write dataset = "hf" and data.dir = "{tmp_path}/mnist"' in err and not out.exists()
