@@ -305,9 +305,10 @@ class Experiment:
         finally:
             trackers.close(status)
         self.p.algorithm.artifacts(self.out)
-        from featherfl.report import plot_run
+        if self.cfg["log.plots"]:
+            from featherfl.report import plot_run
 
-        plot_run(self.out)
+            plot_run(self.out)
         return summary
 
     def _log_errors(self, rnd: int, errors: list[dict]) -> None:

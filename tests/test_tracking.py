@@ -96,3 +96,13 @@ def test_a_tracker_failing_mid_run_never_loses_the_run(tmp_path, capsys, monkeyp
     assert cli.main([*RUN, "--out", str(out), "--set", "log.tensorboard=true"]) == 0
     assert len(_rows(out)) == 2 and json.loads((out / "summary.json").read_text())["status"] == "completed"
     assert capsys.readouterr().err.count("TensorBoard logging failed") == 1
+
+
+def test_plots_are_drawn_unless_log_plots_is_off_and_report_draws_them_later(tmp_path):
+    base = ["run", "--rounds", "1", "--clients", "3", "--quiet", "--set", "data.max_train=200", "--set", "data.max_test=100"]
+    assert cli.main(base + ["--out", str(tmp_path / "on")]) == 0
+    assert sorted(p.name for p in (tmp_path / "on" / "plots").glob("*.png")) == ["accuracy_vs_mb.png", "accuracy_vs_round.png"]
+    assert cli.main(base + ["--out", str(tmp_path / "off"), "--set", "log.plots=false"]) == 0
+    assert not list((tmp_path / "off").glob("plots/*.png"))
+    assert cli.main(["report", str(tmp_path / "off")]) == 0
+    assert len(list((tmp_path / "off" / "plots").glob("*.png"))) == 2
