@@ -106,7 +106,7 @@ CORE_SCHEMA: dict[str, Field] = {
     "engine.num_cpus": _f("int", 2, "CPUs for a local Ray cluster.", min=1),
     "engine.address": _f("str", "", "Address of an existing Ray cluster ('' = start a local one)."),
     "engine.max_failure_share": _f("float", 0.5, "Stop the run (exit 1, status failed) once more than this share of attempted client updates raised an error; a round where every attempted client raised always stops it.", min=0.0, max=1.0),
-    "engine.vectorize": _f("str", "auto", "Local engine: train a round's clients as one batched computation where the method and model allow (auto: FedAvg, FedSGD and FedPEFT without DP-SGD, BatchNorm/dropout, FAug or attackers) or one by one (off). Results match within float rounding; each client is charged an equal share of the batch's time against engine.deadline.", choices=("auto", "off")),
+    "engine.vectorize": _f("str", "auto", "Local engine: train a round's clients as one batched computation where the method and model allow (auto: FedAvg and FedSGD without BatchNorm/dropout, FAug or attackers) or one by one (off). Results match within float rounding; each client is charged an equal share of the batch's time against engine.deadline.", choices=("auto", "off")),
     "engine.device": _f("str", "cpu", "Where models, client training and evaluation run: cpu, auto (CUDA, else MPS, else CPU), cuda, cuda:N or mps (featherfl/devices.py)."),
     "engine.threads": _f("int", 0, "torch intra-op threads (0 = automatic: 1 for models under 100k parameters, else the cores idle at start; see featherfl/threads.py).", min=0),
     "attack.fraction": _f("float", 0.0, "Experiments: share of clients that are Byzantine (chosen from the seed; see featherfl.attacks).", min=0.0, max=1.0),

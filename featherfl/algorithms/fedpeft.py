@@ -140,7 +140,7 @@ class PeftClient(ClientHalf, _PeftShared):
         extra = {}
         if o["dp"] == "sample":
             extra["epsilon"] = self._dp_sgd(rnd, data, state, gen)
-        elif self._cached_head():
+        elif o["method"] == "head" and o["cache_features"]:
             feats = self.features(data)
             opt = make_optimizer(self.model.head.parameters(), o)
             train_epochs(self.model.head, feats, data.y, opt, o["local_epochs"], o["batch_size"], gen, o["max_steps"])
@@ -148,40 +148,6 @@ class PeftClient(ClientHalf, _PeftShared):
             opt = make_optimizer(self.model.parameters(), o)
             train_epochs(self.model, data.x, data.y, opt, o["local_epochs"], o["batch_size"], gen, o["max_steps"])
         return self.Up(**{field_name(n): t for n, t in self.trainable().items()}, num_samples=len(data), **extra)
-
-    def _cached_head(self) -> bool:
-        return self.opts["method"] == "head" and self.opts["cache_features"]
-
-    def can_update_many(self) -> bool:
-        """Batched local training (``engine.vectorize``) gives what ``update`` gives: not with DP-SGD
-        (per-sample clipping and noise) or models with dropout or BatchNorm (``vectorized.supports``)."""
-        from featherfl.algorithms import vectorized
-
-        return type(self).update is _SEQUENTIAL_PEFT and self.opts["dp"] == "none" and vectorized.supports(self.model)
-
-    def update_many(self, rnd: int, downs: dict[int, Payload], data: dict[int, ClientData], states: dict[int, dict]) -> dict[int, Payload]:
-        """Every client's local epochs as one batched computation over the trainable tensors only (the
-        frozen backbone is shared); each client with its own batch order and optimiser state."""
-        from featherfl.algorithms import vectorized
-
-        o = self.opts
-        head = self._cached_head()
-        module = self.model.head if head else self.model
-        runs = []
-        for cid, down in downs.items():
-            self.load_payload(down)
-            start = {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
-            x = self.features(data[cid]) if head else data[cid].x
-            runs.append(vectorized.ClientRun(start, x, data[cid].y, generator(self.ctx.seed, "fedpeft-client", rnd, cid)))
-        finals, _ = vectorized.train_clients(module, runs, o, o["local_epochs"], o["batch_size"], o["max_steps"])
-        out: dict[int, Payload] = {}
-        for cid, final in zip(downs, finals):
-            with torch.no_grad():
-                for k, p in module.named_parameters():
-                    if k in final:
-                        p.copy_(final[k])
-            out[cid] = self.Up(**{field_name(n): t for n, t in self.trainable().items()}, num_samples=len(data[cid]))
-        return out
 
     @torch.no_grad()
     def features(self, data: ClientData) -> torch.Tensor:
@@ -222,9 +188,6 @@ class PeftClient(ClientHalf, _PeftShared):
         state["dp_rate"] = q
         state["dp_noise"] = noise
         return epsilon([(noise, q, state["dp_steps"])], o["dp_delta"])
-
-
-_SEQUENTIAL_PEFT = PeftClient.update
 
 
 class FedPEFT(Algorithm, _PeftShared):
