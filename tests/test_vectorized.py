@@ -125,28 +125,3 @@ def test_vectorised_path_is_used_and_a_failing_client_is_still_attributed(tmp_pa
     monkeypatch.setattr(fedavg.WeightsClient, "update_many", broken)
     s, rows = _run(tmp_path / "fallback", "auto")
     assert all(r["clients_ok"] == 6 for r in rows)  # fell back to one by one, nobody lost
-
-
-def test_fedsgd_batched_gradients_equal_each_clients_own(tmp_path):
-    """FedSGD's clients as one batched forward/backward: each gradient equals the client's sequential one
-    (unequal client sizes, a mini-batch smaller than some clients), and a run gives the same curve."""
-    from featherfl import wire
-    from featherfl.config import build_config
-    from featherfl.experiment import prepare
-
-    p = prepare(build_config(None, [("algorithm", "fedsgd"), ("clients", 5), ("fedsgd.batch_size", 40), ("engine.threads", 1)]))
-    client = p.algorithm.make_client()
-    assert client.can_update_many()
-    downs = {cid: d for cid, d in p.algorithm.configure(1, list(range(5))).items()}
-    data = {cid: p.client_data[cid] for cid in downs}
-    assert len({len(d) for d in data.values()}) > 1
-    many = client.update_many(1, downs, data, {cid: {} for cid in downs})
-    for cid in downs:
-        one = client.update(1, downs[cid], data[cid], {})
-        assert many[cid].num_samples == one.num_samples
-        assert torch.allclose(many[cid].gradient, one.gradient, atol=1e-6, rtol=1e-4)
-        assert len(wire.encode(many[cid])) == len(wire.encode(one))
-    extra = {"algorithm": "fedsgd", "fedsgd.batch_size": 40}
-    (sa, ra), (so, ro) = _run(tmp_path, "auto", **extra), _run(tmp_path, "off", **extra)
-    for a, o in zip(ra, ro):
-        assert a["bytes_up"] == o["bytes_up"] and abs(a["accuracy"] - o["accuracy"]) < 0.01 and abs(a["loss"] - o["loss"]) < 1e-3

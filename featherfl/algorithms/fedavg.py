@@ -170,38 +170,17 @@ class GradientClient(WeightsClient):
         load_flat_state(self.model, down.weights)
         self.model.train()
         self.model.zero_grad(set_to_none=True)
-        x, y = self._batch(rnd, data)
+        bs = self.opts["batch_size"]
+        if bs and bs < len(data):
+            idx = torch.randperm(len(data), generator=generator(self.ctx.seed, "fedsgd-client", rnd, data.cid))[:bs]
+            x, y = data.x[idx], data.y[idx]
+        else:
+            x, y = data.x, data.y
         dev = model_device(self.model)
         F.cross_entropy(self.model(x.to(dev)), y.to(dev)).backward()
         grad = torch.cat([p.grad.reshape(-1).cpu() if p.grad is not None else torch.zeros(p.numel()) for p in self.model.parameters()])
         self.model.zero_grad(set_to_none=True)
         return GradientUp(grad.detach(), len(y))
-
-    def _batch(self, rnd: int, data: ClientData) -> tuple[torch.Tensor, torch.Tensor]:
-        bs = self.opts["batch_size"]
-        if bs and bs < len(data):
-            idx = torch.randperm(len(data), generator=generator(self.ctx.seed, "fedsgd-client", rnd, data.cid))[:bs]
-            return data.x[idx], data.y[idx]
-        return data.x, data.y
-
-    def can_update_many(self) -> bool:
-        return type(self).update is _SEQUENTIAL_GRADIENT and vectorized.supports(self.model)
-
-    def update_many(self, rnd: int, downs: dict[int, WeightsDown], data: dict[int, ClientData], states: dict[int, dict]) -> dict[int, Payload]:
-        """Every client's gradient as one batched forward and backward (``engine.vectorize``); each
-        client's own mini-batch as ``update`` draws it."""
-        starts, xs, ys = [], [], []
-        for cid, down in downs.items():
-            load_flat_state(self.model, down.weights)
-            starts.append({k: p.detach().clone() for k, p in self.model.named_parameters()})
-            x, y = self._batch(rnd, data[cid])
-            xs.append(x)
-            ys.append(y)
-        grads = vectorized.client_gradients(self.model, starts, xs, ys)
-        return {cid: GradientUp(g, len(y)) for cid, g, y in zip(downs, grads, ys)}
-
-
-_SEQUENTIAL_GRADIENT = GradientClient.update
 
 
 class FedSGD(GlobalModelServer):

@@ -119,68 +119,6 @@ class _Optimizer:
         return new
 
 
-class _Stacked:
-    """A model's trainable tensors for C clients as one (C x entries) tensor, with a batched
-    forward pass over per-client inputs (``vmap`` of ``functional_call``)."""
-
-    def __init__(self, model: nn.Module, start: dict[str, torch.Tensor]):
-        self.model = model
-        self.names = list(start)
-        self.fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in start}
-        self.shapes = [start[k].shape for k in self.names]
-        self.sizes = [int(torch.Size(sh).numel()) for sh in self.shapes]
-        self.forward = vmap(lambda p, xb: functional_call(model, {**self.fixed, **p}, (xb,)))
-
-    def flat(self, starts: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        return torch.stack([torch.cat([s[k].detach().reshape(-1).float() for k in self.names]) for s in starts])
-
-    def unflatten(self, f: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: part.view((f.shape[0],) + tuple(sh)) for k, sh, part in zip(self.names, self.shapes, f.split(self.sizes, dim=1))}
-
-    def grads(self, f: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, per_sample=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-client gradients of per-client mean losses (``mb`` masks padding), from one batched
-        forward and backward: the clients' losses are independent, so the gradient of their sum
-        w.r.t. client c's row of ``f`` is client c's own gradient."""
-        leaf = f.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.forward(self.unflatten(leaf), xb)
-            if per_sample is None:
-                per = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
-            else:
-                per = per_sample(logits)
-            loss = (per * mb).sum(1) / mb.sum(1).clamp_min(1.0)
-            (g,) = torch.autograd.grad(loss.sum(), [leaf])
-        return g, loss.detach()
-
-
-def pad_clients(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clients' data padded to the largest client: (C, n_max, ...) inputs, labels and a 0/1 mask."""
-    n_max = max(len(y) for y in ys)
-    C = len(ys)
-    x_all = torch.zeros((C, n_max) + tuple(xs[0].shape[1:]), dtype=xs[0].dtype)
-    y_all = torch.zeros((C, n_max), dtype=ys[0].dtype)
-    m_all = torch.zeros(C, n_max)
-    for c, (x, y) in enumerate(zip(xs, ys)):
-        x_all[c, : len(y)] = x
-        y_all[c, : len(y)] = y
-        m_all[c, : len(y)] = 1.0
-    return x_all, y_all, m_all
-
-
-def client_gradients(model: nn.Module, starts: list[dict[str, torch.Tensor]], xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each client's gradient of its mean cross-entropy at its own ``start`` tensors, as one
-    batched computation (FedSGD's clients); flat, in the order of ``starts``' keys."""
-    st = _Stacked(model, starts[0])
-    x_all, y_all, m_all = pad_clients(xs, ys)
-    was = model.training
-    model.train()
-    try:
-        g, _ = st.grads(st.flat(starts), x_all, y_all, m_all)
-    finally:
-        model.train(was)
-    return [g[c].clone() for c in range(len(starts))]
-
-
 def train_clients(
     model: nn.Module,
     runs: list[ClientRun],
@@ -197,22 +135,43 @@ def train_clients(
     returns per-sample losses and replaces cross-entropy (e.g. a distillation term);
     it must be written with batched-friendly ops.
     """
-    st = _Stacked(model, runs[0].start)
-    names = st.names
+    names = list(runs[0].start)
     schedules = _schedules(runs, epochs, batch_size, max_steps)
     n_steps = [len(s) for s in schedules]
     T = max(n_steps)
     B = max((len(b) for s in schedules for b in s), default=1)
     C = len(runs)
+    fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in runs[0].start}
+    shapes = [runs[0].start[k].shape for k in names]
+    sizes = [int(torch.Size(sh).numel()) for sh in shapes]
     # one (clients x all trainable entries) tensor: the optimiser's update is a handful of ops
-    flat = st.flat([r.start for r in runs])
+    flat = torch.stack([torch.cat([r.start[k].detach().reshape(-1).float() for k in names]) for r in runs])
     opt = _Optimizer({"flat": flat}, opts)
     totals = torch.zeros(C, dtype=torch.float64)
     rows = torch.arange(C).view(C, 1)
 
+    def forward(p, xb):
+        return functional_call(model, {**fixed, **p}, (xb,))
+
+    batched_forward = vmap(forward)
+
+    def unflatten(f: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: part.view((f.shape[0],) + tuple(sh)) for k, sh, part in zip(names, shapes, f.split(sizes, dim=1))}
+
     def step(f, xb, yb, mb, ib):
-        per_sample = None if loss_fn is None else (lambda logits: torch.stack([loss_fn(logits[c], yb[c], ib[c], c) for c in range(C)]))
-        return st.grads(f, xb, yb, mb, per_sample)
+        """Per-client gradients of per-client mean losses, from one batched forward and backward:
+        the clients' losses are independent, so the gradient of their sum w.r.t. client c's
+        row of ``f`` is client c's own gradient."""
+        leaf = f.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = batched_forward(unflatten(leaf), xb)
+            if loss_fn is None:
+                per = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
+            else:
+                per = torch.stack([loss_fn(logits[c], yb[c], ib[c], c) for c in range(C)])
+            loss = (per * mb).sum(1) / mb.sum(1).clamp_min(1.0)
+            (g,) = torch.autograd.grad(loss.sum(), [leaf])
+        return g, loss.detach()
 
     # every step's batch indices, padded to B, and its mask, built once
     idx = torch.zeros(T, C, B, dtype=torch.long)
@@ -223,7 +182,12 @@ def train_clients(
             mask[t, c, : len(b)] = 1.0
     active = torch.tensor([[t < n for n in n_steps] for t in range(T)])
     # all clients' data in one padded tensor, so a step's batch is one gather
-    x_all, y_all, _ = pad_clients([r.x for r in runs], [r.y for r in runs])
+    n_max = max(len(r.y) for r in runs)
+    x_all = torch.zeros((C, n_max) + tuple(runs[0].x.shape[1:]), dtype=runs[0].x.dtype)
+    y_all = torch.zeros((C, n_max), dtype=runs[0].y.dtype)
+    for c, r in enumerate(runs):
+        x_all[c, : len(r.y)] = r.x
+        y_all[c, : len(r.y)] = r.y
     was = model.training
     model.train()
     try:
@@ -233,7 +197,7 @@ def train_clients(
             totals += torch.where(active[t], loss.detach().double(), torch.zeros((), dtype=torch.float64))
     finally:
         model.train(was)
-    final = st.unflatten(flat)
+    final = unflatten(flat)
     finals = [{k: final[k][c].clone().to(runs[c].start[k].dtype) for k in names} for c in range(C)]
     metrics = [{"train_loss": float(totals[c]) / max(n_steps[c], 1), "steps": n_steps[c]} for c in range(C)]
     return finals, metrics
