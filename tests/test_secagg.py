@@ -366,3 +366,20 @@ def test_every_secagg_message_decoder_survives_mutated_bytes(seeded):
                 wire.decode(bytes(b), specs, round=1, run=0)
             except wire.PayloadError:
                 pass
+
+
+def test_batched_clients_keep_batching_under_secagg(tmp_path, monkeypatch):
+    """engine.vectorize=auto still trains FedAvg's clients as one computation under secagg (the protocol's
+    messages one by one), and the result is the sequential secagg run's within float rounding."""
+    from featherfl.algorithms import fedavg
+
+    calls = []
+    real = fedavg.WeightsClient.update_many
+    monkeypatch.setattr(fedavg.WeightsClient, "update_many", lambda self, *a: calls.append(1) or real(self, *a))
+    extra = METHODS["fedavg"] + [("secagg.protocol", "secagg+")]
+    a_alg, a, a_rows = _run(tmp_path, "auto", extra)
+    assert len(calls) == 2 and all(r["aggregated"] and not r.get("errors") for r in a_rows)
+    o_alg, o, _ = _run(tmp_path, "off", extra + [("engine.vectorize", "off")])
+    assert len(calls) == 2
+    assert float((_server_vector(a_alg) - _server_vector(o_alg)).abs().max()) < 1e-4
+    assert a["bytes_up"] == o["bytes_up"]

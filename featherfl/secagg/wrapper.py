@@ -49,16 +49,39 @@ class SecAggClient(ClientHalf):
             return session.unmask(rnd, down)
         if not isinstance(down, protocol.Envelope):
             raise protocol.ProtocolError(f"unexpected message {down.KIND}")
-        specs = self.adapter.client_down_specs(self.inner.downlink_specs(rnd))
-        inner_down = wire.decode(bytes(down.inner.numpy().tobytes()), specs, round=rnd, run=self.ctx.run_id)
-        inner_down = self.adapter.client_down(inner_down, state)
+        inner_down = self._open(rnd, down, state)
         # the method keeps its own state apart from the protocol's (some methods reset theirs)
         reply = self.inner.update(rnd, inner_down, data, state.setdefault(METHOD_STATE, {}))
+        return self._mask(rnd, down, inner_down, reply, state)
+
+    def _open(self, rnd: int, env: protocol.Envelope, state: dict) -> wire.Payload:
+        """The method's downlink out of the envelope, validated against the method's own specs."""
+        specs = self.adapter.client_down_specs(self.inner.downlink_specs(rnd))
+        inner_down = wire.decode(bytes(env.inner.numpy().tobytes()), specs, round=rnd, run=self.ctx.run_id)
+        return self.adapter.client_down(inner_down, state)
+
+    def _mask(self, rnd: int, env: protocol.Envelope, inner_down: wire.Payload, reply: wire.Payload, state: dict) -> protocol.MaskedUp:
         x, clear = self.adapter.summand(rnd, reply, inner_down, state)
-        bound = crypto.bound_for(down.participants, self.fraction_bits, self.ring_bits)
+        bound = crypto.bound_for(env.participants, self.fraction_bits, self.ring_bits)
         clipped = float(np.count_nonzero(np.abs(x) > bound))
-        y, _ = session.mask(rnd, down, np.concatenate([x, [clipped]]), self.fraction_bits, self.ring_bits)
+        y, _ = protocol.ClientSession(state, self.ctx.run_id).mask(rnd, env, np.concatenate([x, [clipped]]), self.fraction_bits, self.ring_bits)
         return protocol.MaskedUp(torch.from_numpy(y.view(crypto.RINGS[self.ring_bits][1]).copy()), clear)
+
+    def can_update_many(self) -> bool:
+        """Batched local training (``engine.vectorize``) where the method has it: the protocol's own
+        messages are answered one by one, the method's clients train together, each reply is masked."""
+        check = getattr(self.inner, "can_update_many", None)
+        return bool(check and check())
+
+    def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
+        out = {c: self.update(rnd, d, data[c], states[c]) for c, d in downs.items() if not isinstance(d, protocol.Envelope)}
+        envs = {c: d for c, d in downs.items() if isinstance(d, protocol.Envelope)}
+        if envs:
+            inner_downs = {c: self._open(rnd, env, states[c]) for c, env in envs.items()}
+            replies = self.inner.update_many(rnd, inner_downs, {c: data[c] for c in envs}, {c: states[c].setdefault(METHOD_STATE, {}) for c in envs})
+            for c, env in envs.items():
+                out[c] = self._mask(rnd, env, inner_downs[c], replies[c], states[c])
+        return out
 
     def evaluate(self, state, x, y):
         return self.inner.evaluate(state.setdefault(METHOD_STATE, {}), x, y)
