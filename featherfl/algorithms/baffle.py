@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from featherfl.algorithms import zo
+from featherfl.algorithms import baffle_peft, baffle_pool, zo
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.baffle_replay import MAX_DIFF, MAX_SAMPLES, SEED_MAX, ReplayLog, RoundEntry, SyncDown, catch_up, fingerprint, sync_state
 from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
@@ -73,7 +73,16 @@ class ScalarsUp(Payload):
 
 
 def _opts(cfg: Config) -> dict:
-    return cfg.section("baffle")
+    """The ``baffle`` section plus the seed pool's root seed (``pool_root``), which both halves derive from the run seed."""
+    return {**cfg.section("baffle"), "pool_root": baffle_pool.pool_base(cfg["seed"])}
+
+
+def dir_seed(o: dict, base: int, step: int, k: int) -> int:
+    """Seed of direction k at step ``step`` under a round's base seed: its own seed, or with
+    ``seed_pool = N`` one of the pool's N seeds (FedKSeed), picked by the same derivation."""
+    if o["seed_pool"]:
+        return baffle_pool.pool_seed(o["pool_root"], baffle_pool.pool_index(base, step, k, o["seed_pool"]))
+    return zo.direction_seed(base, step, k)
 
 
 def steps_per_round(o: dict) -> int:
@@ -89,7 +98,12 @@ def model_context(ctx: Context) -> Context:
 
 
 def build_model_checked(ctx: Context):
-    model = model_context(ctx).build_model()
+    if _opts(ctx.cfg)["peft"]:
+        from featherfl.algorithms.fedpeft import build_peft_model
+
+        model = build_peft_model(ctx)[0]
+    else:
+        model = model_context(ctx).build_model()
     if has_batchnorm(model):
         raise ConfigError("baffle cannot perturb BatchNorm statistics; the model has BatchNorm: use --set model.norm=group or model.norm=none")
     return model
@@ -134,7 +148,7 @@ def local_trajectory(
     local = LocalSteps(theta, o) if o["mode"] == "fedavg" else None
     rows = []
     for s, (x, y) in enumerate(batches):
-        seeds = [zo.direction_seed(base_seed, s, j) for j in range(k)]
+        seeds = [dir_seed(o, base_seed, s, j) for j in range(k)]
         if local is None:
             rows.append(zo.loss_differences(f, theta, x, y, seeds, sigma, o["difference"]))
             continue
@@ -149,7 +163,7 @@ def replay_trajectory(theta: torch.Tensor, diffs: torch.Tensor, base_seed: int, 
     k, sigma = o["k"], o["sigma"]
     local = LocalSteps(theta, o)
     for s in range(diffs.shape[0]):
-        seeds = [zo.direction_seed(base_seed, s, j) for j in range(k)]
+        seeds = [dir_seed(o, base_seed, s, j) for j in range(k)]
         local.step(zo.reconstruct(diffs[s], seeds, theta.numel(), sigma, o["clip"]))
     return local.w
 
@@ -161,11 +175,12 @@ class ServerModel:
     FedAvg mode moves toward the average of the replayed client weights by ``server_lr``.
     """
 
-    def __init__(self, theta: torch.Tensor, o: dict):
+    def __init__(self, theta: torch.Tensor, o: dict, pool: baffle_pool.SeedPoolServer | None = None):
         self.o = o
         self.theta = torch.nn.Parameter(theta.clone())
         self.opt = flat_optimizer(self.theta, o["optimizer"], o["lr"], o, momentum=o["momentum"])
         self.aggregator = Aggregator.from_section(o)
+        self.pool = pool
 
     def apply(self, entry: RoundEntry) -> dict:
         """Apply one round: rebuild the clients' estimates (or trajectories) from seeds + scalars."""
@@ -181,8 +196,10 @@ class ServerModel:
             norm = float((avg - theta).norm()) * lr
             theta.mul_(1.0 - lr).add_(avg, alpha=lr)
             return {"update_norm": norm}
+        if self.pool is not None:
+            return self._apply_pool(entry)
         numel, k, sigma, clip = theta.numel(), o["k"], o["sigma"], o["clip"]
-        dir_seeds = [[zo.direction_seed(s, 0, j) for j in range(k)] for s in seeds]
+        dir_seeds = [[dir_seed(o, s, 0, j) for j in range(k)] for s in seeds]
         if entry.precombined:
             g = zo.reconstruct(diffs[0, 0], dir_seeds[0], numel, sigma, clip)
         else:
@@ -194,6 +211,33 @@ class ServerModel:
         self.opt.step()
         self.theta.grad = None
         return {"estimate_norm": float(g.norm())}
+
+    def _apply_pool(self, entry: RoundEntry) -> dict:
+        """``downlink = pool``: the SGD step -lr * g as scalars along pool entries (the clip factor of
+        each estimate computed from its rebuild), added to the pool's coefficients; the weights are
+        then rebuilt from W_0 and the coefficients, exactly as every client rebuilds them."""
+        o = self.o
+        k, sigma, clip, n = o["k"], o["sigma"], o["clip"], o["seed_pool"]
+        numel = self.theta.numel()
+        if entry.precombined:
+            blocks = [(entry.seeds[0], entry.diffs[0, 0], 1.0)]
+        else:
+            w = self.aggregator.weights(torch.tensor([float(c) for c in entry.counts]))
+            w = (w / w.sum()).tolist()
+            blocks = [(entry.seeds[j], entry.diffs[j, 0], w[j]) for j in range(len(entry.seeds))]
+        idx, vals = [], []
+        for base, d, wj in blocks:
+            scale = 1.0
+            if clip > 0:
+                top = float(zo.reconstruct(d, [dir_seed(o, base, 0, j) for j in range(k)], numel, sigma).abs().max())
+                scale = clip / top if top > clip else 1.0
+            for j, dj in enumerate(d.tolist()):
+                idx.append(baffle_pool.pool_index(base, 0, j, n))
+                vals.append(-o["lr"] * wj * scale * dj / (k * sigma))
+        new = self.pool.add(idx, vals)
+        norm = float((new - self.theta.data).norm())
+        self.theta.data.copy_(new)
+        return {"update_norm": norm, "pool_entries_used": int(torch.count_nonzero(self.pool.coef))}
 
     def opt_tensors(self) -> tuple[torch.Tensor, int]:
         st = self.opt.state.get(self.theta, {})
@@ -238,20 +282,42 @@ class BaffleClient(ClientHalf):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.model = build_model_checked(ctx)
-        self.f = zo.FlatModel(self.model)
         self.o = _opts(ctx.cfg)
-        self.n_state = flat_state(self.model).numel()
+        self.peft = self.o["peft"]
+        # With a pretrained backbone only the trainable tensors travel; the frozen rest is built here.
+        self.n_state = None if self.peft else flat_state(self.model).numel()
+        if self.peft or self.o["client_precision"] != "fp32":
+            self.f = baffle_peft.client_flat(self.model, ctx.cfg)
+        else:
+            self.f = zo.FlatModel(self.model)
+        self.n_state = self.n_state or self.f.numel
+        self.theta0 = self.f.get()
+        self.cached_head = baffle_peft.uses_cached_head(ctx.cfg)
+        self._features: dict[int, torch.Tensor] = {}
 
     def downlink_specs(self, rnd):
+        pool = baffle_pool.downlink_specs(self.o["seed_pool"]) if self.o["downlink"] == "pool" else {}
         return {
             WeightsDown.KIND: Spec(WeightsDown, {"weights": TensorSpec("float32", (self.n_state,), max_abs=1e6)}, {"seed": ScalarSpec("int", 0, SEED_MAX)}),
             **replay_specs(self.n_state, self.f.numel),
+            **pool,
         }
+
+    def _inputs(self, data: ClientData) -> torch.Tensor:
+        """The client's inputs, or (cached head) the frozen backbone's features of them, computed once."""
+        if not self.cached_head:
+            return data.x
+        feats = self._features.get(data.cid)
+        if feats is None or len(feats) != len(data):
+            feats = baffle_peft.cached_features(self.model, self.f, data.x, self.ctx.cfg["eval.batch_size"])
+            self._features[data.cid] = feats
+        return feats
 
     def _batches(self, rnd: int, data: ClientData) -> list[tuple[torch.Tensor, torch.Tensor]]:
         steps = steps_per_round(self.o)
         gen = lambda e: generator(self.ctx.seed, "baffle-batch", data.cid, e)  # noqa: E731
-        return [(data.x[i], data.y[i]) for i in pass_batches(len(data), self.o["batch_size"], (rnd - 1) * steps, steps, gen)]
+        x = self._inputs(data)
+        return [(x[i], data.y[i]) for i in pass_batches(len(data), self.o["batch_size"], (rnd - 1) * steps, steps, gen)]
 
     def _new_replica(self, theta: torch.Tensor, opt_state: torch.Tensor, opt_step: int) -> ServerModel:
         server = ServerModel(theta, self.o)
@@ -259,8 +325,13 @@ class BaffleClient(ClientHalf):
         return server
 
     def update(self, rnd, down, data: ClientData, state: dict) -> Payload:
-        if isinstance(down, (WeightsDown, SyncDown)):
-            load_flat_state(self.model, down.weights)
+        if isinstance(down, baffle_pool.PoolDown):
+            theta = baffle_pool.pool_catch_up(down, state, self.theta0, self.o["seed_pool"], self.o["pool_root"])
+        elif isinstance(down, (WeightsDown, SyncDown)):
+            if self.peft:
+                self.f.put(down.weights)
+            else:
+                load_flat_state(self.model, down.weights)
             theta = self.f.get()
             if isinstance(down, SyncDown):
                 sync_state(down, theta, state)
@@ -286,7 +357,10 @@ class Baffle(Algorithm):
         "baffle.local_lr": Field("float", 0.05, "fedavg mode: client learning rate.", min=0.0, min_exclusive=True),
         "baffle.batch_size": Field("int", 0, "Samples per estimate (0 = all local data); steps walk through the data in passes.", min=0),
         "baffle.directions": Field("str", "shared", "fedsgd mode: shared: one seed set for all clients; per-client: independent seeds (fedavg mode: per client, except shared-all: one seed set per step for every client, which secagg needs).", choices=("shared", "per-client", "shared-all")),
-        "baffle.downlink": Field("str", "weights", "weights: send the model; replay: send seeds + scalars to clients holding the model.", choices=("weights", "replay")),
+        "baffle.downlink": Field("str", "weights", "weights: send the model; replay: send seeds + scalars to clients holding the model; pool: send the seed pool's changed coefficients (needs seed_pool).", choices=("weights", "replay", "pool")),
+        "baffle.seed_pool": Field("int", 0, "Draw every direction from a pool of N seeds known to all (FedKSeed); 0 = a fresh seed per direction.", min=0, max=2**31 - 1),
+        "baffle.peft": Field("bool", False, "Train fedpeft.method's subset of a pretrained backbone (model.pretrained, or vit-tiny) with forward passes; the frozen backbone never travels."),
+        "baffle.client_precision": Field("str", "fp32", "Precision of the client's forward passes (the server keeps fp32): int8 = frozen Linear layers dynamically quantized (needs peft), bf16 = autocast.", choices=baffle_peft.PRECISIONS),
         "baffle.optimizer": Field("str", "adam", "fedsgd mode: server optimizer on the estimate.", choices=("sgd", "adam")),
         "baffle.lr": Field("float", 0.03, "fedsgd mode: server learning rate.", min=0.0, min_exclusive=True),
         "baffle.momentum": Field("float", 0.0, "fedsgd mode: server SGD momentum.", min=0.0, max=0.999),
@@ -302,15 +376,25 @@ class Baffle(Algorithm):
 
     @classmethod
     def validate(cls, cfg: Config) -> None:
-        if cfg["model.norm"] == "batch":
+        if cfg["model.norm"] == "batch" and not cfg["baffle.peft"]:
             raise ConfigError("config key 'model.norm': baffle cannot perturb BatchNorm statistics; use --set model.norm=group or model.norm=none")
+        baffle_peft.validate(cfg)
+        if cfg["baffle.downlink"] == "pool":
+            if not cfg["baffle.seed_pool"]:
+                raise ConfigError("config key 'baffle.downlink': pool needs a seed pool; add --set baffle.seed_pool=N (e.g. 4096)")
+            if cfg["baffle.mode"] != "fedsgd" or cfg["baffle.optimizer"] != "sgd" or cfg["baffle.momentum"] or cfg["baffle.weight_decay"] or cfg["baffle.aggregation"] != "mean":
+                raise ConfigError(
+                    "config key 'baffle.downlink': pool needs a step that is a sum of pool directions: mode=fedsgd, optimizer=sgd, momentum=0, weight_decay=0, aggregation=mean"
+                )
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.o = _opts(self.cfg)
         self.global_model = build_model_checked(ctx)
         self.f = zo.FlatModel(self.global_model)
-        self.server = ServerModel(self.f.get(), self.o)
+        n = self.o["seed_pool"]
+        self.pool = baffle_pool.SeedPoolServer(self.f.get(), n, self.o["pool_root"]) if self.o["downlink"] == "pool" else None
+        self.server = ServerModel(self.f.get(), self.o, self.pool)
         self.ema = self.server.theta.data.clone() if self.o["ema"] > 0 else None
         self.ema_updates = 0
         self.through = 0
@@ -328,10 +412,16 @@ class Baffle(Algorithm):
         return derive_seed(self.ctx.seed, "baffle-directions", rnd, cid) % SEED_MAX
 
     def _weights(self) -> torch.Tensor:
+        """The downlink's weights: the trainable subset alone over a pretrained backbone, else the model's state."""
+        if self.o["peft"]:
+            return self.server.theta.data.clone()
         self.f.put(self.server.theta.data)
         return flat_state(self.global_model)
 
     def configure(self, rnd, client_ids):
+        if self.pool is not None:
+            fp = fingerprint(self.server.theta.data)
+            return {cid: self.pool.downlink(cid, self.through, fp, self.round_seed(rnd, cid)) for cid in client_ids}
         w = self._weights()
         if self.replay is None:
             return {cid: WeightsDown(w, self.round_seed(rnd, cid)) for cid in client_ids}
@@ -364,6 +454,8 @@ class Baffle(Algorithm):
             self.ema_updates += 1
         if self.replay is not None:
             self.replay.record(rnd, entry, cids)
+        if self.pool is not None:
+            self.pool.record(cids)
         metrics["loss_diff_abs_mean"] = float(diffs.abs().mean())
         return metrics
 
@@ -387,6 +479,7 @@ class Baffle(Algorithm):
             "ema_updates": self.ema_updates,
             "through": self.through,
             "replay": self.replay.state_dict() if self.replay is not None else {},
+            "pool": self.pool.state_dict() if self.pool is not None else {},
         }
 
     def load_state_dict(self, state):
@@ -398,7 +491,14 @@ class Baffle(Algorithm):
         self.through = int(state["through"])
         if self.replay is not None:
             self.replay.load_state_dict(state["replay"])
+        if self.pool is not None:
+            self.pool.load_state_dict(state["pool"])
 
     def summary_extra(self):
         passes = self.o["k"] + 1 if self.o["difference"] == "forward" else 2 * self.o["k"]
-        return {"baffle_k": self.o["k"], "forward_passes_per_estimate": passes, "estimates_per_round": steps_per_round(self.o)}
+        out = {"baffle_k": self.o["k"], "forward_passes_per_estimate": passes, "estimates_per_round": steps_per_round(self.o)}
+        out.update(trainable_parameters=self.f.numel, total_parameters=sum(p.numel() for p in self.global_model.parameters()))
+        out.update(client_precision=self.o["client_precision"], seed_pool=self.o["seed_pool"])
+        if self.o["peft"]:
+            out["method"] = self.cfg["fedpeft.method"]
+        return out
