@@ -36,6 +36,13 @@ METHODS = [
     DemoMethod("fedavg", "fedavg", 20, 6),
     DemoMethod("fedsgd", "fedsgd", 60, 20),
     DemoMethod("baffle", "baffle", 60, 20, {"baffle.k": 100, "baffle.downlink": "replay"}),
+    DemoMethod(
+        "baffle-peft-head",
+        "baffle",
+        60,
+        20,
+        {"baffle.peft": True, "fedpeft.method": "head", "baffle.k": 64, "baffle.optimizer": "sgd", "baffle.lr": 1.0, "baffle.sigma": 1e-3, "baffle.seed_pool": 1024, "baffle.downlink": "pool"},
+    ),
     DemoMethod("fedpeft-bias", "fedpeft", 20, 6, {"fedpeft.method": "bias"}),
     DemoMethod("fedpeft-lora", "fedpeft", 20, 6, {"fedpeft.method": "lora", "fedpeft.lr": 0.02}),
     DemoMethod("fd", "fd", 20, 6, {"partition.name": "label-deficient", "fd.local_steps": 50}),
