@@ -291,7 +291,8 @@ class BaffleClient(ClientHalf):
         else:
             self.f = zo.FlatModel(self.model)
         self.n_state = self.n_state or self.f.numel
-        self.theta0 = self.f.get()
+        # the pool downlink rebuilds the weights from W_0, the seeded initial trainable tensors
+        self.theta0 = self.f.get() if self.o["downlink"] == "pool" else None
         self.cached_head = baffle_peft.uses_cached_head(ctx.cfg)
         self._features: dict[int, torch.Tensor] = {}
 
@@ -329,10 +330,11 @@ class BaffleClient(ClientHalf):
             theta = baffle_pool.pool_catch_up(down, state, self.theta0, self.o["seed_pool"], self.o["pool_root"])
         elif isinstance(down, (WeightsDown, SyncDown)):
             if self.peft:
-                self.f.put(down.weights)
+                # the received subset is the unperturbed weights as is: no second copy (it is only read)
+                theta = down.weights
             else:
                 load_flat_state(self.model, down.weights)
-            theta = self.f.get()
+                theta = self.f.get()
             if isinstance(down, SyncDown):
                 sync_state(down, theta, state)
         else:
