@@ -225,3 +225,76 @@ class Algorithm(ABC):
 
     def artifacts(self, run_dir) -> None:
         """Write method-specific files into the run folder at the end of a run."""
+
+
+class Wrapper(Algorithm):
+    """An algorithm around another one: cross-cutting features (FAug, secure aggregation) wrap a
+    method instead of weaving into it. Every hook goes to ``inner`` unless the wrapper overrides it,
+    and the engines read the inner method's name and kind."""
+
+    def __init__(self, inner: Algorithm):
+        super().__init__(inner.ctx)
+        self.inner = inner
+        self.name = inner.name
+        self.has_global_model = inner.has_global_model
+        self.client_compute = inner.client_compute
+        self.client_wrappers = inner.client_wrappers
+
+    def __getattr__(self, name: str):  # e.g. the inner method's global_model
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def make_client(self) -> ClientHalf:
+        return self.inner.make_client()
+
+    def configure(self, rnd, client_ids):
+        return self.inner.configure(rnd, client_ids)
+
+    def uplink_specs(self, rnd, cid):
+        return self.inner.uplink_specs(rnd, cid)
+
+    def aggregate(self, rnd, replies):
+        return self.inner.aggregate(rnd, replies)
+
+    def setup_configure(self, rnd, client_ids):
+        return self.inner.setup_configure(rnd, client_ids)
+
+    def setup_uplink_specs(self, rnd, cid):
+        return self.inner.setup_uplink_specs(rnd, cid)
+
+    def setup_aggregate(self, rnd, replies):
+        return self.inner.setup_aggregate(rnd, replies)
+
+    def round_configure(self, rnd, stage, client_ids):
+        return self.inner.round_configure(rnd, stage, client_ids)
+
+    def round_uplink_specs(self, rnd, stage, cid):
+        return self.inner.round_uplink_specs(rnd, stage, cid)
+
+    def round_aggregate(self, rnd, stage, replies):
+        return self.inner.round_aggregate(rnd, stage, replies)
+
+    def round_dropout(self, rnd, stage):
+        return self.inner.round_dropout(rnd, stage)
+
+    def evaluate(self, x, y):
+        return self.inner.evaluate(x, y)
+
+    def summarize_client_eval(self, per_client):
+        return self.inner.summarize_client_eval(per_client)
+
+    def model_parameters(self) -> int:
+        return self.inner.model_parameters()
+
+    def summary_extra(self) -> dict:
+        return self.inner.summary_extra()
+
+    def artifacts(self, run_dir) -> None:
+        self.inner.artifacts(run_dir)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)

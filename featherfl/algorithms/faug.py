@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from featherfl.algorithms.base import Algorithm, ClientData
+from featherfl.algorithms.base import Algorithm, ClientData, Wrapper
 from featherfl.seeding import derive_seed, generator
 from featherfl.config import ConfigError, Field
 from featherfl.models import flat_state, load_flat_state
@@ -363,7 +363,7 @@ class FAugClient:
         return AugmentDone(len(y), pl_device_server(n_t, n_r), pl_inter_device(n_t, down.uploaded_labels))
 
 
-class FAug(Algorithm):
+class FAug(Wrapper):
     """``FAug(inner)``: federated augmentation as a one-time first phase around any method.
 
     The server runs FAug's two setup exchanges (seeds up, generator down), then hands every
@@ -373,13 +373,7 @@ class FAug(Algorithm):
     """
 
     def __init__(self, inner: Algorithm):
-        super().__init__(inner.ctx)
-        self.inner = inner
-        # what the engines read from the method: the inner method's answers
-        self.name = inner.name
-        self.has_global_model = inner.has_global_model
-        self.client_compute = inner.client_compute
-        self.client_wrappers = inner.client_wrappers
+        super().__init__(inner)
         self.opts = self.cfg.section("faug")
         self.phase = "seeds"
         self.labels: list[int] = []
@@ -388,35 +382,11 @@ class FAug(Algorithm):
         self.pl: dict[int, list[float]] = {}
         self.generated: dict[int, int] = {}
 
-    def __getattr__(self, name: str):  # e.g. the inner method's global_model
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
     def make_client(self):
         client = FAugClient(self.inner.make_client())
         for wrap in self.client_wrappers:
             client = wrap(client)
         return client
-
-    # --- the inner method, unchanged ---
-    def configure(self, rnd, client_ids):
-        return self.inner.configure(rnd, client_ids)
-
-    def uplink_specs(self, rnd, cid):
-        return self.inner.uplink_specs(rnd, cid)
-
-    def aggregate(self, rnd, replies):
-        return self.inner.aggregate(rnd, replies)
-
-    def evaluate(self, x, y):
-        return self.inner.evaluate(x, y)
-
-    def summarize_client_eval(self, per_client):
-        return self.inner.summarize_client_eval(per_client)
-
-    def model_parameters(self) -> int:
-        return self.inner.model_parameters()
 
     # --- FAug's setup phase, then the inner method's own setup (if any) ---
     def setup_configure(self, rnd, client_ids):

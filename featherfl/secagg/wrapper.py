@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from featherfl import wire
-from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Wrapper
 from featherfl.secagg import crypto, fraction_bits, methods, protocol
 from featherfl.seeding import derive_seed
 
@@ -87,25 +87,16 @@ class SecAggClient(ClientHalf):
         return self.inner.evaluate(state.setdefault(METHOD_STATE, {}), x, y)
 
 
-class SecAgg(Algorithm):
-    """The server half; every other call goes to ``inner`` unchanged."""
+class SecAgg(Wrapper):
+    """The server half; every call it does not override goes to ``inner`` unchanged."""
 
     def __init__(self, inner: Algorithm):
-        super().__init__(inner.ctx)
-        self.inner = inner
-        self.name = inner.name
-        self.has_global_model = inner.has_global_model
-        self.client_compute = inner.client_compute
+        super().__init__(inner)
         self.client_wrappers = ()  # the inner method's wrappers (e.g. simulated attackers) act before masking
         self.opts = self.cfg.section("secagg")
         self.adapter = methods.adapter_for(inner, self.cfg)
         self.round: protocol.ServerRound | None = None
         self.sent_downs: dict[int, wire.Payload] = {}
-
-    def __getattr__(self, name: str):
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def make_client(self):
         return SecAggClient(self.inner.make_client(), methods.adapter_for(self.inner, self.cfg))
@@ -191,30 +182,8 @@ class SecAgg(Algorithm):
             metrics["secagg_bad_share_clients"] = sorted(r.bad_share_clients)
         return metrics
 
-    # --- the inner method, unchanged ---
-    def setup_configure(self, rnd, client_ids):
-        return self.inner.setup_configure(rnd, client_ids)
-
-    def setup_uplink_specs(self, rnd, cid):
-        return self.inner.setup_uplink_specs(rnd, cid)
-
-    def setup_aggregate(self, rnd, replies):
-        return self.inner.setup_aggregate(rnd, replies)
-
-    def evaluate(self, x, y):
-        return self.inner.evaluate(x, y)
-
-    def summarize_client_eval(self, per_client):
-        return self.inner.summarize_client_eval(per_client)
-
-    def model_parameters(self) -> int:
-        return self.inner.model_parameters()
-
     def summary_extra(self) -> dict:
         return {**self.inner.summary_extra(), "secagg": self.cfg["secagg.protocol"]}
-
-    def artifacts(self, run_dir) -> None:
-        self.inner.artifacts(run_dir)
 
     def state_dict(self) -> dict:
         out = self.inner.state_dict()
