@@ -334,6 +334,58 @@ def part_c(log) -> list[str]:
     return out + [""]
 
 
+# --- part D: catch-up downlink after R missed rounds --------------------------------------------
+
+
+def part_d(log) -> list[str]:
+    """Encoded bytes of the downlink a client gets after missing R rounds, from the real payload
+    classes and the server-side logic that picks them (replay: ``ReplayLog.downlink``, which falls
+    back to the weights; pool: ``SeedPoolServer.downlink``); the round scalars are random stand-ins
+    (their values do not change the sizes). FedSGD, shared directions, plain SGD (no optimizer state)."""
+    from featherfl.algorithms.baffle_pool import SeedPoolServer
+    from featherfl.algorithms.baffle_replay import ReplayLog, RoundEntry, SyncDown
+    from featherfl.wire import encode
+
+    k, n_pool = 64, POOL
+    misses = (1, 4, 16, 64, 256, 1024)
+    g = torch.Generator().manual_seed(0)
+    out = [
+        f"### Catch-up downlink after R missed rounds (K = {k}, seed pool N = {n_pool})",
+        "",
+        "Encoded bytes of the one downlink a client receives when it returns after missing R rounds (FedSGD, shared directions, plain SGD). "
+        "replay falls back to the weights when the history is larger; pool sends the changed coefficients (8 B each) or all N (4 B each).",
+        "",
+        "| trainable subset | parameters | weights (B) | " + " | ".join(f"replay, R={r}" for r in misses) + " | " + " | ".join(f"pool, R={r}" for r in misses) + " |",
+        "|---|---|---|" + "---|" * (2 * len(misses)),
+    ]
+    for label, numel in (("MiniLM SST-2 head", 770), ("MiniLM bias (+ head)", 26_498), ("MiniLM LoRA r=8 (+ head)", 74_498)):
+        theta = torch.zeros(numel)
+        weights = len(encode(SyncDown(theta, torch.zeros(0), 0, 0, 1)))
+        rep_b, pool_b = [], []
+        for r in misses:
+            log_ = ReplayLog(numel)
+            pool = SeedPoolServer(theta, n_pool, 12345)
+            for c in (0, 1):  # client 0 always present, client 1 only in round 1 and round r + 1
+                log_.downlink(c, SyncDown(theta, torch.zeros(0), 0, 0, 1), 0)
+                pool.downlink(c, 0, 0, 1)
+            for rnd in range(1, r + 2):
+                replied = [0, 1] if rnd == 1 else [0]
+                d = torch.randn(1, 1, k, generator=g)
+                entry = RoundEntry((rnd,), (1,), d, True)
+                log_.record(rnd, entry, replied)
+                idx = [int(i) for i in torch.randint(0, n_pool, (k,), generator=g)]
+                pool.add(idx, d.flatten().tolist())
+                pool.record(replied)
+                if rnd <= r:
+                    log_.downlink(0, SyncDown(theta, torch.zeros(0), 0, rnd, 1), 0)
+                    pool.downlink(0, rnd, 0, 1)
+            rep_b.append(len(encode(log_.downlink(1, SyncDown(theta, torch.zeros(0), 0, r + 1, 1), 0))))
+            pool_b.append(len(encode(pool.downlink(1, r + 1, 0, 1))))
+        out.append(f"| {label} | {numel:,} | {weights:,} | " + " | ".join(f"{b:,}" for b in rep_b) + " | " + " | ".join(f"{b:,}" for b in pool_b) + " |")
+        log(f"[D] {label}: replay {rep_b}, pool {pool_b}, weights {weights}")
+    return out + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="A,C,B")
@@ -365,6 +417,8 @@ def main() -> None:
                 lines += part_b(work, log, a.b_rounds, a.b_zo_rounds)
             elif part == "C":
                 lines += part_c(log)
+            elif part == "D":
+                lines += part_d(log)
             Path(a.out).write_text("\n".join(lines) + "\n")
     lines += [f"Total: {time.perf_counter() - t0:.0f} s on this machine (2 CPU cores shared with other work).", "", f"Command: `.venv/bin/python benchmarks/zo_peft.py --parts {a.parts} --datasets {a.datasets} --b-rounds {a.b_rounds} --b-zo-rounds {a.b_zo_rounds}`", ""]
     Path(a.out).write_text("\n".join(lines) + "\n")

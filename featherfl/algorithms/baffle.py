@@ -234,7 +234,8 @@ class ServerModel:
             for j, dj in enumerate(d.tolist()):
                 idx.append(baffle_pool.pool_index(base, 0, j, n))
                 vals.append(-o["lr"] * wj * scale * dj / (k * sigma))
-        new = self.pool.add(idx, vals)
+        self.pool.add(idx, vals)
+        new = self.pool.weights()
         norm = float((new - self.theta.data).norm())
         self.theta.data.copy_(new)
         return {"update_norm": norm, "pool_entries_used": int(torch.count_nonzero(self.pool.coef))}

@@ -95,12 +95,11 @@ class SeedPoolServer:
         self.held: dict[int, torch.Tensor] = {}
         self.sent: dict[int, torch.Tensor] = {}
 
-    def add(self, indices: list[int], values: list[float]) -> torch.Tensor:
-        """Add a round's scalars along their pool entries (float32 sums) and return the new weights."""
+    def add(self, indices: list[int], values: list[float]) -> None:
+        """Add a round's scalars along their pool entries (summed in float64, stored as float32)."""
         delta = torch.zeros(self.n, dtype=torch.float64)
         delta.index_add_(0, torch.tensor(indices, dtype=torch.long), torch.tensor(values, dtype=torch.float64))
         self.coef.add_(delta.to(torch.float32))
-        return self.weights()
 
     def weights(self) -> torch.Tensor:
         return materialize(self.theta0, self.coef, self.root)
