@@ -32,20 +32,24 @@ def _run(tmp_path, name, overrides):
     return _rows(tmp_path / name / "metrics.jsonl"), summary
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_ray_engine_runs_secagg_like_the_local_engine(tmp_path, method):
+@pytest.fixture(scope="module")
+def ray_session():
+    """One small local Ray session for both methods (Ray's start-up is the expensive part)."""
     ray = pytest.importorskip("ray")
     import torch
 
     threads = torch.get_num_threads()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        extra = METHODS[method] + [("engine.dropout", 0.2)]
-        local, s_local = _run(tmp_path, "local", extra)
-        remote, s_ray = _run(tmp_path, "ray", extra + [("engine.name", "ray")])
-    finally:
-        ray.shutdown()
-        torch.set_num_threads(threads)
+    yield
+    ray.shutdown()
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_ray_engine_runs_secagg_like_the_local_engine(tmp_path, method, ray_session):
+    extra = METHODS[method] + [("engine.dropout", 0.2)]
+    local, s_local = _run(tmp_path, "local", extra)
+    remote, s_ray = _run(tmp_path, "ray", extra + [("engine.name", "ray")])
     assert remote == local  # accuracy, the ledger (secagg bytes included), drops, protocol counts
     assert s_ray["final_accuracy"] == s_local["final_accuracy"]
     assert any(r["bytes_by_category"].get("up_secagg") for r in remote)
