@@ -19,10 +19,14 @@ B. Whole-model paths on MiniLM itself (SST-2 only, a short protocol for this CPU
    FedPEFT bias / lora / full with backprop, through ``run_experiment``.
 C. A client's peak memory (resident set, a fresh process per measurement) and seconds per
    round: inference forward vs a BAFFLE client update vs a FedPEFT (backprop) client update.
+D. Catch-up downlink bytes after R missed rounds: replay vs seed pool vs weights (encoded payloads).
+E. FedPEFT-bias (backprop through MiniLM) at part A's SST-2 sizes: the goal's reference.
 
 Reproduce:
     .venv/bin/python benchmarks/zo_peft.py                 # all parts (about 40 min on 2 shared cores)
     .venv/bin/python benchmarks/zo_peft.py --parts A       # the cached-feature tables only
+    .venv/bin/python benchmarks/zo_peft.py --parts E --e-rounds 10 --out /tmp/zo_e.md
+    .venv/bin/python benchmarks/zo_peft.py --parts D --out /tmp/zo_d.md
 """
 
 from __future__ import annotations
@@ -334,6 +338,45 @@ def part_c(log) -> list[str]:
     return out + [""]
 
 
+# --- part E: FedPEFT-bias (backprop) at part A's sizes ------------------------------------------
+
+
+def part_e(work: Path, log, rounds: int) -> list[str]:
+    """FedPEFT-bias with backprop through MiniLM on part A's SST-2 sizes (3,200 training examples,
+    the same 872 test examples, 20 clients, Dirichlet 0.5, 5 per round), the goal's reference."""
+    n_train, n_test = SIZES["sst2"]
+    kv = {
+        **B_COMMON,
+        "algorithm": "fedpeft",
+        "fedpeft.method": "bias",
+        "fedpeft.lr": 0.03,
+        "fedpeft.batch_size": 16,
+        "data.dir": str(DATA / "sst2"),
+        "data.max_train": int(n_train * 0.8),
+        "data.max_test": n_test,
+        "engine.fraction": FRACTION,
+        "rounds": rounds,
+        "eval.every": rounds,
+    }
+    t0 = time.perf_counter()
+    _, s = run_experiment(build_config(overrides=list(kv.items())), work / "fedpeft-bias-a")
+    wall = time.perf_counter() - t0
+    up = s["bytes_up"] / max(1, s["rounds_completed"] * round(CLIENTS * FRACTION))
+    mb = (s["bytes_up"] + s["bytes_down"]) / CLIENTS / 1e6
+    log(f"[E] FedPEFT-bias: acc {s['final_accuracy']:.4f}, uplink {up:,.0f} B/client/round, MB/client {mb:.3f}, {wall:.0f} s")
+    return [
+        "### SST-2: FedPEFT-bias (backprop) at part A's sizes",
+        "",
+        f"{int(n_train * 0.8)} training examples (a stratified subset of the training file of part A's training size; not the same rows), the same {n_test} test examples, "
+        f"{CLIENTS} clients, Dirichlet {ALPHA}, {round(CLIENTS * FRACTION)} per round, {rounds} rounds, 1 local epoch, batch 16, SGD lr 0.03 momentum 0.9 (not tuned).",
+        "",
+        "| method | client compute | test acc | uplink B / client / round | MB / client (up + down) | wall s |",
+        "|---|---|---|---|---|---|",
+        f"| FedPEFT-bias | backprop | {s['final_accuracy']:.4f} | {up:,.0f} | {mb:.3f} | {wall:.0f} |",
+        "",
+    ]
+
+
 # --- part D: catch-up downlink after R missed rounds --------------------------------------------
 
 
@@ -393,6 +436,7 @@ def main() -> None:
     ap.add_argument("--b-rounds", type=int, default=8, help="part B rounds for FedPEFT (backprop)")
     ap.add_argument("--b-zo-rounds", type=int, default=24, help="part B rounds for BAFFLE")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "zo_peft.md"))
+    ap.add_argument("--e-rounds", type=int, default=10, help="part E rounds (FedPEFT-bias at part A's sizes)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs (figures meaningless)")
     a = ap.parse_args()
     if a.smoke:
@@ -419,6 +463,8 @@ def main() -> None:
                 lines += part_c(log)
             elif part == "D":
                 lines += part_d(log)
+            elif part == "E":
+                lines += part_e(work, log, a.e_rounds)
             Path(a.out).write_text("\n".join(lines) + "\n")
     lines += [f"Total: {time.perf_counter() - t0:.0f} s on this machine (2 CPU cores shared with other work).", "", f"Command: `.venv/bin/python benchmarks/zo_peft.py --parts {a.parts} --datasets {a.datasets} --b-rounds {a.b_rounds} --b-zo-rounds {a.b_zo_rounds}`", ""]
     Path(a.out).write_text("\n".join(lines) + "\n")
