@@ -62,20 +62,6 @@ def linear_head(input_shape, num_classes):
     return torch.nn.Linear(int(input_shape[0]), num_classes)
 
 
-def allow_baffle_text() -> None:
-    """featherfl/data/text.py lets token ids through for algorithm = fedpeft only; widen that check to
-    baffle with baffle.peft = true for this benchmark (the rest of the loader is unchanged)."""
-    from featherfl.data import text
-
-    real = text.check_text_model
-
-    def check(cfg, name):
-        if not (cfg["algorithm"] == "baffle" and cfg["baffle.peft"]):
-            real(cfg, name)
-
-    text.check_text_model = check
-
-
 # --- part A: cached features ------------------------------------------------------------------
 
 
@@ -229,7 +215,6 @@ B_COMMON = {
 
 
 def part_b(work: Path, log, rounds: int, zo_rounds: int) -> list[str]:
-    allow_baffle_text()
     rows = []
     runs = []
     for method, lr in (("bias", 0.03), ("lora", 0.02), ("full", 0.002)):
@@ -274,9 +259,6 @@ torch.set_num_threads(1)
 from featherfl.algorithms.base import ClientData, Context
 from featherfl.config import build_config
 mode, method = sys.argv[1], sys.argv[2]
-from featherfl.data import text
-real = text.check_text_model
-text.check_text_model = lambda cfg, name: None if cfg["algorithm"] == "baffle" else real(cfg, name)
 kv = {{"dataset": "sst2", "data.dir": {data!r}, "data.max_length": {maxlen}, "data.max_train": 64, "data.max_test": 16, "clients": 1, "engine.threads": 1, "fedpeft.method": method}}
 kv.update({{"algorithm": "fedpeft", "fedpeft.batch_size": 16, "fedpeft.max_steps": 4}} if mode != "baffle" else {{"algorithm": "baffle", "baffle.peft": True, "baffle.k": 16, "baffle.batch_size": 16}})
 from featherfl.experiment import prepare

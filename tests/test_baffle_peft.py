@@ -28,22 +28,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(autouse=True)
-def _text_reader_accepts_baffle_peft(monkeypatch):
-    """featherfl/data/text.py lets token ids through for algorithm = fedpeft only; until it also names
-    baffle with baffle.peft = true, the tests widen that check (the rest of the loader is unchanged)."""
-    from featherfl.data import text
-
-    real = text.check_text_model
-
-    def check(cfg, name):
-        if cfg["algorithm"] == "baffle" and cfg["baffle.peft"]:
-            return
-        real(cfg, name)
-
-    monkeypatch.setattr(text, "check_text_model", check)
-
-
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
     from support.tiny_bert import make_bert_folder
@@ -285,3 +269,11 @@ def test_precision_flat_keeps_fp32_weights_for_perturbation():
     seeds = [zo.direction_seed(1, 0, j) for j in range(3)]
     d = zo.loss_differences(f, f.get(), x, y, seeds, 0.5)
     assert d.shape == (3,) and float(d.abs().sum()) > 0
+
+
+def test_text_data_needs_baffle_peft_and_is_refused_before_the_run_without_it(bert, sst2):
+    p = prepare(cfg(bert, sst2, "bias"))  # accepted as is: the text reader knows baffle.peft
+    assert p.algorithm is not None
+    with pytest.raises(ConfigError, match="baffle.peft") as e:
+        prepare(cfg(bert, sst2, "bias", baffle__peft=False))
+    assert "\n" not in str(e.value)

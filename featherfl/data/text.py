@@ -97,11 +97,13 @@ def check_text_model(cfg, name: str) -> None:
     the built-in vision models would fail on them mid-run, so that is a ConfigError now."""
     from featherfl import plugins
 
-    if cfg["algorithm"] == "fedpeft" or plugins.is_dotted(cfg["model.name"]) or cfg["model.name"].startswith("python-"):
+    if cfg["algorithm"] == "fedpeft" or (cfg["algorithm"] == "baffle" and cfg["baffle.peft"]):
+        return
+    if plugins.is_dotted(cfg["model.name"]) or cfg["model.name"].startswith("python-"):
         return
     raise ConfigError(
         f"dataset {name} holds text (token ids), which the built-in model {cfg['model.name']!r} cannot read: "
-        "train with algorithm = fedpeft and a text encoder in model.pretrained, or name your own model (model.name = module:build)"
+        "train with algorithm = fedpeft (or baffle with baffle.peft = true) and a text encoder in model.pretrained, or name your own model (model.name = module:build)"
     )
 
 
