@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields, combine
+from featherfl.algorithms import vectorized
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
@@ -172,16 +173,20 @@ class FDClient(ClientHalf):
         L = self.ctx.num_classes
         return {TeacherDown.KIND: Spec(TeacherDown, {"teacher": TensorSpec("float32", (L, L), max_abs=NOISY_MAX_ABS), "contributors": TensorSpec("int32", (L,), min_value=0, max_value=MAX_COUNT)})}
 
+    def _teacher(self, down: Payload, dev) -> tuple[torch.Tensor, torch.Tensor]:
+        """The received teacher rows normalised to distributions, and which labels have one."""
+        teacher = down.teacher.clamp_min(0)
+        mass = teacher.sum(1)
+        has_teacher = ((down.contributors > 0) & (mass > 0)).to(dev)
+        return (teacher / mass.clamp_min(1e-12).unsqueeze(1)).to(dev), has_teacher
+
     def update(self, rnd: int, down: Payload, data: ClientData, state: dict) -> Payload:
         o = self.opts
         L = self.ctx.num_classes
         model = self._model(state, data.cid)
         dev = model_device(model)
         x, y = data.x.to(dev), data.y.to(dev)
-        teacher = down.teacher.clamp_min(0)
-        mass = teacher.sum(1)
-        has_teacher = ((down.contributors > 0) & (mass > 0)).to(dev)
-        teacher = (teacher / mass.clamp_min(1e-12).unsqueeze(1)).to(dev)
+        teacher, has_teacher = self._teacher(down, dev)
         opt = make_optimizer(model.parameters(), o)
         gen = generator(self.ctx.seed, "fd-client", rnd, data.cid)
         sums, counts = torch.zeros(L, L, device=dev), torch.zeros(L, dtype=torch.int64, device=dev)
@@ -193,12 +198,79 @@ class FDClient(ClientHalf):
             opt.step()
             accumulate(sums, counts, F.softmax(logits.detach() / o["temperature"], 1), y[idx])
         state["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        sums, counts = sums.cpu(), counts.cpu()
+        return self._upload(rnd, data.cid, sums.cpu(), counts.cpu())
+
+    def _upload(self, rnd: int, cid: int, sums: torch.Tensor, counts: torch.Tensor) -> LogitsUp:
+        o = self.opts
         means = label_means(sums, counts)
         if o["logit_noise"] > 0:
-            noise = torch.randn(means.shape, generator=generator(self.ctx.seed, "fd-noise", rnd, data.cid))
-            means = clip_rows(means, o["noise_clip"])[0] + noise_std(o["logit_noise"], o["noise_clip"], L) * noise
+            noise = torch.randn(means.shape, generator=generator(self.ctx.seed, "fd-noise", rnd, cid))
+            means = clip_rows(means, o["noise_clip"])[0] + noise_std(o["logit_noise"], o["noise_clip"], self.ctx.num_classes) * noise
         return LogitsUp(means.float(), counts.clamp(max=MAX_COUNT).to(torch.int32))
+
+    def can_update_many(self) -> bool:
+        """Batched local training (``engine.vectorize``) when every device runs one architecture,
+        on the CPU, without BatchNorm or dropout (``vectorized.supports``), and the sequential
+        ``update`` is not replaced (test doubles, subclasses)."""
+        names = set(self.ctx.cfg["fd.models"] or [self.ctx.cfg["model.name"]])
+        if len(names) != 1 or type(self).update is not FDClient.update:
+            return False
+        name = names.pop()
+        if name not in self.models:
+            self._model({}, 0)
+        return vectorized.supports(self.models[name])
+
+    def update_many(self, rnd: int, downs: dict, data: dict[int, ClientData], states: dict[int, dict]) -> dict[int, Payload]:
+        """Every device's local steps as one batched computation: each device starts from its own
+        model (its state), with its own teacher, batch order (the same seeded generator as
+        ``update``), optimiser state and per-label output sums; equal to ``update`` device by
+        device within float rounding."""
+        o = self.opts
+        L, T = self.ctx.num_classes, o["temperature"]
+        cids = list(downs)
+        if any(len(data[c]) == 0 for c in cids):  # nothing to batch over: the plain path says what happens
+            return {c: self.update(rnd, downs[c], data[c], states[c]) for c in cids}
+        runs, teachers, epochs = [], [], []
+        for cid in cids:
+            model = self._model(states[cid], cid)
+            start = {k: p.detach().clone() for k, p in model.named_parameters()}
+            runs.append(vectorized.ClientRun(start, data[cid].x, data[cid].y, generator(self.ctx.seed, "fd-client", rnd, cid)))
+            teachers.append(self._teacher(downs[cid], torch.device("cpu")))
+            n, bs = len(data[cid]), o["batch_size"]
+            n_batches = 1 if bs <= 0 else -(-n // bs)  # as ``batches`` splits an epoch
+            epochs.append(-(-o["local_steps"] // n_batches))
+        teacher = torch.stack([t for t, _ in teachers])  # (C, L, L)
+        has = torch.stack([h for _, h in teachers])  # (C, L)
+        gamma = float(o["gamma"])
+
+        def loss_fn(logits, y, idx, c):
+            ce = F.cross_entropy(logits, y, reduction="none")
+            if gamma == 0 or not bool(has[c].any()):
+                return ce
+            soft = -(teacher[c][y] * F.log_softmax(logits / T, 1)).sum(1)
+            return ce + gamma * has[c][y].to(ce.dtype) * soft
+
+        sums = torch.zeros(len(cids), L, L)
+        counts = torch.zeros(len(cids), L, dtype=torch.int64)
+
+        def observe(logits, y, mask):
+            probs = F.softmax(logits / T, 2)
+            for c in range(len(cids)):
+                keep = mask[c] > 0
+                accumulate(sums[c], counts[c], probs[c][keep], y[c][keep])
+
+        finals, _ = vectorized.train_clients(
+            model, runs, o, 1, o["batch_size"], o["local_steps"], loss_fn=loss_fn, observe=observe, epochs_per_client=epochs
+        )
+        out: dict[int, Payload] = {}
+        for i, cid in enumerate(cids):
+            model = self._model(states[cid], cid)
+            with torch.no_grad():
+                for k, p in model.named_parameters():
+                    p.copy_(finals[i][k])
+            states[cid]["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            out[cid] = self._upload(rnd, cid, sums[i], counts[i])
+        return out
 
     def evaluate(self, state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
         """The device's own model on the common test set; ``None`` for a device that never trained."""

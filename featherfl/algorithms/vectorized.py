@@ -55,12 +55,12 @@ class ClientRun:
     gen: torch.Generator  # the same generator the sequential path would use for its batch order
 
 
-def _schedules(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int) -> list[list[torch.Tensor]]:
+def _schedules(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int, per_client: list[int] | None = None) -> list[list[torch.Tensor]]:
     """Each client's batch indices, drawn exactly as ``train_epochs`` draws them."""
     out = []
-    for r in runs:
+    for i, r in enumerate(runs):
         steps: list[torch.Tensor] = []
-        for _ in range(epochs):
+        for _ in range(epochs if per_client is None else per_client[i]):
             steps.extend(batches(len(r.y), batch_size, r.gen))
         out.append(steps[:max_steps] if max_steps else steps)
     return out
@@ -127,16 +127,21 @@ def train_clients(
     batch_size: int,
     max_steps: int = 0,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+    observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    epochs_per_client: list[int] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
     """Train every client in ``runs`` from its ``start`` tensors; return (final tensors, metrics) per client.
 
     ``model`` supplies the architecture and every tensor not in ``start`` (frozen
     parameters and buffers, shared by all clients). ``loss_fn(logits, y, idx, client)``
     returns per-sample losses and replaces cross-entropy (e.g. a distillation term);
-    it must be written with batched-friendly ops.
+    it must be written with batched-friendly ops. ``observe(logits, y, mask)`` sees every step's
+    detached (clients x batch x classes) outputs before the update, with the mask of the samples
+    that count (padding and finished clients are 0), as a sequential loop sees its batch's
+    outputs (e.g. FD's per-label output sums). ``epochs_per_client`` overrides ``epochs`` per client.
     """
     names = list(runs[0].start)
-    schedules = _schedules(runs, epochs, batch_size, max_steps)
+    schedules = _schedules(runs, epochs, batch_size, max_steps, epochs_per_client)
     n_steps = [len(s) for s in schedules]
     T = max(n_steps)
     B = max((len(b) for s in schedules for b in s), default=1)
@@ -171,7 +176,7 @@ def train_clients(
                 per = torch.stack([loss_fn(logits[c], yb[c], ib[c], c) for c in range(C)])
             loss = (per * mb).sum(1) / mb.sum(1).clamp_min(1.0)
             (g,) = torch.autograd.grad(loss.sum(), [leaf])
-        return g, loss.detach()
+        return g, loss.detach(), logits.detach()
 
     # every step's batch indices, padded to B, and its mask, built once
     idx = torch.zeros(T, C, B, dtype=torch.long)
@@ -192,7 +197,10 @@ def train_clients(
     model.train()
     try:
         for t in range(T):
-            g, loss = step(flat, x_all[rows, idx[t]], y_all[rows, idx[t]], mask[t], idx[t])
+            yb = y_all[rows, idx[t]]
+            g, loss, logits = step(flat, x_all[rows, idx[t]], yb, mask[t], idx[t])
+            if observe is not None:
+                observe(logits, yb, mask[t] * active[t].to(mask.dtype).unsqueeze(1))
             flat = opt.step({"flat": flat}, {"flat": g}, active[t])["flat"]
             totals += torch.where(active[t], loss.detach().double(), torch.zeros((), dtype=torch.float64))
     finally:
