@@ -17,7 +17,9 @@ from featherfl.experiment import Experiment, prepare  # noqa: E402
 
 TIMING = {"seconds", "wall_seconds"}
 METHODS = ["fedavg", "fedsgd", "baffle", "fd", "fedpeft"]
-SMALL = [("rounds", 2), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200), ("engine.threads", 1)]
+#: engine.vectorize=off: Ray runs clients one by one, so the local reference does too (batched
+#: clients agree with it within float rounding only; tests/test_vectorized.py, test_fd_vectorized.py)
+SMALL = [("rounds", 2), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200), ("engine.threads", 1), ("engine.vectorize", "off")]
 #: Per-method knobs that keep each run to a few seconds; ``baffle.downlink=replay`` makes
 #: clients keep a model replica in their state, so state must survive between rounds.
 FAST = {"baffle": [("baffle.k", 20), ("baffle.downlink", "replay")], "fd": [("fd.local_steps", 20)], "fedpeft": [("fedpeft.method", "bias"), ("partition.min_samples", 5)]}
