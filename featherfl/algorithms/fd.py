@@ -240,24 +240,29 @@ class FDClient(ClientHalf):
             n_batches = 1 if bs <= 0 else -(-n // bs)  # as ``batches`` splits an epoch
             epochs.append(-(-o["local_steps"] // n_batches))
         teacher = torch.stack([t for t, _ in teachers])  # (C, L, L)
-        has = torch.stack([h for _, h in teachers])  # (C, L)
+        has = torch.stack([h for _, h in teachers]).to(teacher.dtype)  # (C, L): 1 where label l has a teacher
         gamma = float(o["gamma"])
+        C = len(cids)
+        rows = torch.arange(C).unsqueeze(1)
 
-        def loss_fn(logits, y, idx, c):
-            ce = F.cross_entropy(logits, y, reduction="none")
-            if gamma == 0 or not bool(has[c].any()):
+        def loss_fn(logits, y):
+            """distillation_loss's per-sample terms for every device at once (a device or label without
+            a teacher adds exactly 0)."""
+            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+            if gamma == 0 or not bool(has.any()):
                 return ce
-            soft = -(teacher[c][y] * F.log_softmax(logits / T, 1)).sum(1)
-            return ce + gamma * has[c][y].to(ce.dtype) * soft
+            soft = -(teacher[rows, y] * F.log_softmax(logits / T, 2)).sum(2)
+            return ce + gamma * has[rows, y] * soft
 
-        sums = torch.zeros(len(cids), L, L)
-        counts = torch.zeros(len(cids), L, dtype=torch.int64)
+        sums = torch.zeros(C * L, L)
+        counts = torch.zeros(C * L, dtype=torch.int64)
 
         def observe(logits, y, mask):
-            probs = F.softmax(logits / T, 2)
-            for c in range(len(cids)):
-                keep = mask[c] > 0
-                accumulate(sums[c], counts[c], probs[c][keep], y[c][keep])
+            """Each device's per-label sums of its outputs on the samples it trained on this step."""
+            keep = mask.flatten() > 0
+            slot = (y + rows * L).flatten()[keep]
+            sums.index_add_(0, slot, F.softmax(logits / T, 2).flatten(0, 1)[keep])
+            counts.add_(torch.bincount(slot, minlength=C * L))
 
         finals, _ = vectorized.train_clients(
             model, runs, o, 1, o["batch_size"], o["local_steps"], loss_fn=loss_fn, observe=observe, epochs_per_client=epochs
@@ -269,7 +274,7 @@ class FDClient(ClientHalf):
                 for k, p in model.named_parameters():
                     p.copy_(finals[i][k])
             states[cid]["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            out[cid] = self._upload(rnd, cid, sums[i], counts[i])
+            out[cid] = self._upload(rnd, cid, sums.view(C, L, L)[i], counts.view(C, L)[i])
         return out
 
     def evaluate(self, state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:

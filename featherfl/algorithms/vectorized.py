@@ -126,16 +126,17 @@ def train_clients(
     epochs: int,
     batch_size: int,
     max_steps: int = 0,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
     epochs_per_client: list[int] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
     """Train every client in ``runs`` from its ``start`` tensors; return (final tensors, metrics) per client.
 
     ``model`` supplies the architecture and every tensor not in ``start`` (frozen
-    parameters and buffers, shared by all clients). ``loss_fn(logits, y, idx, client)``
-    returns per-sample losses and replaces cross-entropy (e.g. a distillation term);
-    it must be written with batched-friendly ops. ``observe(logits, y, mask)`` sees every step's
+    parameters and buffers, shared by all clients). ``loss_fn(logits, y)`` takes every
+    client's (clients x batch x classes) outputs and (clients x batch) labels, returns the
+    (clients x batch) per-sample losses and replaces cross-entropy (e.g. a distillation term
+    with a teacher per client). ``observe(logits, y, mask)`` sees every step's
     detached (clients x batch x classes) outputs before the update, with the mask of the samples
     that count (padding and finished clients are 0), as a sequential loop sees its batch's
     outputs (e.g. FD's per-label output sums). ``epochs_per_client`` overrides ``epochs`` per client.
@@ -163,7 +164,7 @@ def train_clients(
     def unflatten(f: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: part.view((f.shape[0],) + tuple(sh)) for k, sh, part in zip(names, shapes, f.split(sizes, dim=1))}
 
-    def step(f, xb, yb, mb, ib):
+    def step(f, xb, yb, mb):
         """Per-client gradients of per-client mean losses, from one batched forward and backward:
         the clients' losses are independent, so the gradient of their sum w.r.t. client c's
         row of ``f`` is client c's own gradient."""
@@ -173,7 +174,7 @@ def train_clients(
             if loss_fn is None:
                 per = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
             else:
-                per = torch.stack([loss_fn(logits[c], yb[c], ib[c], c) for c in range(C)])
+                per = loss_fn(logits, yb)
             loss = (per * mb).sum(1) / mb.sum(1).clamp_min(1.0)
             (g,) = torch.autograd.grad(loss.sum(), [leaf])
         return g, loss.detach(), logits.detach()
@@ -198,7 +199,7 @@ def train_clients(
     try:
         for t in range(T):
             yb = y_all[rows, idx[t]]
-            g, loss, logits = step(flat, x_all[rows, idx[t]], yb, mask[t], idx[t])
+            g, loss, logits = step(flat, x_all[rows, idx[t]], yb, mask[t])
             if observe is not None:
                 observe(logits, yb, mask[t] * active[t].to(mask.dtype).unsqueeze(1))
             flat = opt.step({"flat": flat}, {"flat": g}, active[t])["flat"]
