@@ -105,6 +105,7 @@ class Engine(ABC):
         self.ledger = ledger
         self.run_id = run_id
         self.max_bytes = int(cfg["engine.max_payload_mb"] * 2**20)
+        self.training_exchange = False  # True while ``_execute`` runs the method's exchange of a round
 
     # --- where client code runs -------------------------------------------------
     @abstractmethod
@@ -140,7 +141,11 @@ class Engine(ABC):
             self._record_down(rnd, cid, data, downs[cid])
             jobs[cid] = data
         gone = dropped_clients(seed, rnd, list(jobs), cfg["engine.dropout"])
-        outcomes = self._execute(rnd, {c: b for c, b in jobs.items() if c not in gone})
+        self.training_exchange = True  # the method's own exchange (engines may fold work into it)
+        try:
+            outcomes = self._execute(rnd, {c: b for c, b in jobs.items() if c not in gone})
+        finally:
+            self.training_exchange = False
         dropped: Counter = Counter({"dropout": len(gone)} if gone else {})
         rejected: Counter = Counter()
         replies = self._accept(rnd, outcomes, self.algorithm.uplink_specs, dropped, rejected)

@@ -86,6 +86,17 @@ def bind(grid, node_wait: float = 60.0, reply_timeout: float = 300.0) -> Iterato
         _BINDING.clear()
 
 
+def _metrics(info: dict) -> dict | None:
+    """A node's evaluation (a JSON object of numbers or nulls), or None when absent or malformed."""
+    try:
+        m = json.loads(str(info["metrics"]))
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(m, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, (int, float))) for k, v in m.items()):
+        return None
+    return m
+
+
 class FlowerEngine(Engine):
     def __init__(self, *args, grid=None, node_wait: float | None = None, reply_timeout: float | None = None, **kw):
         super().__init__(*args, **kw)
@@ -101,6 +112,7 @@ class FlowerEngine(Engine):
         self.config_toml = self.cfg.to_toml()
         self.node_of: dict[int, int] = {}  # featherfl client id -> Flower node id
         self.seen: set[int] = set()  # node ids that answered the setup query (accepted or not)
+        self.folded: dict[int, dict] = {}  # client id -> its own evaluation, sent with this round's train reply
 
     # --- which SuperNode is which client -------------------------------------------
     def _setup(self, node_ids: list[int], timeout: float) -> None:
@@ -162,6 +174,11 @@ class FlowerEngine(Engine):
         from flwr.app import Message
 
         self._discover(set(jobs))
+        # methods without a global model evaluate every device's own state: on an evaluation round the
+        # device does it right after training, in the same ClientApp process (one message, not two)
+        fold = self.training_exchange and not self.algorithm.has_global_model and (rnd % self.cfg["eval.every"] == 0 or rnd == self.cfg["rounds"])
+        if self.training_exchange:
+            self.folded = {}
         msgs, cid_of = [], {}
         for cid, down in sorted(jobs.items()):
             node = self.node_of.get(cid)
@@ -169,7 +186,7 @@ class FlowerEngine(Engine):
                 continue
             cid_of[node] = cid
             msgs.append(
-                Message(pack(down, round=rnd, cid=cid), dst_node_id=node, message_type=train_type(self.algorithm_name), group_id=str(rnd), ttl=self.reply_timeout)
+                Message(pack(down, round=rnd, cid=cid, evaluate=True if fold else None), dst_node_id=node, message_type=train_type(self.algorithm_name), group_id=str(rnd), ttl=self.reply_timeout)
             )
         out: dict[int, ClientOutcome] = {}
         if not msgs:
@@ -190,6 +207,8 @@ class FlowerEngine(Engine):
                 out[cid] = ClientOutcome(error=str(info["error"]), seconds=seconds)
             else:
                 out[cid] = ClientOutcome(reply=payload, seconds=seconds)
+                if fold and (metrics := _metrics(info)) is not None:
+                    self.folded[cid] = metrics
         return out
 
     def client_states(self):
@@ -204,15 +223,22 @@ class FlowerEngine(Engine):
         from flwr.app import Message
 
         self._discover(set(range(self.cfg["clients"])))
-        msgs = [Message(pack(), dst_node_id=n, message_type=evaluate_type(self.algorithm_name), ttl=self.reply_timeout) for n in self.node_of.values()]
+        # devices that trained this round already sent their evaluation with the train reply
+        res: dict[int, dict] = dict(self.folded)
+        self.folded = {}
+        nodes = [n for c, n in self.node_of.items() if c not in res]
+        msgs = [Message(pack(), dst_node_id=n, message_type=evaluate_type(self.algorithm_name), ttl=self.reply_timeout) for n in nodes]
         cid_of = {n: c for c, n in self.node_of.items()}
-        res: dict[int, dict] = {}
-        for reply in exchange(self.grid, msgs, self.reply_timeout, "evaluation"):
+        for reply in exchange(self.grid, msgs, self.reply_timeout, "evaluation") if msgs else []:
             if reply.has_error():
                 LOG.warning("evaluation failed on SuperNode %s: %s", reply.metadata.src_node_id, reply.error.reason)
                 continue
             _, info = unpack(reply.content)
-            res[cid_of[reply.metadata.src_node_id]] = json.loads(info["metrics"])
+            metrics = _metrics(info)
+            if metrics is None:
+                LOG.warning("SuperNode %s sent an evaluation that is not a JSON object of metrics; ignored", reply.metadata.src_node_id)
+                continue
+            res[cid_of[reply.metadata.src_node_id]] = metrics
         if not res:
             raise RuntimeError("no SuperNode answered the evaluation request")
         return dict(sorted(res.items()))

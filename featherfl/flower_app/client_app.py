@@ -6,9 +6,11 @@ It answers the three message types of :mod:`featherfl.engines.flower_engine`:
   and report this node's ``partition-id`` / ``num-partitions`` (node config);
 - ``train.<algorithm>``: decode the downlink, run the algorithm's client half on
   this node's partition, reply with the encoded uplink. This is
-  :func:`featherfl.engines.base.run_client`, the function every engine calls;
+  :func:`featherfl.engines.base.run_client`, the function every engine calls. On an
+  evaluation round of a method without a global model (FD) the message asks for the
+  device's own evaluation too, which travels back in the same reply;
 - ``evaluate.<algorithm>``: evaluate this client's own state (methods without a
-  global model).
+  global model), for devices that did not train in the evaluation round.
 
 The partition is the local engine's partition for the same client id: the node
 runs :func:`featherfl.experiment.prepare` on the same config and takes
@@ -106,8 +108,12 @@ def train(message: Message, context: Context) -> Message:
     except Exception as e:  # reported like the local engine's failing client, not as a crash
         return Message(pack(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t), reply_to=message)
     seconds = time.perf_counter() - t
+    metrics = None
+    if info.get("evaluate"):  # an evaluation round of a method without a global model: saves a message
+        ds = prepared.dataset
+        metrics = json.dumps(client.evaluate(state, ds.test_x, ds.test_y))
     _save_state(context, state)
-    return Message(pack(reply, seconds=seconds), reply_to=message)
+    return Message(pack(reply, seconds=seconds, metrics=metrics), reply_to=message)
 
 
 def evaluate(message: Message, context: Context) -> Message:
