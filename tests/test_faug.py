@@ -317,6 +317,37 @@ def test_gan_stops_once_the_judge_recognises_its_samples(one_thread):
     assert stats_off == {"gan_steps": 120, "recognition": None}
 
 
+@pytest.mark.parametrize("patience", [3, 0])
+def test_gan_patience_stops_a_stalled_gan_and_keeps_its_best_generator(one_thread, monkeypatch, patience):
+    """Recognition that stops improving: with patience 3 training ends 3 checks after the best one and
+    hands out the generator of that best check; with patience 0 it runs to gan_steps and keeps the last."""
+    import featherfl.algorithms.faug as faug_module
+
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.6, 0.6])
+    snaps = []
+
+    def scripted(g, judge, labels, gen, per_label=32):
+        snaps.append({k: v.clone() for k, v in g.state_dict().items()})
+        return next(scores)
+
+    monkeypatch.setattr(faug_module, "recognition", scripted)
+    base = [("algorithm", "fd"), ("faug.gan_batch", 16), ("faug.aug_rotate", 0.0), ("faug.aug_shift", 0.0)]
+    x = torch.rand(10, 1, 8, 8)
+    y = torch.tensor([0] * 5 + [1] * 5)
+    cfg = _cfg(*base, ("faug.gan_steps", 60), ("faug.check_every", 10), ("faug.stop_recognition", 0.95), ("faug.patience", patience))
+    stats = {}
+    faug_module._TRAINED.clear()
+    g = train_cgan(x, y, Context(cfg, (1, 8, 8), 2, 2), cfg.section("faug"), stats)
+    kept = g.state_dict()
+    if patience:
+        assert stats == {"gan_steps": 50, "recognition": 0.7, "best_step": 20} and len(snaps) == 5
+        assert all(torch.equal(kept[k], snaps[1][k]) for k in kept)
+        assert not all(torch.equal(kept[k], snaps[4][k]) for k in kept)
+    else:
+        assert stats == {"gan_steps": 60, "recognition": 0.6} and len(snaps) == 6
+        assert all(torch.equal(kept[k], snaps[5][k]) for k in kept)
+
+
 def test_judge_tells_the_seed_labels_apart(one_thread):
     from featherfl.algorithms.faug import train_judge
 

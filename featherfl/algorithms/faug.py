@@ -45,6 +45,7 @@ FAUG_CONFIG: dict[str, Field] = {
     "faug.gan_steps": Field("int", 10000, "Most server-side conditional GAN training steps (training stops earlier once stop_recognition is reached).", min=1),
     "faug.check_every": Field("int", 500, "Check the generator's samples every this many GAN steps (0 = never: train all gan_steps).", min=0),
     "faug.stop_recognition": Field("float", 0.9, "Stop GAN training once a classifier trained on the augmented seeds labels at least this share of generated samples as their label (0 = off).", min=0.0, max=1.0),
+    "faug.patience": Field("int", 0, "Also stop GAN training after this many checks in a row without a higher recognition than the best so far, and keep the best generator (0 = off: run on to gan_steps and keep the last). On digits, where recognition stalls near 85 %, 4 cut an FD+FAug run from 339 s to 144 s (docs/methods/fd.md).", min=0),
     "faug.gan_batch": Field("int", 64, "GAN mini-batch (drawn with replacement from the augmented seeds).", min=2),
     "faug.gan_lr": Field("float", 2e-4, "Adam learning rate of the generator and the discriminator.", min=0.0, min_exclusive=True),
     "faug.noise_dim": Field("int", 100, "Generator noise dimension.", min=1),
@@ -205,7 +206,10 @@ def train_cgan(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict, stats: dict | 
 
     Every ``check_every`` steps the generator's samples are shown to a judge trained on the
     augmented seeds; training stops once it recognises ``stop_recognition`` of them as their
-    label, or after ``gan_steps``. ``stats`` receives the steps run and the last recognition.
+    label, after ``patience`` checks in a row that do not beat the best recognition so far (the
+    best generator is kept: GAN training does not improve monotonically), or after ``gan_steps``.
+    ``stats`` receives the steps run, the returned generator's recognition and, when the best
+    generator is an earlier one, the step it comes from.
     """
     key = _digest(x, y, ctx, opts)
     if key in _TRAINED:
@@ -231,7 +235,10 @@ def train_cgan(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict, stats: dict | 
     ones, zeros = torch.ones(bs), torch.zeros(bs)
     g.train()
     d.train()
-    done = {"gan_steps": 0, "recognition": None}
+    done: dict = {"gan_steps": 0, "recognition": None}
+    patience = opts.get("patience", 0) if judge is not None else 0
+    best: tuple[float, int, dict] | None = None  # (recognition, step, generator weights)
+    stale = 0
     for step in range(1, opts["gan_steps"] + 1):
         idx = torch.randint(len(y), (bs,), generator=gen)
         real = augment(x[idx], gen, opts["aug_rotate"], opts["aug_shift"], opts["aug_noise"]) * 2 - 1
@@ -249,6 +256,16 @@ def train_cgan(x: torch.Tensor, y: torch.Tensor, ctx, opts: dict, stats: dict | 
             done["recognition"] = recognition(g, judge, labels, generator(ctx.seed, "faug-check", step))
             if done["recognition"] >= target:
                 break
+            if patience:
+                if best is None or done["recognition"] > best[0]:
+                    best, stale = (done["recognition"], step, {k: v.clone() for k, v in g.state_dict().items()}), 0
+                else:
+                    stale += 1
+                if stale >= patience:
+                    break
+    if best is not None and done["recognition"] is not None and done["recognition"] < target and best[0] > done["recognition"]:
+        g.load_state_dict(best[2])  # the last check was not the best: hand out the best generator
+        done["recognition"], done["best_step"] = best[0], best[1]
     g.eval()
     _TRAINED.clear()  # one entry is enough for the reuse above; keep memory flat
     _TRAINED[key] = ({k: v.clone() for k, v in g.state_dict().items()}, dict(done))
@@ -452,6 +469,8 @@ class FAug(Wrapper):
             out["faug_gan_steps"] = stats["gan_steps"]
             if stats["recognition"] is not None:
                 out["faug_recognition"] = stats["recognition"]
+            if "best_step" in stats:
+                out["faug_gan_best_step"] = stats["best_step"]
         else:
             self.phase = "done"
         return out
