@@ -87,7 +87,7 @@ def median_row(runs: list[dict]) -> dict:
     }
 
 
-def deployment(work: Path, rounds: int) -> list[dict]:
+def deployment(work: Path, rounds: int, repeats: int) -> list[dict]:
     rows = []
     fast = {"baffle": ONE_THREAD, "fd": ONE_THREAD, "fedavg": ONE_THREAD}
     with LocalFederation(work / "deploy", nodes=2) as fed:
@@ -106,15 +106,29 @@ def deployment(work: Path, rounds: int) -> list[dict]:
                     "accuracy": s["final_accuracy"],
                 }
             )
-        # the whole job's wall time per round, measured the same way for featherfl and the conventional app
-        t = time.perf_counter()
-        fed.run({"algorithm": "fedavg", "rounds": rounds, "clients": 2, "set": ONE_THREAD, "out": str(work / "deploy" / "wall-fedavg")}, timeout=1800)
-        wall_ff = (time.perf_counter() - t) / rounds
-    with LocalFederation(work / "deploy-base", nodes=2, app_source=ROOT / "benchmarks" / "flower_baseline") as fed:
-        t = time.perf_counter()
-        s = fed.run({"num-server-rounds": rounds, "out": str(work / "deploy-base" / "bl")}, timeout=1800)
-        wall_base = (time.perf_counter() - t) / rounds
-    rows.append({"method": "job wall time per round: featherfl fedavg / conventional app", "featherfl": wall_ff, "baseline": wall_base, "baseline_accuracy": s["final_accuracy"]})
+    # the whole job's wall time per round, measured the same way for featherfl and the conventional app:
+    # each on freshly started SuperLink + SuperNodes, alternating, ``repeats`` times (median)
+    walls: dict[str, list[float]] = {"featherfl": [], "baseline": []}
+    for i in range(repeats):
+        with LocalFederation(work / f"deploy-ff-{i}", nodes=2) as fed:
+            t = time.perf_counter()
+            fed.run({"algorithm": "fedavg", "rounds": rounds, "clients": 2, "set": ONE_THREAD, "out": str(work / f"deploy-ff-{i}" / "wall-fedavg")}, timeout=1800)
+            walls["featherfl"].append((time.perf_counter() - t) / rounds)
+        with LocalFederation(work / f"deploy-base-{i}", nodes=2, app_source=ROOT / "benchmarks" / "flower_baseline") as fed:
+            t = time.perf_counter()
+            s = fed.run({"num-server-rounds": rounds, "out": str(work / f"deploy-base-{i}" / "bl")}, timeout=1800)
+            walls["baseline"].append((time.perf_counter() - t) / rounds)
+        print("deployment wall", {k: [round(x, 1) for x in v] for k, v in walls.items()}, flush=True)
+    rows.append(
+        {
+            "method": "job wall time per round: featherfl fedavg / conventional app",
+            "featherfl": statistics.median(walls["featherfl"]),
+            "baseline": statistics.median(walls["baseline"]),
+            "ratios": [round(a / b, 2) for a, b in zip(walls["featherfl"], walls["baseline"])],
+            "all": walls,
+            "baseline_accuracy": s["final_accuracy"],
+        }
+    )
     return rows
 
 
@@ -123,6 +137,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the local and Ray runs")
     ap.add_argument("--flower-repeats", type=int, default=2, help="repeats of each Flower simulation run")
     ap.add_argument("--deploy-rounds", type=int, default=3)
+    ap.add_argument("--deploy-repeats", type=int, default=3, help="alternating repeats of the deployment wall-time pair")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engines.md"))
     a = ap.parse_args()
     results: dict[str, dict] = {}
@@ -142,7 +157,7 @@ def main() -> int:
             r["bytes"] = baseline_bytes()
         results["conventional Flower FedAvg app (Flower examples' style), simulation runtime"] = median_row(runs)
         print("baseline", flush=True)
-        deploy = deployment(work, a.deploy_rounds)
+        deploy = deployment(work, a.deploy_rounds, a.deploy_repeats)
     ref = results["featherfl, local engine"]["seconds"]
     lines = [
         "# Engines: the same FedAvg job, four ways",
@@ -169,9 +184,12 @@ def main() -> int:
     wall = deploy[-1]
     lines += [
         "",
-        f"FedAvg job over the same deployment (submit to results, divided by {a.deploy_rounds} rounds; one job at a time): featherfl "
-        f"{wall['featherfl']:.1f} s per round, the conventional Flower app (`benchmarks/flower_baseline`, 2 local epochs like featherfl's "
-        f"default, final accuracy {wall['baseline_accuracy']:.4f}) {wall['baseline']:.1f} s per round: ratio {wall['featherfl'] / wall['baseline']:.2f} (goal <= 0.7).",
+        f"FedAvg job over the same deployment (submit to results, divided by {a.deploy_rounds} rounds; one job at a time, each on a freshly "
+        f"started SuperLink and SuperNodes, the two apps alternating, {a.deploy_repeats} times): featherfl "
+        f"{wall['featherfl']:.1f} s per round (median; runs {[round(x, 1) for x in wall['all']['featherfl']]}), the conventional Flower app "
+        f"(`benchmarks/flower_baseline`, 2 local epochs like featherfl's default, final accuracy {wall['baseline_accuracy']:.4f}) "
+        f"{wall['baseline']:.1f} s per round (runs {[round(x, 1) for x in wall['all']['baseline']]}): ratio of medians "
+        f"{wall['featherfl'] / wall['baseline']:.2f}, paired ratios {wall['ratios']} (goal <= 0.7).",
     ]
     lines += [
         "",
