@@ -45,7 +45,7 @@ FAUG_CONFIG: dict[str, Field] = {
     "faug.gan_steps": Field("int", 10000, "Most server-side conditional GAN training steps (training stops earlier once stop_recognition is reached).", min=1),
     "faug.check_every": Field("int", 500, "Check the generator's samples every this many GAN steps (0 = never: train all gan_steps).", min=0),
     "faug.stop_recognition": Field("float", 0.9, "Stop GAN training once a classifier trained on the augmented seeds labels at least this share of generated samples as their label (0 = off).", min=0.0, max=1.0),
-    "faug.patience": Field("int", 0, "Also stop GAN training after this many checks in a row without a higher recognition than the best so far, and keep the best generator (0 = off: run on to gan_steps and keep the last). On digits, where recognition stalls near 85 %, 4 cut an FD+FAug run from 339 s to 144 s (docs/methods/fd.md).", min=0),
+    "faug.patience": Field("int", 0, "Also stop GAN training after this many checks in a row without a higher recognition than the best so far, and keep the best generator (0 = off: run on to gan_steps and keep the last). On digits with the default seed, where recognition stalls near 85 %, 4 cut an FD+FAug run from 339 s to 144 s (docs/methods/fd.md).", min=0),
     "faug.gan_batch": Field("int", 64, "GAN mini-batch (drawn with replacement from the augmented seeds).", min=2),
     "faug.gan_lr": Field("float", 2e-4, "Adam learning rate of the generator and the discriminator.", min=0.0, min_exclusive=True),
     "faug.noise_dim": Field("int", 100, "Generator noise dimension.", min=1),
