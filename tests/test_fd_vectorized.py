@@ -103,3 +103,23 @@ def test_batched_path_keeps_the_sequential_state_layout():
     down = _teachers([0], p.ctx.num_classes, 7)[0]
     up = client.update(2, down, data, copy.deepcopy(vec_states[0]))
     assert up.logits.shape == (p.ctx.num_classes, p.ctx.num_classes)
+
+
+def test_a_round_too_large_for_one_batched_call_is_split_and_still_equal(monkeypatch):
+    """Under a small memory budget the devices train in several batched calls, with the same results."""
+    from featherfl.algorithms import vectorized
+
+    calls = []
+    real = vectorized.train_clients
+    monkeypatch.setattr(vectorized, "train_clients", lambda model, runs, *a, **k: calls.append(len(runs)) or real(model, runs, *a, **k))
+    p = _prepared()
+    params = sum(t.numel() for t in p.algorithm.make_client()._model({}, 0).parameters())
+    monkeypatch.setattr(vectorized, "MEMORY_BUDGET", 4 * 2 * (5 * params + 2000 * 64))  # about two devices per call
+    client, rows, seq_states, vec_states = _both(p, rounds=1)
+    assert len(calls) >= 2 and sum(calls) == 4  # split, every device trained once
+    for seq, vec in rows:
+        for cid in seq:
+            assert torch.equal(seq[cid].counts, vec[cid].counts)
+            assert float((seq[cid].logits - vec[cid].logits).abs().max()) < 1e-4
+    for cid in seq_states:
+        assert max(float((seq_states[cid]["model"][k] - vec_states[cid]["model"][k]).abs().max()) for k in seq_states[cid]["model"]) < 1e-4

@@ -125,3 +125,28 @@ def test_vectorised_path_is_used_and_a_failing_client_is_still_attributed(tmp_pa
     monkeypatch.setattr(fedavg.WeightsClient, "update_many", broken)
     s, rows = _run(tmp_path / "fallback", "auto")
     assert all(r["clients_ok"] == 6 for r in rows)  # fell back to one by one, nobody lost
+
+
+def test_client_groups_respect_the_memory_budget():
+    # 4 bytes x clients x (5 x params + widest client x sample size)
+    assert V.client_groups([10, 10, 10, 10], params=100, sample_numel=10, budget=10**9) == [[0, 1, 2, 3]]
+    per = 4 * (5 * 100 + 10 * 10)  # one client of 10 samples
+    assert V.client_groups([10, 10, 10, 10], params=100, sample_numel=10, budget=2 * per) == [[0, 1], [2, 3]]
+    # padding counts: a wide client makes its group's every member as wide
+    assert V.client_groups([10, 40, 10], params=100, sample_numel=10, budget=2 * per) == [[0], [1], [2]]
+    assert V.client_groups([5], params=10**9, sample_numel=1, budget=1) == [[0]]  # alone over budget: its own group
+
+
+def test_fedavg_round_split_by_the_memory_budget_equals_one_batched_call(tmp_path, monkeypatch):
+    calls = []
+    real = V.train_clients
+    monkeypatch.setattr(V, "train_clients", lambda model, runs, *a, **k: calls.append(len(runs)) or real(model, runs, *a, **k))
+    s_one, r_one = _run(tmp_path / "one", "auto")
+    assert set(calls) == {6}
+    calls.clear()
+    monkeypatch.setattr(V, "MEMORY_BUDGET", 1)  # every client alone
+    s_split, r_split = _run(tmp_path / "split", "auto")
+    assert calls and set(calls) == {1}
+    assert [r["bytes_up"] for r in r_one] == [r["bytes_up"] for r in r_split]
+    for a, b in zip(r_one, r_split):
+        assert abs(a["accuracy"] - b["accuracy"]) < 0.01 and abs(a["loss"] - b["loss"]) < 1e-3

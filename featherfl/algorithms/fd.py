@@ -226,7 +226,6 @@ class FDClient(ClientHalf):
         ``update``), optimiser state and per-label output sums; equal to ``update`` device by
         device within float rounding."""
         o = self.opts
-        L, T = self.ctx.num_classes, o["temperature"]
         cids = list(downs)
         if any(len(data[c]) == 0 for c in cids):  # nothing to batch over: the plain path says what happens
             return {c: self.update(rnd, downs[c], data[c], states[c]) for c in cids}
@@ -239,10 +238,36 @@ class FDClient(ClientHalf):
             n, bs = len(data[cid]), o["batch_size"]
             n_batches = 1 if bs <= 0 else -(-n // bs)  # as ``batches`` splits an epoch
             epochs.append(-(-o["local_steps"] // n_batches))
+        # several batched calls when one would need too much memory (vectorized.client_groups)
+        finals: list = [None] * len(cids)
+        sums: list = [None] * len(cids)
+        counts: list = [None] * len(cids)
+        params = sum(p.numel() for p in model.parameters())
+        for group in vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel()):
+            got = self._train_group(model, [runs[i] for i in group], [teachers[i] for i in group], [epochs[i] for i in group])
+            for i, f, s_, c_ in zip(group, *got):
+                finals[i], sums[i], counts[i] = f, s_, c_
+        # every device's new state and upload first, then the states: a failure leaves them as they were
+        new_states, out = {}, {}
+        for i, cid in enumerate(cids):
+            model = self._model(states[cid], cid)
+            with torch.no_grad():
+                for k, p in model.named_parameters():
+                    p.copy_(finals[i][k])
+            new_states[cid] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            out[cid] = self._upload(rnd, cid, sums[i], counts[i])
+        for cid, st in new_states.items():
+            states[cid]["model"] = st
+        return out
+
+    def _train_group(self, model, runs, teachers, epochs) -> tuple[list, list, list]:
+        """One batched call over ``runs``: (final tensors, per-label output sums, counts) per device."""
+        o = self.opts
+        L, T = self.ctx.num_classes, o["temperature"]
         teacher = torch.stack([t for t, _ in teachers])  # (C, L, L)
         has = torch.stack([h for _, h in teachers]).to(teacher.dtype)  # (C, L): 1 where label l has a teacher
         gamma = float(o["gamma"])
-        C = len(cids)
+        C = len(runs)
         rows = torch.arange(C).unsqueeze(1)
 
         def loss_fn(logits, y):
@@ -267,15 +292,7 @@ class FDClient(ClientHalf):
         finals, _ = vectorized.train_clients(
             model, runs, o, 1, o["batch_size"], o["local_steps"], loss_fn=loss_fn, observe=observe, epochs_per_client=epochs
         )
-        out: dict[int, Payload] = {}
-        for i, cid in enumerate(cids):
-            model = self._model(states[cid], cid)
-            with torch.no_grad():
-                for k, p in model.named_parameters():
-                    p.copy_(finals[i][k])
-            states[cid]["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            out[cid] = self._upload(rnd, cid, sums.view(C, L, L)[i], counts.view(C, L)[i])
-        return out
+        return finals, list(sums.view(C, L, L)), list(counts.view(C, L))
 
     def evaluate(self, state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
         """The device's own model on the common test set; ``None`` for a device that never trained."""

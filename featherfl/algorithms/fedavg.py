@@ -92,7 +92,12 @@ class WeightsClient(ClientHalf):
             x, y = data[cid].x, data[cid].y
             start = {k: p.detach().clone() for k, p in self.model.named_parameters()}
             runs.append(vectorized.ClientRun(start, x, y, generator(self.ctx.seed, "fedavg-client", rnd, cid)))
-        finals, _ = vectorized.train_clients(self.model, runs, self.opts, self.opts["local_epochs"], self.opts["batch_size"], self.opts["max_steps"])
+        finals: list = [None] * len(runs)
+        params = sum(p.numel() for p in self.model.parameters())
+        for group in vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel()):
+            done, _ = vectorized.train_clients(self.model, [runs[i] for i in group], self.opts, self.opts["local_epochs"], self.opts["batch_size"], self.opts["max_steps"])
+            for i, f in zip(group, done):
+                finals[i] = f
         out: dict[int, Payload] = {}
         for (cid, down), final, run in zip(downs.items(), finals, runs):
             load_flat_state(self.model, down.weights)

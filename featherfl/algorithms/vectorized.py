@@ -45,6 +45,33 @@ def supports(model: nn.Module) -> bool:
     return True
 
 
+#: Memory one batched call may take for the clients' stacked tensors (weights, gradients, optimiser
+#: state, a temporary: 5 copies per client) and their padded data. A round whose clients need more
+#: is trained in several batched calls (:func:`client_groups`), so many clients of a large model
+#: cannot exhaust the machine's memory and end the run.
+MEMORY_BUDGET = 1 << 30
+
+
+def client_groups(sizes: list[int], params: int, sample_numel: int, budget: int | None = None) -> list[list[int]]:
+    """Indexes of ``sizes`` (samples per client) split, in order, into groups whose batched call
+    stays within ``budget`` bytes: 4 bytes x (5 x ``params`` + the group's largest client's samples x
+    ``sample_numel``) per client. A client that alone exceeds the budget forms its own group."""
+    budget = MEMORY_BUDGET if budget is None else budget
+    groups: list[list[int]] = []
+    group: list[int] = []
+    widest = 0
+    for i, n in enumerate(sizes):
+        w = max(widest, n)
+        if group and 4 * (len(group) + 1) * (5 * params + w * sample_numel) > budget:
+            groups.append(group)
+            group, w = [], n
+        group.append(i)
+        widest = w
+    if group:
+        groups.append(group)
+    return groups
+
+
 @dataclass
 class ClientRun:
     """One client's input to a vectorised training call."""
