@@ -123,3 +123,29 @@ def test_a_round_too_large_for_one_batched_call_is_split_and_still_equal(monkeyp
             assert float((seq[cid].logits - vec[cid].logits).abs().max()) < 1e-4
     for cid in seq_states:
         assert max(float((seq_states[cid]["model"][k] - vec_states[cid]["model"][k]).abs().max()) for k in seq_states[cid]["model"]) < 1e-4
+
+
+def test_a_failing_batched_call_falls_back_to_one_by_one_with_the_same_results(tmp_path, monkeypatch):
+    """The batched call fails after training: no device state was written, the engine reruns them one by one."""
+    def broken(self, *a):
+        raise RuntimeError("batched step failed")
+
+    monkeypatch.setattr(fd.FDClient, "_upload", lambda self, *a: broken(self))
+    monkeypatch.setattr(fd.FDClient, "update", lambda self, rnd, down, data, state: _real_update(self, rnd, down, data, state))
+    (sa, ra), (so, ro) = _run(tmp_path / "broken", "auto"), _run(tmp_path / "plain", "off")
+    assert all(r["clients_ok"] == 5 for r in ra)  # nobody lost
+    assert [r["accuracy"] for r in ra] == [r["accuracy"] for r in ro]
+
+
+def _real_update(self, rnd, down, data, state):
+    """FDClient.update with the real upload (the test breaks ``_upload`` for the batched path only)."""
+    up = fd.FDClient._upload
+    try:
+        fd.FDClient._upload = _REAL_UPLOAD
+        return _REAL_UPDATE(self, rnd, down, data, state)
+    finally:
+        fd.FDClient._upload = up
+
+
+_REAL_UPLOAD = fd.FDClient._upload
+_REAL_UPDATE = fd.FDClient.update
