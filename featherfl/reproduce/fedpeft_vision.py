@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from featherfl.config import ConfigError
+from featherfl.reproduce.fedpeft_text import LABELS as PEFT_LABELS
 from featherfl.reproduce.table import Recipe, Row
 
 METHODS = ("head", "bias", "adapter", "prompt", "lora", "full", "scratch", "random-head")
@@ -35,16 +36,7 @@ METHODS = ("head", "bias", "adapter", "prompt", "lora", "full", "scratch", "rand
 UNPRETRAINED = {"scratch": "full", "random-head": "head"}
 #: Round after which the full / scratch curves are compared (the final runs evaluate every EARLY rounds).
 EARLY = 5
-LABELS = {
-    "head": "Head",
-    "bias": "Bias",
-    "adapter": "Adapter",
-    "prompt": "Prompt",
-    "lora": "LoRA",
-    "full": "Full fine-tuning",
-    "scratch": "Full training, no pretraining",
-    "random-head": "Head on a random backbone",
-}
+LABELS = {**PEFT_LABELS, "scratch": "Full training, no pretraining", "random-head": "Head on a random backbone"}
 #: Client Adam learning rates tried per method on the validation split.
 GRID = {
     "head": (1e-2, 3e-2, 1e-1),
