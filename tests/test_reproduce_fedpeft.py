@@ -172,3 +172,21 @@ def test_tune_reads_only_the_training_file_and_holds_out_its_last_rows(tiny_mode
     assert held[1:] == train[-20:] and fit[1:] == train[1:-20]  # the last 20 rows validate, the rest trains
     with pytest.raises(ConfigError, match="validation split of 79"):
         fedpeft_text.tune("sst2", root, tmp_path / "t2", methods=("head",), validation=79)
+
+
+def test_rows_option_runs_only_the_dp_rows_with_their_own_learning_rates(tiny_model, data_dir, tmp_path, monkeypatch):
+    from featherfl.reproduce import fedpeft_text
+
+    monkeypatch.setattr(fedpeft_text, "LR_DP", {"head": 0.5})
+    out = tmp_path / "out"
+    cmd_reproduce("fedpeft-sst2", quick=True, out=str(out), data_dir=str(data_dir), quiet=True, sets=["rows=dp"])
+    payload = json.loads((out / "reproduce.json").read_text())
+    assert [r["setting"] for r in payload["rows"]] == [f"{m} + DP eps {EPSILON:g}, SST-2" for m in ("Head", "Bias", "Adapter", "Prompt", "LoRA", "Full fine-tuning")]
+    assert not (out / "head").exists() and (out / "head-dp").is_dir()
+    assert "Adam lr 0.5;" in payload["rows"][0]["note"] and f"Adam lr {fedpeft_text.LR['bias']:g};" in payload["rows"][1]["note"]
+    import tomllib
+
+    assert tomllib.loads((out / "head-dp" / "config.toml").read_text())["fedpeft"]["lr"] == 0.5
+    assert "Headline check" not in json.dumps(payload) and any(d.startswith("rows = dp") for d in payload["deviations"])
+    with pytest.raises(ConfigError, match="rows"):
+        cmd_reproduce("fedpeft-sst2", quick=True, out=str(tmp_path / "o2"), data_dir=str(data_dir), quiet=True, sets=["rows=some"])

@@ -22,7 +22,7 @@ import os
 from functools import partial
 from pathlib import Path
 
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError, Field, build_config
 from featherfl.reproduce.table import Recipe, Row
 
 METHODS = ("head", "bias", "adapter", "prompt", "lora", "full")
@@ -41,6 +41,17 @@ TUNED = (
     "rate), 0.810 at 1e-2; adapter 0.840 at 3e-4, 0.846 at 1e-3, 0.842 at 3e-3; prompt 0.838 at 1e-3, 0.852 at 3e-3, 0.822 at 1e-2, "
     "0.848 at 3e-2; LoRA 0.854 at 1e-3, 0.868 at 3e-3, 0.796 at 1e-2; full fine-tuning 0.862 at 3e-5, 0.874 at 1e-4, 0.848 at 3e-4."
 )
+#: Client learning rate with DP-SGD, where it differs from LR: chosen on the same validation split with DP on
+#: (``tune(..., dp=True)``); see TUNED_DP.
+LR_DP: dict[str, float] = {}
+TUNED_DP = ""
+
+
+def rate(method: str, dp: bool) -> float:
+    """The client learning rate of ``method`` with or without DP."""
+    return LR_DP.get(method, LR[method]) if dp else LR[method]
+
+
 GRID = {
     "full": (3e-5, 1e-4, 3e-4),
     "head": (1e-3, 3e-3, 1e-2),
@@ -163,7 +174,7 @@ def settings(dataset: str, method: str, dp: bool, data_dir: Path | str, quick: b
         "fedpeft.batch_size": z["batch"],
         "fedpeft.max_steps": z["local_steps"],
         "fedpeft.optimizer": "adam",
-        "fedpeft.lr": lr if lr is not None else LR[method],
+        "fedpeft.lr": lr if lr is not None else rate(method, dp),
         "fedpeft.weight_decay": 0.0,
         "fedpeft.adapter_reduction": 8,
         "fedpeft.prompt_tokens": 8,
@@ -188,32 +199,39 @@ def _one(folder: Path, cfg_items, quiet: bool) -> tuple[dict, int]:
     return summary, cfg["clients"]
 
 
-def run(out: Path, quick: bool, data_dir: Path, quiet: bool, dataset: str = "sst2", model_dir: str | None = None) -> list[Row]:
+#: ``reproduce fedpeft-sst2 --set rows=dp``: which rows to run (both: the whole table and its headline check).
+OPTIONS = {"rows": Field("str", "both", "Which rows to run: both, plain (without DP) or dp (with DP only).", choices=("both", "plain", "dp"))}
+ROWS = {"both": (False, True), "plain": (False,), "dp": (True,)}
+
+
+def run(out: Path, quick: bool, data_dir: Path, quiet: bool, dataset: str = "sst2", model_dir: str | None = None, options: dict | None = None) -> list[Row]:
     model = model_folder(model_dir)
     z = QUICK if quick else SIZES[dataset]
     folder = write_subset(data_dir, dataset, out, z)
     sizes = dict(z, max_train=0, max_test=0)  # the subset files hold exactly the rows to use
+    chosen = ROWS[(options or {}).get("rows", "both")]
     results = {}
-    for dp in (False, True):
+    for dp in chosen:
         for method in METHODS:
             run_dir = Path(out) / f"{method}{'-dp' if dp else ''}"
             summary, clients = _one(run_dir, settings(dataset, method, dp, folder, quick, model, sizes=sizes), quiet)
             results[method, dp] = (summary, clients, run_dir)
-    full_bytes = {dp: (results["full", dp][0]["bytes_up"] + results["full", dp][0]["bytes_down"]) for dp in (False, True)}
+    full_bytes = {dp: (results["full", dp][0]["bytes_up"] + results["full", dp][0]["bytes_down"]) for dp in chosen}
     rows = []
-    for dp in (False, True):
+    for dp in chosen:
         for method in METHODS:
             s, clients, run_dir = results[method, dp]
             sent = s["bytes_up"] + s["bytes_down"]
             note = (
                 f"{s['trainable_parameters']:,} trainable parameters ({100 * s['trainable_share']:.3f} % of {s['total_parameters']:,}); "
-                f"bytes = {100 * sent / full_bytes[dp]:.3f} % of full fine-tuning's; Adam lr {LR[method]:g}"
+                f"bytes = {100 * sent / full_bytes[dp]:.3f} % of full fine-tuning's; Adam lr {rate(method, dp):g}"
             )
             if dp:
                 note += f"; epsilon {s['dp_epsilon']:.2f} (delta {DELTA:g}, sample-level DP-SGD)"
             setting = f"{LABELS[method]}{f' + DP eps {EPSILON:g}' if dp else ''}, {DATASETS[dataset]}"
             rows.append(Row(setting, None, s["final_accuracy"], sent / clients, str(run_dir), note))
-    headline(rows, dataset)
+    if len(chosen) == 2:
+        headline(rows, dataset)
     return rows
 
 
@@ -349,6 +367,7 @@ def _recipe(dataset: str) -> Recipe:
         run=partial(run, dataset=dataset),
         deviations=_deviations(dataset),
         check=partial(check, dataset=dataset),
+        options=OPTIONS,
     )
 
 
