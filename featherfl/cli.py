@@ -6,6 +6,7 @@ User errors (config, data, checkpoints) print one line to stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -165,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featherfl: interrupted; resume with --resume --out RUN_DIR", file=sys.stderr)
         return 130
+    except (Exception, SystemExit) as e:  # never a bare traceback, never exit 0 on a failure
+        from featherfl.runfolder import one_line_failure
+
+        if os.environ.get("FEATHERFL_TRACEBACK"):
+            raise
+        print(f"featherfl: {one_line_failure(e)}", file=sys.stderr)
+        return 1
     return EXIT_USAGE
 
 

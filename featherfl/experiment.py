@@ -26,7 +26,7 @@ from featherfl.data.sources import Dataset, load_dataset
 from featherfl.engines import make_engine
 from featherfl.engines.base import QuorumError
 from featherfl.threads import choose_threads
-from featherfl.runfolder import CheckpointError, append_jsonl, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
+from featherfl.runfolder import CheckpointError, append_jsonl, log_crash, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 
 #: Keys a resumed run may change: how long it runs and how it is executed and
 #: watched, never what it computes. Every other key is the run's identity: a
@@ -120,7 +120,7 @@ def prepare(cfg: Config) -> Prepared:
         torch.set_num_threads(cfg["engine.threads"])
     alg_cls = algorithms.get(cfg["algorithm"])
     alg_cls.validate(cfg)
-    from featherfl import devices, secagg, tracking
+    from featherfl import checks, devices, plugins, secagg, tracking
 
     secagg.validate(cfg)
 
@@ -132,6 +132,8 @@ def prepare(cfg: Config) -> Prepared:
     info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
     ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info))
     ctx.info["data_note"] = ds.note
+    if plugins.is_dotted(cfg["model.name"]):
+        checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
     ctx.info["warnings"] = robustness_warnings(cfg)
@@ -241,6 +243,7 @@ class Experiment:
         try:
             stopped = None
             failed = None
+            rnd = self.start_round
             try:
                 for rnd in range(self.start_round, rounds + 1):
                     t0 = time.perf_counter()
@@ -295,6 +298,8 @@ class Experiment:
                         failed = self._failure(rnd, stats)
                         if failed:
                             break
+            except (Exception, SystemExit) as e:  # anything else: status failed, errors.log, exit 1
+                failed = log_crash(self.out, rnd, e)
             finally:
                 if bar is not None:
                     bar.close()
