@@ -60,3 +60,58 @@ def check_model(ctx, train_x: torch.Tensor) -> None:
         )
     if not out.is_floating_point():
         raise ConfigError(f"model {name} returns {out.dtype} outputs; expected floating-point class logits")
+
+
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+
+
+def smallest_update_bytes(algorithm) -> int | None:
+    """The fewest tensor bytes any reply of the method's training exchange can carry, read from
+    its uplink specs (fixed dimensions only); None where the specs cannot be known before round 1."""
+    try:
+        specs = algorithm.uplink_specs(1, 0)
+    except Exception:  # e.g. specs that depend on a set-up exchange not yet made
+        return None
+    sizes = []
+    for spec in specs.values():
+        total = 0
+        for t in spec.tensors.values():
+            n = 1
+            for d in t.shape:
+                n *= d if d is not None else 0
+            total += n * _ITEMSIZE.get(t.dtype, 4)
+        sizes.append(total)
+    return min(sizes) if sizes else None
+
+
+def check_payload_cap(cfg, algorithm) -> None:
+    """Refuse an ``engine.max_payload_mb`` no reply of this method can fit under: every
+    update would be rejected, every round would aggregate nothing."""
+    need = smallest_update_bytes(algorithm)
+    cap = int(cfg["engine.max_payload_mb"] * 2**20)
+    if need is not None and need > cap:
+        raise ConfigError(
+            f"config key 'engine.max_payload_mb': {cfg['engine.max_payload_mb']:g} MB is below the size of every {cfg['algorithm']} update "
+            f"({need / 2**20:.3g} MB of tensors for this model); every reply would be rejected. Set it above {need / 2**20:.3g}"
+        )
+
+
+def failed_round(cfg, metrics: list[dict]) -> str | None:
+    """Why the run must stop after a round that aggregated no update, or None.
+
+    A round in which nothing was aggregated (every client dropped, late, rejected, or the
+    round skipped by secure aggregation) moved the model by nothing; a run made of such
+    rounds would otherwise end "completed" with the initial model's accuracy. Up to
+    ``engine.max_failed_rounds`` of them are allowed over the run.
+    """
+    row = metrics[-1]
+    if row.get("aggregated", True):
+        return None
+    allowed = cfg["engine.max_failed_rounds"]
+    failed = sum(1 for m in metrics if not m.get("aggregated", True))
+    if failed <= allowed:
+        return None
+    why = row.get("skipped") or "nothing aggregated"
+    parts = [f"{k} {v}" for k, v in {**row.get("dropped_reasons", {}), **row.get("rejected_reasons", {})}.items()]
+    detail = f" (clients lost: {', '.join(parts)})" if parts else ""
+    return f"{why}{detail}; {failed} round(s) aggregated no update, more than engine.max_failed_rounds={allowed} (raise it to allow some)"

@@ -113,7 +113,8 @@ def cmd_run(a) -> int:
     line = f"{summary['algorithm']} on {summary['dataset']}: {summary['rounds_completed']} rounds, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"-> {out}"
     print(line)
     if summary["status"] != "completed":
-        print(f"featherfl: run {summary['status']}: {summary['reason']} (see {out / 'errors.log'})" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
+        see = f" (see {out / 'errors.log'})" if (out / "errors.log").is_file() else ""
+        print(f"featherfl: run {summary['status']}: {summary['reason']}{see}" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
         return 1
     return 0
 

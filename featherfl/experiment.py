@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from featherfl import algorithms, wire
+from featherfl import algorithms, checks, wire
 from featherfl.algorithms.base import ClientData, Context
 from featherfl.config import Config, ConfigError, build_config
 from featherfl.data.partition import label_histogram, partition
@@ -41,6 +41,7 @@ RESUMABLE_KEYS = frozenset(
         "engine.address",
         "engine.num_cpus",
         "engine.max_failure_share",
+        "engine.max_failed_rounds",
         "log.tensorboard",
         "log.mlflow_uri",
         "log.mlflow_experiment",
@@ -120,7 +121,7 @@ def prepare(cfg: Config) -> Prepared:
         torch.set_num_threads(cfg["engine.threads"])
     alg_cls = algorithms.get(cfg["algorithm"])
     alg_cls.validate(cfg)
-    from featherfl import checks, devices, plugins, secagg, tracking
+    from featherfl import devices, plugins, secagg, tracking
 
     secagg.validate(cfg)
 
@@ -136,6 +137,7 @@ def prepare(cfg: Config) -> Prepared:
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
+    checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
     ctx.info["warnings"] = robustness_warnings(cfg)
     if device.type != "cpu" and getattr(alg_cls, "runs_on_cpu_only", False):
         ctx.info["warnings"].append(f"{cfg['algorithm']} runs on the cpu whatever engine.device says ({device}): its clients' and server's arithmetic must agree bit for bit")
@@ -298,6 +300,9 @@ class Experiment:
                         failed = self._failure(rnd, stats)
                         if failed:
                             break
+                    failed = checks.failed_round(self.cfg, self.metrics)  # a round that aggregated nothing
+                    if failed:
+                        break
             except (Exception, SystemExit) as e:  # anything else: status failed, errors.log, exit 1
                 failed = log_crash(self.out, rnd, e)
             finally:
