@@ -22,6 +22,12 @@ def _first_line(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {text.splitlines()[0][:200]}" if text else e.__class__.__name__
 
 
+def is_user_model(name: str) -> bool:
+    """A model featherfl did not write: a ``module:function`` plug-in or a factory passed to
+    ``featherfl.run(model=...)`` (registered as ``python-...``)."""
+    return ":" in name or name.startswith("python-")
+
+
 def check_model(ctx, train_x: torch.Tensor) -> None:
     """Build the configured model once and run one batch of the real data through it.
 

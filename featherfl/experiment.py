@@ -121,7 +121,7 @@ def prepare(cfg: Config) -> Prepared:
         torch.set_num_threads(cfg["engine.threads"])
     alg_cls = algorithms.get(cfg["algorithm"])
     alg_cls.validate(cfg)
-    from featherfl import devices, plugins, secagg, tracking
+    from featherfl import devices, secagg, tracking
 
     secagg.validate(cfg)
 
@@ -133,7 +133,7 @@ def prepare(cfg: Config) -> Prepared:
     info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
     ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info))
     ctx.info["data_note"] = ds.note
-    if plugins.is_dotted(cfg["model.name"]):
+    if checks.is_user_model(cfg["model.name"]):
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)

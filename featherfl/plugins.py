@@ -93,6 +93,11 @@ def dataset_from_arrays(data, name: str, note: str):
         return data
     if not (isinstance(data, (tuple, list)) and len(data) == 4):
         raise ConfigError(f"dataset {name}: expected (train_x, train_y, test_x, test_y) or a featherfl Dataset")
+    from featherfl.data.validate import label_dtype_problem
+
+    for what, labels in (("train", data[1]), ("test", data[3])):
+        if problem := label_dtype_problem(labels, f"dataset {name} ({what})"):
+            raise ConfigError(problem)  # strings would otherwise fail inside torch as a TypeError
     try:
         tx, ty, vx, vy = (torch.as_tensor(np.asarray(a)) for a in data)
     except (TypeError, ValueError) as e:
