@@ -236,6 +236,8 @@ class Config:
     def __init__(self, values: dict[str, Any], schema: dict[str, Field]):
         self._v = values
         self.schema = schema
+        #: keys the user set (file, --set, base); the rest are defaults a feature may adapt
+        self.explicit: frozenset = frozenset(values)
 
     def __getitem__(self, key: str) -> Any:
         return self._v[key]
@@ -325,7 +327,9 @@ def build_config(
         raise ConfigError(
             f"config key 'engine.min_replies': got {values['engine.min_replies']}, expected <= clients ({values['clients']})"
         )
-    return Config(values, schema)
+    cfg = Config(values, schema)
+    cfg.explicit = frozenset(k for k, _ in layers)
+    return cfg
 
 
 #: Keys earlier featherfl versions wrote (in every saved config.toml): ``<method>.faug`` is now the

@@ -119,9 +119,11 @@ class Prepared:
 def prepare(cfg: Config) -> Prepared:
     if cfg["engine.threads"]:
         torch.set_num_threads(cfg["engine.threads"])
+    from featherfl import devices, secagg, tracking
+
+    cfg, chosen = secagg.adapt(cfg)  # defaults secure aggregation cannot use, changed and said
     alg_cls = algorithms.get(cfg["algorithm"])
     alg_cls.validate(cfg)
-    from featherfl import devices, secagg, tracking
 
     secagg.validate(cfg)
 
@@ -138,7 +140,7 @@ def prepare(cfg: Config) -> Prepared:
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
-    ctx.info["warnings"] = robustness_warnings(cfg)
+    ctx.info["warnings"] = chosen + robustness_warnings(cfg)
     if device.type != "cpu" and getattr(alg_cls, "runs_on_cpu_only", False):
         ctx.info["warnings"].append(f"{cfg['algorithm']} runs on the cpu whatever engine.device says ({device}): its clients' and server's arithmetic must agree bit for bit")
     ctx.info["device"] = str(ctx.device)

@@ -27,6 +27,35 @@ def fraction_bits(cfg: Config) -> int:
     return cfg["secagg.fraction_bits"] or cfg["secagg.ring_bits"] // 2
 
 
+def adapt(cfg: Config) -> tuple[Config, list[str]]:
+    """The config with the settings secure aggregation needs, where the user left them at
+    their defaults, and one note per change (printed and kept in ``summary.json``).
+
+    ``--set secagg.protocol=secagg+`` alone must work: the default ``weighting = capped``
+    needs every client's claimed count, which secure aggregation hides, so it becomes
+    ``uniform`` (a client's weight stays bounded, as under capped); BAFFLE's fedavg mode needs
+    ``directions = shared-all``. A setting the user chose explicitly is never changed:
+    :func:`validate` refuses it with a one-line message naming the fix.
+    """
+    if not enabled(cfg):
+        return cfg, []
+    from featherfl.secagg.methods import WEIGHTED
+
+    method = cfg["algorithm"]
+    chosen: dict = {}
+    if method in WEIGHTED and cfg.get(f"{method}.weighting") == "capped" and f"{method}.weighting" not in cfg.explicit:
+        chosen[f"{method}.weighting"] = "uniform"
+    if method == "baffle" and cfg["baffle.mode"] == "fedavg" and cfg["baffle.directions"] != "shared-all" and "baffle.directions" not in cfg.explicit:
+        chosen["baffle.directions"] = "shared-all"
+    if not chosen:
+        return cfg, []
+    explicit = cfg.explicit
+    adapted = cfg.replace(**chosen)
+    adapted.explicit = explicit | set(chosen)  # recorded in config.toml from now on, so a resume keeps them
+    notes = [f"secagg.protocol={cfg['secagg.protocol']}: {k} = {v} chosen (the default {cfg[k]} cannot work under secure aggregation; set {k} to choose another)" for k, v in chosen.items()]
+    return adapted, notes
+
+
 def validate(cfg: Config) -> None:
     """Config-time checks (exit 2): the method's rule and weighting, the participant count, the extra."""
     if not enabled(cfg):
