@@ -6,6 +6,7 @@ User errors (config, data, checkpoints) print one line to stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def cmd_run(a) -> int:
     line = f"{summary['algorithm']} on {summary['dataset']}: {summary['rounds_completed']} rounds, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"-> {out}"
     print(line)
     if summary["status"] != "completed":
-        print(f"featherfl: run {summary['status']}: {summary['reason']} (see {out / 'errors.log'})" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
+        see = f" (see {out / 'errors.log'})" if (out / "errors.log").is_file() else ""
+        print(f"featherfl: run {summary['status']}: {summary['reason']}{see}" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
         return 1
     return 0
 
@@ -165,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featherfl: interrupted; resume with --resume --out RUN_DIR", file=sys.stderr)
         return 130
+    except (Exception, SystemExit) as e:  # never a bare traceback, never exit 0 on a failure
+        from featherfl.runfolder import one_line_failure
+
+        if os.environ.get("FEATHERFL_TRACEBACK"):
+            raise
+        print(f"featherfl: {one_line_failure(e)}", file=sys.stderr)
+        return 1
     return EXIT_USAGE
 
 

@@ -30,7 +30,9 @@ def load_callable(path: str, key: str) -> Callable:
     module, _, attr = path.partition(":")
     try:
         obj: Any = importlib.import_module(module)
-    except Exception as e:  # ImportError, or the module itself failing on import
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # ImportError, or the module failing on import, sys.exit() included
         raise ConfigError(f"config key {key!r}: cannot import {module!r} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -61,7 +63,9 @@ def model_builder(path: str, factory: Callable) -> Callable:
     def build(input_shape, num_classes, **_):
         try:
             m = factory(tuple(input_shape), num_classes)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # sys.exit() in a factory too
             raise ConfigError(f"model {path} failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         if not isinstance(m, nn.Module):
             raise ConfigError(f"model {path} returned {type(m).__name__}, expected a torch.nn.Module")
@@ -89,6 +93,11 @@ def dataset_from_arrays(data, name: str, note: str):
         return data
     if not (isinstance(data, (tuple, list)) and len(data) == 4):
         raise ConfigError(f"dataset {name}: expected (train_x, train_y, test_x, test_y) or a featherfl Dataset")
+    from featherfl.data.validate import label_dtype_problem
+
+    for what, labels in (("train", data[1]), ("test", data[3])):
+        if problem := label_dtype_problem(labels, f"dataset {name} ({what})"):
+            raise ConfigError(problem)  # strings would otherwise fail inside torch as a TypeError
     try:
         tx, ty, vx, vy = (torch.as_tensor(np.asarray(a)) for a in data)
     except (TypeError, ValueError) as e:
@@ -115,9 +124,9 @@ def register_dataset_path(path: str) -> None:
     def source(cfg):
         try:
             data = loader()
-        except ConfigError:
+        except (ConfigError, KeyboardInterrupt):
             raise
-        except Exception as e:
+        except BaseException as e:  # sys.exit() in a loader too
             raise ConfigError(f"dataset {path} failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         return dataset_from_arrays(data, path, f"loaded by {path}")
 

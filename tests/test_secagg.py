@@ -270,7 +270,7 @@ def test_dropouts_in_a_run_are_counted_and_too_many_skip_the_round(tmp_path):
     assert all(r["aggregated"] for r in rows)
     assert sum(r["secagg_dropped_before_masking"] for r in rows) > 0 and sum(r.get("after_exchange_dropped", 0) for r in rows) > 0
     assert all(r["secagg_masked_inputs"] == r["clients_ok"] for r in rows)
-    _, summary, rows = _run(tmp_path, "many", extra[:-3] + [("clients", 6), ("secagg.dropout", 0.9), ("rounds", 2)])
+    _, summary, rows = _run(tmp_path, "many", extra[:-3] + [("clients", 6), ("secagg.dropout", 0.9), ("rounds", 2), ("engine.max_failed_rounds", 2)])
     assert summary["status"] == "completed" and summary["rounds_skipped"] == 2
     assert all("secagg:" in r["skipped"] and "fewer than the threshold" in r["skipped"] for r in rows)
 
