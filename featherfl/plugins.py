@@ -1,7 +1,7 @@
 """Plug-ins by dotted path: ``model.name = "mypkg.models:build"``, ``dataset = "mypkg.data:load"``.
 
 A user's own model or data needs no edit to featherfl: the config names a callable as
-``module:attribute`` (importable from the current environment), and it is imported,
+``module:attribute`` (importable from the current folder or the environment), and it is imported,
 checked and registered when the config is built, so a path that does not import, or a
 callable that returns the wrong thing, is a one-line ConfigError (exit 2) before any run
 folder is written. The path is the registry name, so config.toml records it and a resume
@@ -26,14 +26,26 @@ def is_dotted(name: str) -> bool:
     return ":" in name and all(part.strip() for part in name.split(":", 1))
 
 
+def _cwd_importable() -> None:
+    """Put the working folder on ``sys.path``, as ``python -m`` does: a plug-in file beside the
+    user's config (``mymodel.py`` -> ``mymodel:build``) imports without ``PYTHONPATH=.``."""
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def load_callable(path: str, key: str) -> Callable:
     module, _, attr = path.partition(":")
+    _cwd_importable()
     try:
         obj: Any = importlib.import_module(module)
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # ImportError, or the module failing on import, sys.exit() included
-        raise ConfigError(f"config key {key!r}: cannot import {module!r} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ConfigError(f"config key {key!r}: cannot import {module!r} from the current folder or PYTHONPATH ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"config key {key!r}: {module!r} has no attribute {attr!r}")
