@@ -71,7 +71,9 @@ def _parser(help_requested: bool = True) -> argparse.ArgumentParser:
     d.add_argument("--only", action="append", help="run only this method label (repeatable)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     rr = sub.add_parser("reproduce", help="a paper's headline result on its own protocol: table of paper vs ours")
-    rr.add_argument("name", help="baffle-mnist, fd-table1, ...")
+    from featherfl.reproduce import names_help
+
+    rr.add_argument("name", help=names_help())
     rr.add_argument("--quick", action="store_true", help="scaled-down run of the same code path (minutes, not comparable to the paper)")
     rr.add_argument("--out", help="output folder (default runs/reproduce-<name>-<timestamp>)")
     rr.add_argument("--data-dir", help="folder holding mnist-t10k/, sst2/, agnews/ (default ../shared/data)")
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     from featherfl.runfolder import CheckpointError
 
     try:
+        if isinstance(getattr(a, "out", None), str) and not a.out.strip():  # --out "$UNSET": never a silent default
+            raise ConfigError("--out is empty (an unset shell variable?); name the folder, e.g. --out runs/mine")
         if a.command == "run":
             return cmd_run(a)
         if a.command == "report":

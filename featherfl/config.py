@@ -223,7 +223,7 @@ def read_config_file(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"config file {path} is not a file")
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8-sig")  # -sig: a BOM from a Windows editor is not a TOML error
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
     except OSError as e:

@@ -75,8 +75,11 @@ def settings(data_dir: Path, m: int, method: str, quick: bool, local_steps: int,
 
 
 def check_options(options: dict) -> None:
-    if not options["devices"] or min(options["devices"]) < 2:
-        raise ConfigError(f"reproduce fd-table1: devices must be numbers >= 2, got {options['devices']}")
+    from featherfl.config import CORE_SCHEMA
+
+    most = int(CORE_SCHEMA["clients"].max)  # each device is one client of a run: say so here, not as 'clients' later
+    if not options["devices"] or min(options["devices"]) < 2 or max(options["devices"]) > most:
+        raise ConfigError(f"reproduce fd-table1: devices must be numbers from 2 to {most:,}, got {options['devices']}")
     unknown = [x for x in options["methods"] if x not in METHODS]
     if unknown or not options["methods"]:
         raise ConfigError(f"reproduce fd-table1: methods must be some of {', '.join(METHODS)}, got {options['methods']}")
