@@ -138,3 +138,28 @@ def test_server_seconds_are_broken_down(seeded):
     out = simulate.run_round(v, drop_after_masking={3})
     assert out.skipped is None and set(out.server.seconds) == {"sum", "shamir", "check", "agree", "masks"}
     assert np.allclose(out.total, 12.0)
+
+
+def test_the_low_order_key_check_agrees_with_a_key_exchange():
+    """valid_public is a lookup; a real exchange is the reference: it fails exactly on low-order points."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    sk = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+    def exchange_works(pk: bytes) -> bool:
+        try:
+            sk.exchange(X25519PublicKey.from_public_bytes(pk))
+        except ValueError:
+            return False
+        return True
+
+    p = 2**255 - 19
+    rng = random.Random(3)
+    candidates = [u for base in crypto._LOW_ORDER for u in (base, base + p, base + 2**255, base + p + 2**255)]
+    candidates += [rng.getrandbits(256) for _ in range(200)] + [2, 9, p - 2, p + 2]
+    verdicts = []
+    for u in candidates:
+        pk = (u % 2**256).to_bytes(32, "little")
+        verdicts.append(crypto.valid_public(pk))
+        assert crypto.valid_public(pk) == exchange_works(pk), u
+    assert verdicts.count(False) >= 10 and verdicts.count(True) >= 200

@@ -18,6 +18,7 @@ integer arithmetic (so a round's secrets are rebuilt together, not one library c
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 
 import numpy as np
@@ -59,31 +60,47 @@ def _raw_public(sk) -> bytes:
     return sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-_CHECKER = None
+_X25519_P = 2**255 - 19
+#: u-coordinates (mod p) of the points of order dividing 8 on Curve25519 and its twist: 0 (order 2),
+#: 1 and p - 1 (order 4), and the two of order 8 (RFC 7748, section 6.1 asks to refuse them)
+_LOW_ORDER = frozenset(
+    {
+        0,
+        1,
+        _X25519_P - 1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    }
+)
 
 
 def valid_public(public: bytes) -> bool:
-    """Whether a 32-byte X25519 public key yields a usable (non-zero) shared secret."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
-    global _CHECKER
-    if _CHECKER is None:
-        _CHECKER = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"featherfl-key-check").digest())
-    try:
-        _CHECKER.exchange(X25519PublicKey.from_public_bytes(bytes(public)))
-    except ValueError:  # low-order points give an all-zero secret
+    """Whether a 32-byte X25519 public key yields a usable (non-zero) shared secret: a point of
+    order dividing 8 gives an all-zero secret with every clamped key (a multiple of 8). X25519 ignores
+    the top bit and reduces u mod p, so the check does too (a lookup, not a scalar multiplication)."""
+    if len(public) != KEY_BYTES:
         return False
-    return True
+    u = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    return u % _X25519_P not in _LOW_ORDER
 
 
 def agree(secret: bytes, public: bytes, context: bytes) -> bytes:
     """32 bytes both ends of an X25519 pair derive; ``context`` binds them to a run, round and use."""
+    return agree_many(secret, [public], [context])[0]
+
+
+def agree_many(secret: bytes, publics: list[bytes], contexts: list[bytes]) -> list[bytes]:
+    """:func:`agree` of one secret key with many public keys (the key object is built once)."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    shared = X25519PrivateKey.from_private_bytes(secret).exchange(X25519PublicKey.from_public_bytes(public))
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=context).derive(shared)
+    sk = X25519PrivateKey.from_private_bytes(secret)
+    out = []
+    for public, context in zip(publics, contexts):
+        shared = sk.exchange(X25519PublicKey.from_public_bytes(public))
+        out.append(HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=context).derive(shared))
+    return out
 
 
 # --- authenticated encryption -----------------------------------------------------------------------
@@ -192,7 +209,7 @@ def combine_many(groups: list[tuple[tuple[int, ...], list[int]]]) -> list[int]:
     out = []
     for xs, ys in groups:
         lam = lagrange_at_zero(xs)
-        out.append(sum(a * b for a, b in zip(lam, ys)) % p)
+        out.append(sum(map(operator.mul, lam, ys)) % p)
     return out
 
 

@@ -235,6 +235,8 @@ def neighbour_graph(clients: list[int], k: int, seed: int) -> dict[int, list[int
 
 
 def mask_context(run: int, rnd: int, u: int, v: int) -> bytes:
+    """HKDF context of the pairwise mask key between u and v: either end's mask secret key with
+    the other's public key gives the same key (X25519 agreement; Bonawitz et al. 2017, section 4)."""
     a, b = min(u, v), max(u, v)
     return f"featherfl-secagg/mask/{run}/{rnd}/{a}/{b}".encode()
 
@@ -242,18 +244,6 @@ def mask_context(run: int, rnd: int, u: int, v: int) -> bytes:
 def enc_context(run: int, rnd: int, u: int, v: int) -> bytes:
     a, b = min(u, v), max(u, v)
     return f"featherfl-secagg/enc/{run}/{rnd}/{a}/{b}".encode()
-
-
-def pair_key(s_secret: bytes, s_public_other: bytes, run: int, rnd: int, me: int, other: int) -> bytes:
-    """The PRG key of the pairwise mask between ``me`` and ``other``: either end's mask secret key
-    with the other's public key gives it (X25519 agreement; Bonawitz et al. 2017, section 4)."""
-    return crypto.agree(s_secret, s_public_other, mask_context(run, rnd, me, other))
-
-
-def pair_mask(s_secret: bytes, s_public_other: bytes, run: int, rnd: int, me: int, other: int, n: int, bits: int) -> np.ndarray:
-    """sign(me, other) * PRG(KA(s_me, s_other)): the mask ``me`` adds for neighbour ``other``."""
-    m = crypto.prg(pair_key(s_secret, s_public_other, run, rnd, me, other), n, bits)
-    return m if me < other else crypto.negate(m)
 
 
 def _nonce(sender: int, receiver: int) -> bytes:
@@ -324,13 +314,13 @@ class ClientSession:
             raise ProtocolError("two neighbours with the same public key")
         shares = crypto.share_many([s["s_seed"], s["b"]], s["t"], len(ids))
         me = s["cid"]
-        enc_keys, tokens = [], []
+        try:
+            enc_keys = crypto.agree_many(s["c_sk"], c_pks, [enc_context(self.run, rnd, me, v) for v in ids])
+        except ValueError:
+            raise ProtocolError("a neighbour's public key gives no shared secret") from None
+        tokens = []
         for i, v in enumerate(ids):
-            try:
-                key = crypto.agree(s["c_sk"], c_pks[i], enc_context(self.run, rnd, me, v))
-            except ValueError:
-                raise ProtocolError(f"neighbour {v}'s public key gives no shared secret") from None
-            enc_keys.append(key)
+            key = enc_keys[i]
             plain = crypto.element_bytes(shares[i][0]) + crypto.element_bytes(shares[i][1])
             tokens.append(crypto.seal(key, _nonce(me, v), _HEADER.pack(me, v, self.run, rnd), plain))
         s.update(stage="shared", ids=ids, enc_keys=enc_keys, s_pks=s_pks)
@@ -349,9 +339,12 @@ class ClientSession:
         words, clipped = crypto.encode_fixed(x, fraction_bits, bound, bits)
         idx = {v: i for i, v in enumerate(s["ids"])}
         me = s["cid"]
-        plus, minus = [crypto.self_mask_key(s["b"])], []
-        for v in u2:
-            (plus if me < v else minus).append(pair_key(s["s_sk"], s["s_pks"][idx[v]], self.run, rnd, me, v))
+        try:
+            keys = crypto.agree_many(s["s_sk"], [s["s_pks"][idx[v]] for v in u2], [mask_context(self.run, rnd, me, v) for v in u2])
+        except ValueError:
+            raise ProtocolError("a neighbour's public key gives no shared secret") from None
+        plus = [crypto.self_mask_key(s["b"])] + [key for v, key in zip(u2, keys) if me < v]
+        minus = [key for v, key in zip(u2, keys) if me > v]
         n = len(words)
         y = words + crypto.keystream_sum(plus, n, bits)
         if minus:
@@ -487,12 +480,14 @@ class ServerRound:
             self.reveals[c] = r
         self.stage = "done"
 
-    def _revealed(self) -> dict[tuple[str, int], list[tuple[int, int, int]]]:
-        """(kind, v) -> [(holder c, point x, share y)] for every share revealed this round. v made
-        share x = i + 1 for the i-th client it was sent keys of; a 16-byte value that is no field
-        element is a wrong share (its holder is named)."""
-        pos = {v: {c: i + 1 for i, c in enumerate(ids)} for v, ids in self.keys_sent.items()}
-        out: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
+    def _revealed(self) -> dict[tuple[str, int], list[int | None]]:
+        """(kind, v) -> the revealed share of v's secret at each point x = 1..m (None where none came).
+        v made share x = i + 1 for the i-th client it was sent keys of, so a share's point is its
+        holder's position; a 16-byte value that is no field element is a wrong share (its holder
+        is named)."""
+        pos = {v: {c: i for i, c in enumerate(ids)} for v, ids in self.keys_sent.items()}
+        out: dict[tuple[str, int], list[int | None]] = {}
+        p, width = crypto.FIELD_PRIME, SHARE_BYTES
         for c, r in sorted(self.reveals.items()):
             surv, _, senders = self.unmask_sent[c]
             surv_set, missing = set(surv), set(r.missing)
@@ -500,13 +495,22 @@ class ServerRound:
             for j, v in enumerate(senders):
                 if j in missing:
                     continue
-                y = crypto.element_of(raw[j * SHARE_BYTES : (j + 1) * SHARE_BYTES])
-                x = pos.get(v, {}).get(c)
-                if y is None or x is None:
+                y = int.from_bytes(raw[j * width : (j + 1) * width], "little")
+                i = pos.get(v, {}).get(c)
+                if y >= p or i is None:
                     self.bad_share_clients.add(c)
                     continue
-                out.setdefault(("b" if v in surv_set else "s", v), []).append((c, x, y))
+                key = ("b" if v in surv_set else "s", v)
+                slots = out.get(key)
+                if slots is None:
+                    slots = out[key] = [None] * len(self.keys_sent[v])
+                slots[i] = y
         return out
+
+    @staticmethod
+    def _points(slots: list[int | None]) -> tuple[tuple[int, ...], list[int]]:
+        xs = tuple(i + 1 for i, y in enumerate(slots) if y is not None)
+        return xs, [slots[x - 1] for x in xs]
 
     def _repair(self, v: int, what: str, shares: list[tuple[int, int, int]], check) -> int:
         """Some share of v's secret is wrong: find a consistent set of t shares, then test every
@@ -553,14 +557,15 @@ class ServerRound:
         dropped = [v for v in self.u2 if v not in s3 and any(u in s3 for u in self.masking_set(v))]
         wanted = [("b", v) for v in self.u3] + [("s", v) for v in dropped]
         revealed = self._revealed()
+        groups = []
         for kind, v in wanted:
-            got = len(revealed.get((kind, v), []))
+            groups.append(self._points(revealed.get((kind, v), [])))
+            got = len(groups[-1][0])
             if got < self.t:
                 what = "self-mask seed" if kind == "b" else "mask key"
                 raise Skip(f"client {v}'s {what} has {got} shares, fewer than the threshold {self.t} (too many clients dropped)")
         # All shares at once: honest shares lie on one polynomial of degree t - 1, so the
         # interpolant through all of them gives the secret; a single wrong one changes it.
-        groups = [(tuple(x for _, x, _ in revealed[w]), [y for _, _, y in revealed[w]]) for w in wanted]
         secrets = dict(zip(wanted, crypto.combine_many(groups)))
         now = time.perf_counter()
         self.seconds["shamir"], clock = now - clock, now
@@ -577,17 +582,19 @@ class ServerRound:
             check = check_b(v) if kind == "b" else check_s(v)
             if not check(secrets[(kind, v)]):
                 what = "self-mask seed" if kind == "b" else "mask key"
-                secrets[(kind, v)] = self._repair(v, what, revealed[(kind, v)], check)
+                xs, ys = self._points(revealed[(kind, v)])
+                holders = self.keys_sent[v]
+                secrets[(kind, v)] = self._repair(v, what, [(holders[x - 1], x, y) for x, y in zip(xs, ys)], check)
         now = time.perf_counter()
         self.seconds["check"], clock = now - clock, now
 
         # what survivor u added for dropped v, rebuilt from v's secret key and u's public key
         plus, minus = [crypto.self_mask_key(secrets[("b", v)]) for v in self.u3], []
         for v in dropped:
-            s_sk = crypto.mask_secret(secrets[("s", v)])
-            for u in self.masking_set(v):
-                if u in s3:
-                    (plus if u < v else minus).append(pair_key(s_sk, self.keys[u][1], self.run, self.rnd, u, v))
+            us = [u for u in self.masking_set(v) if u in s3]
+            keys = crypto.agree_many(crypto.mask_secret(secrets[("s", v)]), [self.keys[u][1] for u in us], [mask_context(self.run, self.rnd, u, v) for u in us])
+            for u, key in zip(us, keys):
+                (plus if u < v else minus).append(key)
         now = time.perf_counter()
         self.seconds["agree"], clock = now - clock, now
         total = total - crypto.keystream_sum(plus, n, bits)
