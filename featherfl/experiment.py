@@ -54,7 +54,7 @@ def build_algorithm(ctx: Context) -> algorithms.base.Algorithm:
     ``faug.enabled``, simulated attackers when ``attack.fraction > 0``, secure aggregation
     outermost when ``secagg.protocol`` is on; every engine builds
     its client halves from this."""
-    from featherfl import attacks, secagg
+    from featherfl import attacks, compress, secagg
     from featherfl.algorithms import faug
 
     algorithm = algorithms.get(ctx.cfg["algorithm"])(ctx)
@@ -62,7 +62,7 @@ def build_algorithm(ctx: Context) -> algorithms.base.Algorithm:
         faug.check_input(ctx.input_shape)
         algorithm = faug.FAug(algorithm)
     attacks.install(algorithm)  # attackers alter their update before it is masked
-    return secagg.wrap(algorithm)
+    return secagg.wrap(compress.wrap(algorithm))  # compression after attackers, before masking
 
 
 def robustness_warnings(cfg: Config) -> list[str]:

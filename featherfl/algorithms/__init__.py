@@ -33,9 +33,10 @@ def get(name: str):
 def all_config_sections() -> dict[str, Field]:
     """Every method's keys, and the [faug] and [secagg] keys of the wrappers that work around any method."""
     from featherfl.algorithms.faug import FAUG_CONFIG
+    from featherfl.compress import COMPRESS_CONFIG
     from featherfl.secagg import SECAGG_CONFIG
 
-    out: dict[str, Field] = {**FAUG_CONFIG, **SECAGG_CONFIG}
+    out: dict[str, Field] = {**FAUG_CONFIG, **SECAGG_CONFIG, **COMPRESS_CONFIG}
     for n in names():
         out.update(get(n).CONFIG)
     return out
