@@ -9,8 +9,6 @@ ConfigError naming the model and the fix.
 
 from __future__ import annotations
 
-import torch
-
 from featherfl.config import ConfigError
 
 #: Rows of the training data the set-up forward pass uses.
@@ -28,13 +26,15 @@ def is_user_model(name: str) -> bool:
     return ":" in name or name.startswith("python-")
 
 
-def check_model(ctx, train_x: torch.Tensor) -> None:
+def check_model(ctx, train_x) -> None:
     """Build the configured model once and run one batch of the real data through it.
 
     Refuses (ConfigError, exit 2) a model without trainable parameters (nothing could be
     learned or sent), a forward pass that raises, and an output that is not one logit per
     class for each row: ``(batch, num_classes)``.
     """
+    import torch
+
     name = ctx.cfg["model.name"]
     try:
         model = ctx.build_model()
@@ -121,3 +121,65 @@ def failed_round(cfg, metrics: list[dict]) -> str | None:
     parts = [f"{k} {v}" for k, v in {**row.get("dropped_reasons", {}), **row.get("rejected_reasons", {})}.items()]
     detail = f" (clients lost: {', '.join(parts)})" if parts else ""
     return f"{why}{detail}; {failed} round(s) aggregated no update, more than engine.max_failed_rounds={allowed} (raise it to allow some)"
+
+
+#: Seconds a back end (MLflow server, Ray cluster) gets to accept a connection at set-up.
+CONNECT_TIMEOUT = 5.0
+
+
+def bound_network_waits() -> None:
+    """Bound the waits of the libraries featherfl calls over the network, unless the user set
+    them: MLflow's client otherwise retries a refused address for minutes, the hub client
+    waits long on a dead network. Each failure then reaches its one-line message in seconds."""
+    import os
+
+    for key, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+        ("HF_HUB_ETAG_TIMEOUT", "10"),
+        ("HF_HUB_DOWNLOAD_TIMEOUT", "10"),
+    ):
+        os.environ.setdefault(key, value)
+
+
+def _host_port(address: str, default_port: int) -> tuple[str, int] | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if not parts.hostname:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return parts.hostname, port or default_port
+
+
+def _probe(host: str, port: int) -> str | None:
+    """None when ``host:port`` accepts a TCP connection within :data:`CONNECT_TIMEOUT`, else why not."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+            return None
+    except socket.timeout:
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    except OSError as e:
+        return e.strerror or e.__class__.__name__
+
+
+def check_reachable(cfg) -> None:
+    """An MLflow server or Ray cluster that cannot be reached is one line (exit 2) within
+    seconds, before anything is written, instead of minutes of silent retries or a hang."""
+    uri = cfg["log.mlflow_uri"]
+    if uri.startswith(("http://", "https://")):
+        hp = _host_port(uri, 443 if uri.startswith("https") else 80)
+        why = _probe(*hp) if hp else "not a host address"
+        if why:
+            raise ConfigError(f"config key 'log.mlflow_uri': cannot reach {uri} ({why}); start the tracking server, fix the address, or leave it empty")
+    address = cfg["engine.address"]
+    if cfg["engine.name"] == "ray" and address and address not in ("auto", "local"):
+        hp = _host_port(address, 10001 if address.startswith("ray://") else 6379)
+        why = _probe(*hp) if hp else "not a host:port address"
+        if why:
+            raise ConfigError(f"config key 'engine.address': cannot reach the Ray cluster at {address} ({why}); start it, fix the address, or leave it empty for a local one")

@@ -146,7 +146,24 @@ def cmd_run(a) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same orderly stop as Ctrl-C (the checkpoint stays the last one
+    written), so a process asked to end always ends, whatever library is running."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    from featherfl.checks import bound_network_waits
+
+    bound_network_waits()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     argv = sys.argv[1:] if argv is None else list(argv)
     p = _parser(help_requested=not argv or "-h" in argv or "--help" in argv)
     a = p.parse_args(argv)
@@ -200,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as e:
         print(f"featherfl: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("featherfl: interrupted; resume with --resume --out RUN_DIR", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"featherfl: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; resume with --resume --out RUN_DIR", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except (Exception, SystemExit) as e:  # never a bare traceback, never exit 0 on a failure
         from featherfl.runfolder import one_line_failure
 

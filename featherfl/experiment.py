@@ -128,6 +128,7 @@ def prepare(cfg: Config) -> Prepared:
     secagg.validate(cfg)
 
     tracking.check(cfg)
+    checks.check_reachable(cfg)  # MLflow server, Ray cluster: one line within seconds, not a hang
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
     ds = load_dataset(cfg)
     labels = ds.train_y.numpy()
