@@ -183,3 +183,68 @@ def check_reachable(cfg) -> None:
         why = _probe(*hp) if hp else "not a host:port address"
         if why:
             raise ConfigError(f"config key 'engine.address': cannot reach the Ray cluster at {address} ({why}); start it, fix the address, or leave it empty for a local one")
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still get (available, not merely free), or 0 if unknown."""
+    import os
+
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def refuse_if_too_big(need: int, what: str) -> None:
+    """One line naming the estimate and what is available, before anything is allocated."""
+    have = available_memory()
+    if have and need > have:
+        raise ConfigError(f"{what} needs about {_gib(need)} of memory; this machine has {_gib(have)} available. Lower it")
+
+
+def synthetic_bytes(samples: int) -> int:
+    """The synthetic source holds inputs, noise, centres[y] and the clamped copy at once (1x8x8 float32 each)."""
+    return samples * 64 * 4 * 4
+
+
+def _mlp_parameters(widths: list[int]) -> int:
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+def check_setup_memory(cfg, input_shape: tuple, num_classes: int) -> None:
+    """Settings that size memory, estimated from the config and the data's shape before the
+    method allocates them: FAug's generator and discriminator (weights, gradients and two
+    Adam moments each), and FD's per-client L x L logit tables."""
+    import math
+
+    features = math.prod(input_shape)
+    if cfg.get("faug.enabled"):
+        gen = _mlp_parameters([cfg["faug.noise_dim"] + num_classes, *cfg["faug.gen_hidden"], features])
+        disc = _mlp_parameters([features + num_classes, *cfg["faug.disc_hidden"], 1])
+        refuse_if_too_big((gen + disc) * 4 * 4, f"faug.gen_hidden={cfg['faug.gen_hidden']} with faug.disc_hidden={cfg['faug.disc_hidden']} ({gen + disc:,} parameters)")
+    if cfg["algorithm"] == "fd":
+        refuse_if_too_big(cfg["clients"] * num_classes * num_classes * 4 * 3, f"fd with {num_classes:,} classes and {cfg['clients']:,} clients (an L x L logit table per client)")
+
+
+def client_work_warning(cfg) -> list[str]:
+    """A line saying how much forward-pass work each BAFFLE round is, when it is large enough
+    that a round may take minutes: K perturbed forward passes per estimate, per client."""
+    if cfg["algorithm"] != "baffle":
+        return []
+    k = cfg["baffle.k"]
+    steps = cfg["baffle.local_steps"] if cfg["baffle.mode"] == "fedavg" else 1
+    per_client = (k + 1) * steps
+    clients = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+    if per_client * clients < 1_000_000:
+        return []
+    return [f"baffle.k={k:,}: about {per_client * clients:,} forward passes per round ({per_client:,} per client); rounds may take minutes (progress is shown per client)"]
