@@ -137,7 +137,8 @@ def cmd_run(a) -> int:
     summary = Experiment(prepared, out, resume=a.resume, progress=not a.quiet).run()
     acc = summary.get("final_accuracy")
     mb = (summary["bytes_up"] + summary["bytes_down"]) / 1e6
-    line = f"{summary['algorithm']} on {summary['dataset']}: {summary['rounds_completed']} rounds, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"-> {out}"
+    done = f"{summary['rounds_completed']} rounds" if summary["status"] == "completed" else f"{summary['status'].upper()} after {summary['rounds_completed']} of {summary['rounds']} rounds"  # a failed run's accuracy is not a result
+    line = f"{summary['algorithm']} on {summary['dataset']}: {done}, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"{done} -> {out}"
     print(line)
     if summary["status"] != "completed":
         see = f" (see {out / 'errors.log'})" if (out / "errors.log").is_file() else ""
