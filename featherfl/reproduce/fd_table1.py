@@ -37,7 +37,7 @@ METHODS = {
 OPTIONS = {
     "devices": Field("list[int]", [2, 4, 6, 8, 10], "Numbers of devices M, one table row group each."),
     "local_steps": Field("int", 250, "Local iterations (batch 64) per global iteration.", min=1),
-    "iterations": Field("int", 16, "Global iterations.", min=1),
+    "iterations": Field("int", 16, "Global iterations.", min=1, max=1_000_000),  # the rounds limit, named here
     "methods": Field("list[str]", list(METHODS), "Which of FD, FD+FAug, FL, FL+FAug to run."),
 }
 
