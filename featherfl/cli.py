@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from featherfl.config import ConfigError, build_config, parse_set_args
+from featherfl.config import ConfigError, parse_set_args
+from featherfl.schema import build_config
 
 EXIT_USAGE = 2
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print(cmd_pretrain(a.dataset, a.classes, a.epochs, a.width, a.out, parse_set_args(a.set)))
             return 0
         if a.command == "config-doc":
-            from featherfl.config import reference_markdown
+            from featherfl.schema import reference_markdown
 
             print(reference_markdown())
             return 0

@@ -18,14 +18,17 @@ from typing import Callable
 
 import torch
 
-from featherfl import algorithms, wire
-from featherfl.algorithms.base import ClientData, Context
-from featherfl.config import Config, ConfigError, build_config
+import featherfl.wire as wire
+from featherfl.algorithms.base import Algorithm, ClientData, Context
+from featherfl.algorithms.registry import get as get_algorithm
+from featherfl.assembly import build_algorithm
+from featherfl.config import Config, ConfigError
 from featherfl.data.partition import label_histogram, partition
 from featherfl.data.sources import Dataset, load_dataset
 from featherfl.engines import make_engine
 from featherfl.engines.base import QuorumError
 from featherfl.threads import choose_threads
+from featherfl.schema import build_config
 from featherfl.runfolder import CheckpointError, append_jsonl, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 
 #: Keys a resumed run may change: how long it runs and how it is executed and
@@ -46,22 +49,6 @@ RESUMABLE_KEYS = frozenset(
         "log.mlflow_experiment",
     }
 )
-
-
-def build_algorithm(ctx: Context) -> algorithms.base.Algorithm:
-    """The configured method with its cross-cutting wrappers: FAug around it when
-    ``faug.enabled``, simulated attackers when ``attack.fraction > 0``, secure aggregation
-    outermost when ``secagg.protocol`` is on; every engine builds
-    its client halves from this."""
-    from featherfl import attacks, secagg
-    from featherfl.algorithms import faug
-
-    algorithm = algorithms.get(ctx.cfg["algorithm"])(ctx)
-    if ctx.cfg["faug.enabled"]:
-        faug.check_input(ctx.input_shape)
-        algorithm = faug.FAug(algorithm)
-    attacks.install(algorithm)  # attackers alter their update before it is masked
-    return secagg.wrap(algorithm)
 
 
 def robustness_warnings(cfg: Config) -> list[str]:
@@ -111,18 +98,20 @@ class Prepared:
     parts: list
     part_info: dict
     ctx: Context
-    algorithm: algorithms.base.Algorithm
+    algorithm: Algorithm
     client_data: list[ClientData]
 
 
 def prepare(cfg: Config) -> Prepared:
     if cfg["engine.threads"]:
         torch.set_num_threads(cfg["engine.threads"])
-    alg_cls = algorithms.get(cfg["algorithm"])
+    alg_cls = get_algorithm(cfg["algorithm"])
     alg_cls.validate(cfg)
-    from featherfl import devices, secagg, tracking
+    import featherfl.devices as devices
+    import featherfl.secagg as secagg
+    import featherfl.tracking as tracking
 
-    secagg.validate(cfg)
+    secagg.validate(cfg, alg_cls)
 
     tracking.check(cfg)
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
@@ -130,12 +119,12 @@ def prepare(cfg: Config) -> Prepared:
     labels = ds.train_y.numpy()
     parts, info = partition(cfg, labels, ds.train_groups.numpy() if ds.train_groups is not None else None)
     info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
-    ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info))
+    ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info), cpu_only=alg_cls.runs_on_cpu_only)
     ctx.info["data_note"] = ds.note
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
     ctx.info["warnings"] = robustness_warnings(cfg)
-    if device.type != "cpu" and getattr(alg_cls, "runs_on_cpu_only", False):
+    if device.type != "cpu" and alg_cls.runs_on_cpu_only:
         ctx.info["warnings"].append(f"{cfg['algorithm']} runs on the cpu whatever engine.device says ({device}): its clients' and server's arithmetic must agree bit for bit")
     ctx.info["device"] = str(ctx.device)
     torch.set_num_threads(choose_threads(cfg["engine.threads"], algorithm.model_parameters()))

@@ -45,7 +45,7 @@ def _node_setting(context: Context, key: str, default=None):
 
 def _prepared(context: Context):
     """The node's Prepared run (config -> data, partition, client half), cached per process."""
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.experiment import prepare
 
     st = context.state.config_records.get(STATE)
