@@ -2,8 +2,8 @@
 
 A feature is a server ``Wrapper`` with a ``wrap_client`` for its device side. ``FEATURES`` lists
 them innermost first: FAug's setup around the method, simulated attackers around that (so they
-alter the update FAug's data trained), secure aggregation outermost (attackers act before
-masking). ``build_algorithm`` wraps the server in that order, and ``build_client`` wraps one
+alter the update FAug's data trained), uplink compression around them (attackers alter the update
+before it is compressed), secure aggregation outermost (attackers act before masking). ``build_algorithm`` wraps the server in that order, and ``build_client`` wraps one
 client the same way without building any server: Ray actors and Flower nodes use it.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 import featherfl.attacks as attacks
+import featherfl.compress as compress
 from featherfl.algorithms import faug
 from featherfl.algorithms.base import Algorithm, ClientHalf, Context, Wrapper
 from featherfl.algorithms.registry import get as get_algorithm
@@ -19,24 +20,32 @@ from featherfl.config import Config
 from featherfl.secagg import enabled as secagg_enabled
 
 
-def _secagg_wrapper() -> type[Wrapper]:
+def _compress_wrapper(cfg: Config) -> type[Wrapper]:
+    compress.check(cfg)
+    from featherfl.compress.wrapper import Compress
+
+    return Compress
+
+
+def _secagg_wrapper(cfg: Config) -> type[Wrapper]:
     """SecAgg's wrapper, imported only when a run asks for it (its cryptography is an extra)."""
     from featherfl.secagg.wrapper import SecAgg
 
     return SecAgg
 
 
-#: (on for this config?, the wrapper class), innermost first
-FEATURES: tuple[tuple[Callable[[Config], bool], Callable[[], type[Wrapper]]], ...] = (
-    (lambda cfg: cfg["faug.enabled"], lambda: faug.FAug),
-    (attacks.enabled, lambda: attacks.Attacks),
+#: (on for this config?, the wrapper class for it), innermost first
+FEATURES: tuple[tuple[Callable[[Config], bool], Callable[[Config], type[Wrapper]]], ...] = (
+    (lambda cfg: cfg["faug.enabled"], lambda cfg: faug.FAug),
+    (attacks.enabled, lambda cfg: attacks.Attacks),
+    (compress.enabled, _compress_wrapper),
     (secagg_enabled, _secagg_wrapper),
 )
 
 
 def wrappers(cfg: Config) -> list[type[Wrapper]]:
-    """The features this config turns on, innermost first."""
-    return [wrapper() for on, wrapper in FEATURES if on(cfg)]
+    """The features this config turns on, innermost first (one-line ConfigError for a combination one refuses)."""
+    return [wrapper(cfg) for on, wrapper in FEATURES if on(cfg)]
 
 
 def build_algorithm(ctx: Context) -> Algorithm:

@@ -102,6 +102,7 @@ CORE_SCHEMA: dict[str, Field] = {
     "engine.deadline": _f("float", 0.0, "Seconds a client may take per round (0 = no deadline).", min=0.0),
     "engine.min_replies": _f("int", 1, "Fewest valid replies for a round to be aggregated.", min=1),
     "engine.on_quorum_fail": _f("str", "skip", "When too few replies arrive: skip the round or stop the run.", choices=("skip", "stop")),
+    "engine.max_failed_rounds": _f("int", 0, "Rounds that may aggregate no update (every client dropped, late, rejected, or the round skipped by secure aggregation) before the run stops with status failed and exit 1.", min=0),
     "engine.max_payload_mb": _f("float", 256.0, "Largest reply accepted (MB); larger ones are rejected.", min=0.0, min_exclusive=True),
     "engine.num_cpus": _f("int", 2, "CPUs for a local Ray cluster.", min=1),
     "engine.address": _f("str", "", "Address of an existing Ray cluster ('' = start a local one)."),

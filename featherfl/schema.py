@@ -19,13 +19,14 @@ from featherfl.algorithms.registry import names as algorithm_names
 from featherfl.config import CORE_SCHEMA, Config, ConfigError, Field, _coerce, _flatten, brief, check_core, renamed, unknown_key_message
 from featherfl.data.sources import source_names
 from featherfl.models import model_names
+from featherfl.compress import COMPRESS_CONFIG
 from featherfl.secagg import SECAGG_CONFIG
 from featherfl.tracking import LOG_CONFIG
 
 
 def method_sections() -> dict[str, Field]:
-    """Every registered method's keys, and the [faug] and [secagg] keys of the wrappers that work around any method."""
-    out: dict[str, Field] = {**FAUG_CONFIG, **SECAGG_CONFIG}
+    """Every registered method's keys, and the [faug], [secagg] and [compress] keys of the wrappers that work around any method."""
+    out: dict[str, Field] = {**FAUG_CONFIG, **SECAGG_CONFIG, **COMPRESS_CONFIG}
     for n in algorithm_names():
         out.update(get_algorithm(n).CONFIG)
     return out
@@ -57,6 +58,7 @@ def build_config(
             raise ConfigError(f"config file is not valid TOML: {str(e).splitlines()[0][:200]}") from None
         layers.extend(_flatten(data).items())
     layers.extend(overrides)
+    explicit = [k for k, _ in layers[len(base or {}):]]  # what the user set (not the base's full dump)
     algorithm = next((v for k, v in reversed(layers) if k == "algorithm"), None)
     layers = renamed(layers, algorithm)
     if isinstance(algorithm, str) and plugins.is_dotted(algorithm):
@@ -83,12 +85,31 @@ def build_config(
         raise ConfigError(
             f"config key 'model.name': got {values['model.name']!r}, expected one of {brief(model_names())}"
         )
+    _check_method_sections(explicit, values, schema)
     check_core(values)
     return Config(values, schema)
 
 
-def reference_markdown() -> str:
-    """The config reference (docs/config.md), generated from the schema."""
+def _check_method_sections(keys: list[str], values: dict[str, Any], schema: dict[str, Field]) -> None:
+    """A key of another method's section, set to a non-default value, is an error naming the running
+    method: ``--set baffle.k=10`` without ``--algorithm baffle`` would otherwise run FedAvg unchanged.
+    (A saved ``config.toml`` lists every key at its default, so only values that differ count.)
+    BAFFLE with ``baffle.peft`` reads FedPEFT's ``[fedpeft]`` keys, so those belong to it too."""
+    running = values["algorithm"]
+    methods = set(algorithm_names())
+    own = {running, *(["fedpeft"] if running == "baffle" and values.get("baffle.peft") else [])}
+    for key in keys:
+        section = key.split(".")[0] if "." in key else ""
+        if key in schema and section in methods and section not in own and values[key] != schema[key].default:
+            raise ConfigError(f"config key '{key}' is for {section}, but the running method is {running}; drop it or set algorithm = \"{section}\"")
+
+
+
+def reference_markdown(algorithm: str | None = None) -> str:
+    """The config reference (docs/config.md), generated from the schema; with ``algorithm``
+    (a registered name or a ``module:Class`` plug-in) only that method's own section."""
+    if algorithm is not None:
+        return _method_reference(algorithm)
     schema = full_schema()
     lines = ["# Config reference", "", "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.", ""]
     sections: dict[str, list[str]] = {}
@@ -102,3 +123,21 @@ def reference_markdown() -> str:
             lines.append(f"| `{k}` | {f.type} | `{default}` | {f.allowed()} | {f.help} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _method_reference(algorithm: str) -> str:
+    """One method's keys: what ``config-doc --algorithm NAME`` prints (a plug-in's too, which the
+    full reference cannot list because it is not registered until named)."""
+    if plugins.is_dotted(algorithm):
+        plugins.register_algorithm_path(algorithm)
+    elif algorithm not in algorithm_names():
+        raise ConfigError(f"--algorithm: got {algorithm!r}, expected one of {brief(algorithm_names())} or a module:Class plug-in")
+    keys = get_algorithm(algorithm).CONFIG
+    lines = [f"## [{algorithm}]" if not plugins.is_dotted(algorithm) else f"## {algorithm}", ""]
+    if not keys:
+        return "\n".join(lines + ["(no keys of its own)", ""])
+    lines += ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for k, f in keys.items():
+        default = repr(f.default) if not isinstance(f.default, str) else f'"{f.default}"'
+        lines.append(f"| `{k}` | {f.type} | `{default}` | {f.allowed()} | {f.help} |")
+    return "\n".join(lines + [""])
