@@ -38,7 +38,9 @@ class SecAggClient(ClientWrapper):
         self.ring_bits = inner.ctx.cfg["secagg.ring_bits"]
 
     def downlink_specs(self, rnd):
-        return protocol.client_specs({})
+        """The protocol's messages, and in the clear what the wrapped client accepts: a setup
+        exchange (FAug's seed request and generator) is not summed, so it is not masked either."""
+        return {**self.inner.downlink_specs(rnd), **protocol.client_specs({})}
 
     def update(self, rnd: int, down: wire.Payload, data: ClientData, state: dict) -> wire.Payload:
         session = protocol.ClientSession(state, self.ctx.run_id)
@@ -48,8 +50,8 @@ class SecAggClient(ClientWrapper):
             return session.keys(rnd, down)
         if isinstance(down, protocol.UnmaskDown):
             return session.unmask(rnd, down)
-        if not isinstance(down, protocol.Envelope):
-            raise protocol.ProtocolError(f"unexpected message {down.KIND}")
+        if not isinstance(down, protocol.Envelope):  # a setup exchange of a wrapper inside (FAug's)
+            return self.inner.update(rnd, down, data, state.setdefault(METHOD_STATE, {}))
         inner_down = self._open(rnd, down, state)
         # the method keeps its own state apart from the protocol's (some methods reset theirs)
         reply = self.inner.update(rnd, inner_down, data, state.setdefault(METHOD_STATE, {}))
