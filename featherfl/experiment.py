@@ -20,7 +20,7 @@ import torch
 
 import featherfl.checks as checks
 import featherfl.wire as wire
-from featherfl.algorithms.base import Algorithm, ClientData, Context
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.registry import get as get_algorithm
 from featherfl.assembly import build_algorithm
 from featherfl.config import Config, ConfigError
@@ -117,12 +117,7 @@ def prepare(cfg: Config) -> Prepared:
 
     tracking.check(cfg)
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
-    ds = load_dataset(cfg)
-    labels = ds.train_y.numpy()
-    parts, info = partition(cfg, labels, ds.train_groups.numpy() if ds.train_groups is not None else None)
-    info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
-    ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info), cpu_only=alg_cls.runs_on_cpu_only)
-    ctx.info["data_note"] = ds.note
+    ds, parts, info, ctx = _data_and_context(cfg)
     if checks.is_user_model(cfg["model.name"]):
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
@@ -135,6 +130,51 @@ def prepare(cfg: Config) -> Prepared:
     torch.set_num_threads(choose_threads(cfg["engine.threads"], algorithm.model_parameters()))
     ctx.info["threads"] = torch.get_num_threads()
     return Prepared(cfg, ds, parts, info, ctx, algorithm, client_data)
+
+
+def _data_and_context(cfg: Config) -> tuple[Dataset, list, dict, Context]:
+    """The dataset, every client's partition (indices), and the run's context: what a server and
+    each client derive alike from the config."""
+    alg_cls = get_algorithm(cfg["algorithm"])
+    ds = load_dataset(cfg)
+    labels = ds.train_y.numpy()
+    parts, info = partition(cfg, labels, ds.train_groups.numpy() if ds.train_groups is not None else None)
+    info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
+    ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info), cpu_only=alg_cls.runs_on_cpu_only)
+    ctx.info["data_note"] = ds.note
+    return ds, parts, info, ctx
+
+
+@dataclass
+class PreparedClient:
+    """One client of a run, built without its server: what a deployed node holds."""
+
+    cfg: Config
+    dataset: Dataset  # its test split evaluates a method without a global model
+    ctx: Context
+    data: ClientData
+    client: ClientHalf
+
+
+def prepare_client(cfg: Config, cid: int) -> PreparedClient:
+    """Client ``cid`` of the run: its partition (the one ``prepare`` gives it), its method client
+    inside the features' wrappers (``featherfl.assembly.build_client``), and no server, no other
+    client's tensors. Config checks are the server's job (``prepare`` ran them before any client
+    was asked). Threads follow the client's own model, as ``prepare`` follows the server's."""
+    from featherfl.assembly import build_client
+    from featherfl.models import count_parameters
+
+    if cfg["engine.threads"]:
+        torch.set_num_threads(cfg["engine.threads"])
+    if not 0 <= cid < cfg["clients"]:
+        raise ConfigError(f"partition-id {cid}: expected 0 <= id < clients ({cfg['clients']})")
+    ds, parts, _, ctx = _data_and_context(cfg)
+    idx = torch.as_tensor(parts[cid])
+    data = ClientData(cid, ds.train_x[idx], ds.train_y[idx], ds.num_classes)
+    client = build_client(ctx)
+    model = getattr(client, "model", None)
+    torch.set_num_threads(choose_threads(cfg["engine.threads"], count_parameters(model) if isinstance(model, torch.nn.Module) else 0))
+    return PreparedClient(cfg, ds, ctx, data, client)
 
 
 class Experiment:
