@@ -322,11 +322,33 @@ def build_config(
             f"config key 'model.name': got {values['model.name']!r}, expected one of {brief(model_names())}"
         )
     _check_method_sections(explicit, values, schema)
+    quick_caps(values)
     if values["engine.min_replies"] > values["clients"]:
         raise ConfigError(
             f"config key 'engine.min_replies': got {values['engine.min_replies']}, expected <= clients ({values['clients']})"
         )
     return Config(values, schema)
+
+
+#: Environment variable that shortens every run (the documentation tests run each documented
+#: command as written, shortened by this one setting; docs/runs.md): ``FEATHERFL_QUICK=N``
+#: caps each key below at N times its factor.
+QUICK_ENV = "FEATHERFL_QUICK"
+QUICK_CAPS = {"rounds": 1, "faug.gan_steps": 100}
+
+
+def quick_caps(values: dict[str, Any]) -> None:
+    """Cap ``values`` in place at ``$FEATHERFL_QUICK`` x ``QUICK_CAPS`` when that is set."""
+    import os
+
+    cap = os.environ.get(QUICK_ENV, "").strip()
+    if not cap:
+        return
+    if not cap.isdigit() or int(cap) < 1:
+        raise ConfigError(f"environment variable {QUICK_ENV}: got {cap!r}, expected a positive integer (rounds cap) or unset")
+    for key, factor in QUICK_CAPS.items():
+        if key in values:
+            values[key] = min(values[key], int(cap) * factor)
 
 
 def _check_method_sections(keys: list[str], values: dict[str, Any], schema: dict[str, Field]) -> None:
