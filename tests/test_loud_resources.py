@@ -5,7 +5,7 @@ work is announced and shows progress."""
 import pytest
 
 from featherfl import cli
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import prepare
 
 

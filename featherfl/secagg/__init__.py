@@ -1,8 +1,10 @@
 """Secure aggregation (SecAgg+) around any method that needs only a sum: ``secagg.protocol``.
 
-``protocol.py`` is the protocol, ``methods.py`` what each method sums, ``wrapper.py`` the
-``SecAgg(inner)`` algorithm wrapper the engines run (``featherfl.experiment.build_algorithm``
-installs it), ``crypto.py`` the library primitives. Threat model: docs/security.md.
+``protocol.py`` is the protocol, ``wrapper.py`` the ``SecAgg(inner)`` algorithm wrapper the
+engines run (``featherfl.assembly`` installs it), ``crypto.py`` the library primitives. What a
+method sums, and how it finishes from the sum, the method itself declares
+(``Algorithm.summation``, ``featherfl.algorithms.summation``): nothing here names a method.
+Threat model: docs/security.md.
 """
 
 from __future__ import annotations
@@ -27,26 +29,18 @@ def fraction_bits(cfg: Config) -> int:
     return cfg["secagg.fraction_bits"] or cfg["secagg.ring_bits"] // 2
 
 
-def adapt(cfg: Config) -> tuple[Config, list[str]]:
-    """The config with the settings secure aggregation needs, where the user left them at
-    their defaults, and one note per change (printed and kept in ``summary.json``).
+def adapt(cfg: Config, method) -> tuple[Config, list[str]]:
+    """The config with the settings a sum needs, where the user left them at their defaults,
+    and one note per change (printed, and kept in ``summary.json`` and ``config.toml``).
 
-    ``--set secagg.protocol=secagg+`` alone must work: the default ``weighting = capped``
-    needs every client's claimed count, which secure aggregation hides, so it becomes
-    ``uniform`` (a client's weight stays bounded, as under capped); BAFFLE's fedavg mode needs
-    ``directions = shared-all``. A setting the user chose explicitly is never changed:
+    ``--set secagg.protocol=secagg+`` alone must work: the method's summation names the
+    defaults it cannot serve (``Summation.compatible_defaults``: e.g. ``weighting = capped``,
+    whose median claim the sum hides). A setting the user chose explicitly is never changed:
     :func:`validate` refuses it with a one-line message naming the fix.
     """
-    if not enabled(cfg):
+    if not enabled(cfg) or method.summation is None:
         return cfg, []
-    from featherfl.secagg.methods import WEIGHTED
-
-    method = cfg["algorithm"]
-    chosen: dict = {}
-    if method in WEIGHTED and cfg.get(f"{method}.weighting") == "capped" and f"{method}.weighting" not in cfg.explicit:
-        chosen[f"{method}.weighting"] = "uniform"
-    if method == "baffle" and cfg["baffle.mode"] == "fedavg" and cfg["baffle.directions"] != "shared-all" and "baffle.directions" not in cfg.explicit:
-        chosen["baffle.directions"] = "shared-all"
+    chosen = {k: v for k, v in method.summation.compatible_defaults(cfg, method.name).items() if k not in cfg.explicit}
     if not chosen:
         return cfg, []
     explicit = cfg.explicit
@@ -56,14 +50,17 @@ def adapt(cfg: Config) -> tuple[Config, list[str]]:
     return adapted, notes
 
 
-def validate(cfg: Config) -> None:
-    """Config-time checks (exit 2): the method's rule and weighting, the participant count, the extra."""
+def validate(cfg: Config, method) -> None:
+    """Config-time checks (exit 2): the method's declaration, the participant count, the extra.
+    ``method`` is the configured ``Algorithm`` class."""
     if not enabled(cfg):
         return
-    from featherfl.secagg import methods
-
+    if method.summation is None:
+        raise ConfigError(f"config key 'secagg.protocol': {cfg['algorithm']} is not supported with secure aggregation: its server needs each client's own upload, not only their sum")
+    method.summation.check(cfg, method.name)
     expected = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
-    methods.check(cfg, expected)
+    if expected < 3:
+        raise ConfigError(f"config key 'secagg.protocol': {expected} clients per round; secure aggregation needs at least 3 (with 2, each learns the other's upload from the sum)")
     if fraction_bits(cfg) > cfg["secagg.ring_bits"] - 8:
         raise ConfigError(f"config key 'secagg.fraction_bits': {cfg['secagg.fraction_bits']} leaves no integer range in a {cfg['secagg.ring_bits']}-bit ring; expected <= {cfg['secagg.ring_bits'] - 8}")
     try:
@@ -71,12 +68,3 @@ def validate(cfg: Config) -> None:
         import cryptography  # noqa: F401
     except ImportError:
         raise ConfigError("config key 'secagg.protocol': secure aggregation needs the secagg extra: pip install 'featherfl[secagg]'") from None
-
-
-def wrap(algorithm):
-    """``SecAgg(algorithm)`` when ``secagg.protocol`` is on, else the algorithm itself."""
-    if not enabled(algorithm.cfg):
-        return algorithm
-    from featherfl.secagg.wrapper import SecAgg
-
-    return SecAgg(algorithm)
