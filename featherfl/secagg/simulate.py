@@ -28,6 +28,7 @@ class Outcome:
     client_seconds: float = 0.0
     server_seconds: float = 0.0
     server_stages: dict[str, float] = field(default_factory=dict)  # server seconds by step
+    client_stages: dict[str, float] = field(default_factory=dict)  # all clients' seconds by message answered
 
 
 def run_round(
@@ -64,7 +65,9 @@ def run_round(
             got = wire.decode(data, specs, round=rnd, run=run)
             reply = answer(c, got)
             up = wire.encode(reply, rnd, run)
-            out.client_seconds += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            out.client_seconds += spent
+            out.client_stages[msg.KIND] = out.client_stages.get(msg.KIND, 0.0) + spent
             out.bytes_up[c] += len(up)
             t0 = time.perf_counter()
             replies[c] = wire.decode(up, up_specs(c), round=rnd, run=run)
