@@ -117,7 +117,14 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="simulated rounds per size (the median's server seconds are reported); 10,000 clients: once")
     ap.add_argument("--e2e", type=int, nargs="*", default=[300, 1000], help="clients per round of the end-to-end runs (none: skip)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "secagg.md"))
+    ap.add_argument("--rewrite", action="store_true", help="rewrite --out from the measurements saved beside it (secagg.json), measuring nothing")
     a = ap.parse_args()
+    saved = Path(a.out).with_suffix(".json")
+    if a.rewrite:
+        m = json.loads(saved.read_text())
+        a.sizes, a.repeats, a.e2e = m["args"]["sizes"], m["args"]["repeats"], m["args"]["e2e"]
+        write(Path(a.out), a, m["real"], m["sims"], m["e2e"], m["seconds"], m["date"])
+        return 0
     torch.set_num_threads(1)
     runs = ROOT / "runs" / "secagg-bench"
     started = time.time()
@@ -157,11 +164,14 @@ def main() -> int:
             e2e.append({"method": method, "n": n, "plain": p, "secagg": s})
             print(f"e2e {method} n={n}: wall {p['wall']:.1f} -> {s['wall']:.1f} s, up {p['up']:.0f} -> {s['up']:.0f} B", flush=True)
 
-    write(Path(a.out), a, real, sims, e2e, time.time() - started)
+    date = time.strftime("%Y-%m-%d")
+    measured = {"args": {"sizes": a.sizes, "repeats": a.repeats, "e2e": a.e2e}, "real": real, "sims": sims, "e2e": e2e, "seconds": time.time() - started, "date": date}
+    saved.write_text(json.dumps(measured, indent=1, default=float))
+    write(Path(a.out), a, real, sims, e2e, measured["seconds"], date)
     return 0
 
 
-def write(path: Path, a, real: dict, sims: list[dict], e2e: list[dict], seconds: float) -> None:
+def write(path: Path, a, real: dict, sims: list[dict], e2e: list[dict], seconds: float, date: str) -> None:
     args = []
     if a.sizes != [10, 100, 1000, 10000]:
         args += ["--sizes", *map(str, a.sizes)]
@@ -173,7 +183,7 @@ def write(path: Path, a, real: dict, sims: list[dict], e2e: list[dict], seconds:
     L = [
         "# Secure aggregation: what it costs",
         "",
-        f"Measured by `{cmd}` on {platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}, one torch thread, on {time.strftime('%Y-%m-%d')} ({seconds / 60:.0f} minutes).",
+        f"Measured by `{cmd}` on {platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}, one torch thread, on {date} ({seconds / 60:.0f} minutes).",
         "The machine was shared with other engineers' jobs while this ran (load average above the core count): seconds are",
         "upper bounds and noisy, server seconds are medians of repeated rounds; bytes are exact.",
         "",
