@@ -210,3 +210,16 @@ def test_config_file_with_a_bom(tmp_path):
     cfg = tmp_path / "win.toml"
     cfg.write_bytes("\ufeffrounds = 1\nclients = 2\n".encode("utf-8"))
     assert cli.main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet", "--set", "fedavg.max_steps=1"]) == 0
+
+
+def test_report_where_plots_cannot_be_written_still_prints_the_table(finished, capsys, monkeypatch):
+    """A read-only run folder (simulated: as root, permissions would not stop the write)."""
+    from featherfl import report
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(report, "_draw", denied)
+    assert cli.main(["report", str(finished)]) == 0
+    out = capsys.readouterr().out
+    assert "fedavg" in out and "plots not written" in out and "Permission denied" in out
