@@ -223,6 +223,9 @@ class Config:
         self.schema = schema
         #: keys the user set (file, --set, base); the rest are defaults a feature may adapt
         self.explicit: frozenset = frozenset(values)
+        #: keys of another method's section that a config file set and this run ignores (a file
+        #: shared by several methods' runs); reported as one warning
+        self.ignored: tuple[str, ...] = ()
 
     def __getitem__(self, key: str) -> Any:
         return self._v[key]
@@ -259,7 +262,9 @@ class Config:
                 raise ConfigError(unknown_key_message(key, self.schema))
             values[key] = _coerce(key, self.schema[key], value)
         check_core(values)
-        return Config(values, self.schema)
+        out = Config(values, self.schema)
+        out.ignored = self.ignored
+        return out
 
 
 def check_core(values: dict[str, Any]) -> None:

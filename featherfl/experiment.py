@@ -128,6 +128,8 @@ def prepare(cfg: Config) -> Prepared:
     algorithm = build_algorithm(ctx)
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
     ctx.info["warnings"] = chosen + robustness_warnings(cfg) + checks.client_work_warning(cfg)
+    if cfg.ignored:
+        ctx.info["warnings"].append(f"the config file sets {', '.join(cfg.ignored)}, for another method than {cfg['algorithm']}: ignored in this run")
     if device.type != "cpu" and alg_cls.runs_on_cpu_only:
         ctx.info["warnings"].append(f"{cfg['algorithm']} runs on the cpu whatever engine.device says ({device}): its clients' and server's arithmetic must agree bit for bit")
     ctx.info["device"] = str(ctx.device)

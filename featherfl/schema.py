@@ -57,6 +57,7 @@ def build_config(
         except (tomllib.TOMLDecodeError, ValueError) as e:  # ValueError: e.g. an integer of over 4300 digits
             raise ConfigError(f"config file is not valid TOML: {str(e).splitlines()[0][:200]}") from None
         layers.extend(_flatten(data).items())
+    from_file = [k for k, _ in layers[len(base or {}):]]
     layers.extend(overrides)
     explicit = [k for k, _ in layers[len(base or {}):]]  # what the user set (not the base's full dump)
     algorithm = next((v for k, v in reversed(layers) if k == "algorithm"), None)
@@ -85,27 +86,35 @@ def build_config(
         raise ConfigError(
             f"config key 'model.name': got {values['model.name']!r}, expected one of {brief(model_names())}"
         )
-    _check_method_sections(explicit, values, schema)
+    set_here = explicit[len(from_file):]
+    ignored = [k for k in dict.fromkeys(from_file) if k not in set_here and _foreign_section(k, values, schema)]
+    for key in set_here:
+        section = _foreign_section(key, values, schema)
+        if section:
+            raise ConfigError(f"config key '{key}' is for {section}, but the running method is {values['algorithm']}; drop it or set algorithm = \"{section}\"")
     quick_caps(values)
     check_core(values)
     cfg = Config(values, schema)
     cfg.explicit = frozenset(explicit)  # a feature may adapt only what the user left at its default
+    cfg.ignored = tuple(ignored)
     return cfg
 
 
-def _check_method_sections(keys: list[str], values: dict[str, Any], schema: dict[str, Field]) -> None:
-    """A key of another method's section, set to a non-default value, is an error naming the running
-    method: ``--set baffle.k=10`` without ``--algorithm baffle`` would otherwise run FedAvg unchanged.
-    (A saved ``config.toml`` lists every key at its default, so only values that differ count.)
-    BAFFLE with ``baffle.peft`` reads FedPEFT's ``[fedpeft]`` keys, so those belong to it too."""
-    running = values["algorithm"]
-    methods = set(algorithm_names())
-    own = {running, *(["fedpeft"] if running == "baffle" and values.get("baffle.peft") else [])}
-    for key in keys:
-        section = key.split(".")[0] if "." in key else ""
-        if key in schema and section in methods and section not in own and values[key] != schema[key].default:
-            raise ConfigError(f"config key '{key}' is for {section}, but the running method is {running}; drop it or set algorithm = \"{section}\"")
+def _foreign_section(key: str, values: dict[str, Any], schema: dict[str, Field]) -> str:
+    """The method whose section ``key`` belongs to, when that method is not the one running and the
+    value differs from its default; else ``""``.
 
+    Set with ``--set`` or from Python, such a key is an error naming the running method:
+    ``--set baffle.k=10`` without ``--algorithm baffle`` would otherwise run FedAvg unchanged. In a
+    config file it is a warning, since one file often serves several methods' runs. (A saved
+    ``config.toml`` lists every key at its default, so only values that differ count.) BAFFLE with
+    ``baffle.peft`` reads FedPEFT's ``[fedpeft]`` keys, so those belong to it too."""
+    running = values["algorithm"]
+    own = {running, *(["fedpeft"] if running == "baffle" and values.get("baffle.peft") else [])}
+    section = key.split(".")[0] if "." in key else ""
+    if key in schema and section in set(algorithm_names()) and section not in own and values[key] != schema[key].default:
+        return section
+    return ""
 
 
 def reference_markdown(algorithm: str | None = None) -> str:
@@ -114,7 +123,16 @@ def reference_markdown(algorithm: str | None = None) -> str:
     if algorithm is not None:
         return _method_reference(algorithm)
     schema = full_schema()
-    lines = ["# Config reference", "", "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.", ""]
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.",
+        "",
+        "A key in another method's section (say `baffle.k` in a FedAvg run) is an error naming the running",
+        "method when it is set with `--set` or from Python, and a one-line warning (the key is ignored)",
+        "when it comes from a config file, since one file often serves several methods' runs.",
+        "",
+    ]
     sections: dict[str, list[str]] = {}
     for k in schema:
         sections.setdefault(k.split(".")[0] if "." in k else "", []).append(k)

@@ -53,7 +53,7 @@ SMALL = [
 
 
 def _cfg(*extra):
-    return build_config(overrides=SMALL + list(extra))
+    return build_config(base=dict(SMALL), overrides=list(extra))  # SMALL: both families' settings, as a shared file
 
 
 def _rows(path):
@@ -266,7 +266,8 @@ def test_any_method_gets_faug_and_trains_on_generated_samples(tmp_path, algorith
         return real(self, rnd, down, data, state)
 
     monkeypatch.setattr(FAugClient, "update", spy)
-    p = prepare(_cfg(("algorithm", algorithm), ("faug.enabled", True), ("baffle.k", 2), ("fedsgd.batch_size", 8)))
+    own = {"fedsgd": ("fedsgd.batch_size", 8), "baffle": ("baffle.k", 2)}[algorithm]
+    p = prepare(_cfg(("algorithm", algorithm), ("faug.enabled", True), own))
     assert isinstance(p.algorithm, FAug) and p.algorithm.name == algorithm
     out = tmp_path / algorithm
     summary = Experiment(p, out, progress=False).run()
@@ -276,9 +277,9 @@ def test_any_method_gets_faug_and_trains_on_generated_samples(tmp_path, algorith
 
 
 def test_old_configs_with_method_faug_keys_still_load():
-    on = build_config(overrides=SMALL + [("algorithm", "fd"), ("fd.faug", True), ("fedavg.faug", False)])
+    on = build_config(base=dict(SMALL), overrides=[("algorithm", "fd"), ("fd.faug", True), ("fedavg.faug", False)])
     assert on["faug.enabled"] is True
-    off = build_config(overrides=SMALL + [("algorithm", "fedavg"), ("fd.faug", True)])
+    off = build_config(base=dict(SMALL), overrides=[("algorithm", "fedavg"), ("fd.faug", True)])
     assert off["faug.enabled"] is False  # another method's key was a no-op there, and stays one
 
 

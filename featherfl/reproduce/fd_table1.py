@@ -98,7 +98,12 @@ def run(out: Path, quick: bool, data_dir: Path, quiet: bool, options: dict) -> l
     rows = []
     for m in devices:
         for method in options["methods"]:
-            cfg = build_config(overrides=settings(data_dir, m, method, quick, steps, iterations))
+            items = settings(data_dir, m, method, quick, steps, iterations)
+            own = len(METHODS[method])
+            # The protocol sets both families' local work (fd.* and fedavg.*), so it is the base each
+            # row starts from, as a config file shared by several methods would be; a row sets only
+            # its own method's keys.
+            cfg = build_config(base=dict(items[:-own]), overrides=items[-own:])
             folder = Path(out) / f"{method.replace('+', '-').lower()}-M{m}"
             Experiment(prepare(cfg), folder, progress=not quiet).run()
             rows.append(row(folder, method, m, quick))
