@@ -174,3 +174,16 @@ def test_config_doc_lists_the_keys():
     for key in ("compress.method", "compress.ratio", "compress.bits", "compress.rank", "compress.error_feedback"):
         assert key in doc
     assert KIND == "compress.up"
+
+
+def test_fedpeft_tensors_compress_field_by_field(tmp_path):
+    """FedPEFT uploads one tensor per trainable parameter: each is compressed against the one sent."""
+    out = tmp_path / "peft"
+    args = ["run", "--algorithm", "fedpeft", "--dataset", "digits", "--clients", "4", "--rounds", "2", "--out", str(out), "--quiet", "--set", "log.plots=false"]
+    args += ["--set", "fedpeft.method=bias", "--set", "data.max_train=400", "--set", "compress.method=topk", "--set", "compress.ratio=0.1"]
+    assert cli.main(args) == 0
+    rows = _rows(out)
+    assert all(r["clients_rejected"] == 0 and r["aggregated"] for r in rows)
+    ck = load_checkpoint(out / "checkpoint.pt")
+    residual = ck["client_states"][0]["compress"]["residual"]
+    assert len(residual) > 1  # one residual per trainable tensor
