@@ -102,6 +102,7 @@ CORE_SCHEMA: dict[str, Field] = {
     "engine.deadline": _f("float", 0.0, "Seconds a client may take per round (0 = no deadline).", min=0.0),
     "engine.min_replies": _f("int", 1, "Fewest valid replies for a round to be aggregated.", min=1),
     "engine.on_quorum_fail": _f("str", "skip", "When too few replies arrive: skip the round or stop the run.", choices=("skip", "stop")),
+    "engine.max_failed_rounds": _f("int", 0, "Rounds that may aggregate no update (every client dropped, late, rejected, or the round skipped by secure aggregation) before the run stops with status failed and exit 1.", min=0),
     "engine.max_payload_mb": _f("float", 256.0, "Largest reply accepted (MB); larger ones are rejected.", min=0.0, min_exclusive=True),
     "engine.num_cpus": _f("int", 2, "CPUs for a local Ray cluster.", min=1),
     "engine.address": _f("str", "", "Address of an existing Ray cluster ('' = start a local one)."),
@@ -285,6 +286,7 @@ def build_config(
             raise ConfigError(f"config file is not valid TOML: {str(e).splitlines()[0][:200]}") from None
         layers.extend(_flatten(data).items())
     layers.extend(overrides)
+    explicit = [k for k, _ in layers[len(base or {}):]]  # what the user set (not the base's full dump)
     from featherfl import plugins
 
     algorithm = next((v for k, v in reversed(layers) if k == "algorithm"), None)
@@ -320,11 +322,28 @@ def build_config(
         raise ConfigError(
             f"config key 'model.name': got {values['model.name']!r}, expected one of {brief(model_names())}"
         )
+    _check_method_sections(explicit, values, schema)
     if values["engine.min_replies"] > values["clients"]:
         raise ConfigError(
             f"config key 'engine.min_replies': got {values['engine.min_replies']}, expected <= clients ({values['clients']})"
         )
     return Config(values, schema)
+
+
+def _check_method_sections(keys: list[str], values: dict[str, Any], schema: dict[str, Field]) -> None:
+    """A key of another method's section, set to a non-default value, is an error naming the running
+    method: ``--set baffle.k=10`` without ``--algorithm baffle`` would otherwise run FedAvg unchanged.
+    (A saved ``config.toml`` lists every key at its default, so only values that differ count.)
+    BAFFLE with ``baffle.peft`` reads FedPEFT's ``[fedpeft]`` keys, so those belong to it too."""
+    from featherfl.algorithms import names as algorithm_names
+
+    running = values["algorithm"]
+    methods = set(algorithm_names())
+    own = {running, *(["fedpeft"] if running == "baffle" and values.get("baffle.peft") else [])}
+    for key in keys:
+        section = key.split(".")[0] if "." in key else ""
+        if key in schema and section in methods and section not in own and values[key] != schema[key].default:
+            raise ConfigError(f"config key '{key}' is for {section}, but the running method is {running}; drop it or set algorithm = \"{section}\"")
 
 
 #: Keys earlier featherfl versions wrote (in every saved config.toml): ``<method>.faug`` is now the
@@ -363,8 +382,11 @@ def parse_set_args(items: Iterable[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def reference_markdown() -> str:
-    """The config reference (docs/config.md), generated from the schema."""
+def reference_markdown(algorithm: str | None = None) -> str:
+    """The config reference (docs/config.md), generated from the schema; with ``algorithm``
+    (a registered name or a ``module:Class`` plug-in) only that method's own section."""
+    if algorithm is not None:
+        return _method_reference(algorithm)
     schema = full_schema()
     lines = ["# Config reference", "", "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.", ""]
     sections: dict[str, list[str]] = {}
@@ -378,3 +400,23 @@ def reference_markdown() -> str:
             lines.append(f"| `{k}` | {f.type} | `{default}` | {f.allowed()} | {f.help} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _method_reference(algorithm: str) -> str:
+    """One method's keys: what ``config-doc --algorithm NAME`` prints (a plug-in's too, which the
+    full reference cannot list because it is not registered until named)."""
+    from featherfl import algorithms, plugins
+
+    if plugins.is_dotted(algorithm):
+        plugins.register_algorithm_path(algorithm)
+    elif algorithm not in algorithms.names():
+        raise ConfigError(f"--algorithm: got {algorithm!r}, expected one of {brief(algorithms.names())} or a module:Class plug-in")
+    keys = algorithms.get(algorithm).CONFIG
+    lines = [f"## [{algorithm}]" if not plugins.is_dotted(algorithm) else f"## {algorithm}", ""]
+    if not keys:
+        return "\n".join(lines + ["(no keys of its own)", ""])
+    lines += ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for k, f in keys.items():
+        default = repr(f.default) if not isinstance(f.default, str) else f'"{f.default}"'
+        lines.append(f"| `{k}` | {f.type} | `{default}` | {f.allowed()} | {f.help} |")
+    return "\n".join(lines + [""])

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from featherfl import algorithms, wire
+from featherfl import algorithms, checks, wire
 from featherfl.algorithms.base import ClientData, Context
 from featherfl.config import Config, ConfigError, build_config
 from featherfl.data.partition import label_histogram, partition
@@ -26,7 +26,7 @@ from featherfl.data.sources import Dataset, load_dataset
 from featherfl.engines import make_engine
 from featherfl.engines.base import QuorumError
 from featherfl.threads import choose_threads
-from featherfl.runfolder import CheckpointError, append_jsonl, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
+from featherfl.runfolder import CheckpointError, append_jsonl, log_crash, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 
 #: Keys a resumed run may change: how long it runs and how it is executed and
 #: watched, never what it computes. Every other key is the run's identity: a
@@ -41,6 +41,7 @@ RESUMABLE_KEYS = frozenset(
         "engine.address",
         "engine.num_cpus",
         "engine.max_failure_share",
+        "engine.max_failed_rounds",
         "log.tensorboard",
         "log.mlflow_uri",
         "log.mlflow_experiment",
@@ -132,8 +133,11 @@ def prepare(cfg: Config) -> Prepared:
     info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
     ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info))
     ctx.info["data_note"] = ds.note
+    if checks.is_user_model(cfg["model.name"]):
+        checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
+    checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
     ctx.info["warnings"] = robustness_warnings(cfg)
     if device.type != "cpu" and getattr(alg_cls, "runs_on_cpu_only", False):
         ctx.info["warnings"].append(f"{cfg['algorithm']} runs on the cpu whatever engine.device says ({device}): its clients' and server's arithmetic must agree bit for bit")
@@ -241,6 +245,7 @@ class Experiment:
         try:
             stopped = None
             failed = None
+            rnd = self.start_round
             try:
                 for rnd in range(self.start_round, rounds + 1):
                     t0 = time.perf_counter()
@@ -295,6 +300,11 @@ class Experiment:
                         failed = self._failure(rnd, stats)
                         if failed:
                             break
+                    failed = checks.failed_round(self.cfg, self.metrics)  # a round that aggregated nothing
+                    if failed:
+                        break
+            except (Exception, SystemExit) as e:  # anything else: status failed, errors.log, exit 1
+                failed = log_crash(self.out, rnd, e)
             finally:
                 if bar is not None:
                     bar.close()

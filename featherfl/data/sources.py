@@ -301,7 +301,9 @@ def load_dataset(cfg) -> Dataset:
             raise ConfigError(f"dataset {name!r} needs the text extra: pip install 'featherfl[text]' ({e})") from None
     if name not in _SOURCES:
         raise ConfigError(f"config key 'dataset': got {name!r}, expected one of {', '.join(sorted(_SOURCES))}")
-    ds = _SOURCES[name](cfg)
+    from featherfl.data.validate import validate_dataset
+
+    ds = validate_dataset(_SOURCES[name](cfg), name)  # every reader's output, one set of checks
     if cfg["data.max_train"]:
         keep = stratified_subset(ds.train_y.numpy(), cfg["data.max_train"], seed=cfg["seed"])
         ds.train_x, ds.train_y = ds.train_x[keep], ds.train_y[keep]
