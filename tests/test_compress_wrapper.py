@@ -187,3 +187,19 @@ def test_fedpeft_tensors_compress_field_by_field(tmp_path):
     ck = load_checkpoint(out / "checkpoint.pt")
     residual = ck["client_states"][0]["compress"]["residual"]
     assert len(residual) > 1  # one residual per trainable tensor
+
+
+def test_sign_majority_vote_follows_most_clients():
+    p = prepare(_cfg(**{"compress.method": "sign", "compress.sign_aggregation": "vote"}))
+    alg = p.algorithm
+    downs = alg.configure(1, [0, 1, 2])
+    w = downs[0].weights
+    cls = type(alg.inner.uplink_specs(1, 0)["fedavg.up"].cls(weights=w, num_samples=1))
+    up = torch.ones_like(w)
+    # two clients push every entry up by 0.1, one pushes it down by 0.4: the vote says up, by the mean 0.2
+    rebuilt = {0: cls(weights=w + 0.1 * up, num_samples=5), 1: cls(weights=w + 0.1 * up, num_samples=5), 2: cls(weights=w - 0.4 * up, num_samples=500)}
+    voted = alg._majority_vote(rebuilt)
+    for c in voted:
+        torch.testing.assert_close(voted[c].weights - w, 0.2 * up)
+    with pytest.raises(ConfigError):
+        prepare(_cfg(**{"compress.method": "topk", "compress.sign_aggregation": "vote"}))

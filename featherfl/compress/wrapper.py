@@ -191,6 +191,7 @@ class Compress(Wrapper):
         self.codec = Codec(self.settings)
         self.layouts = Layouts(inner.ctx)
         applicability(inner.name, inner.uplink_specs(1, 0), self.settings.method)
+        self.vote = self.cfg["compress.sign_aggregation"] == "vote"
         self.sent: dict[int, Payload] = {}
 
     def make_client(self) -> ClientHalf:
@@ -238,7 +239,33 @@ class Compress(Wrapper):
             raise PayloadError("bad-fields", str(e)) from None
 
     def aggregate(self, rnd, replies):
-        return self.inner.aggregate(rnd, {c: p.rebuilt for c, p in replies.items()})
+        rebuilt = {c: p.rebuilt for c, p in replies.items()}
+        if self.vote and rebuilt:
+            rebuilt = self._majority_vote(rebuilt)
+        return self.inner.aggregate(rnd, rebuilt)
+
+    def _majority_vote(self, rebuilt: dict[int, Payload]) -> dict[int, Payload]:
+        """signSGD with majority vote (Bernstein et al. 2019, Alg. 2): each entry moves by the sign
+        most clients sent, one vote a client, scaled by the clients' mean magnitude (their EF-SignSGD
+        scales); every reply the method aggregates then carries that one update."""
+        first = next(iter(rebuilt.values()))
+        values = {}
+        for name in first.tensor_fields():
+            deltas = []
+            for c, p in rebuilt.items():
+                ref = _reference(self.sent.get(c), name, getattr(p, name))
+                deltas.append(getattr(p, name) - ref if ref is not None else getattr(p, name))
+            stack = torch.stack(deltas)
+            update = torch.sign(torch.sign(stack).sum(0)) * stack.abs().mean(0)
+            values[name] = update
+        out = {}
+        for c, p in rebuilt.items():
+            changed = {}
+            for name, update in values.items():
+                ref = _reference(self.sent.get(c), name, update)
+                changed[name] = update + ref if ref is not None else update.clone()
+            out[c] = dataclasses.replace(p, **changed)
+        return out
 
     def summary_extra(self) -> dict:
         s = self.settings
