@@ -203,3 +203,41 @@ def test_sign_majority_vote_follows_most_clients():
         torch.testing.assert_close(voted[c].weights - w, 0.2 * up)
     with pytest.raises(ConfigError):
         prepare(_cfg(**{"compress.method": "topk", "compress.sign_aggregation": "vote"}))
+
+
+def test_compressed_downlink_keeps_replicas_in_step_and_resumes_identically(tmp_path):
+    """compress.downlink=same: every client that replied holds the server's replica exactly; a
+    client that missed a round gets it dense; kill + --resume gives the uninterrupted rows."""
+    sets = ["--set", "compress.method=topk", "--set", "compress.ratio=0.1", "--set", "compress.downlink=same", "--set", "engine.fraction=0.75", "--set", "engine.dropout=0.2"]
+    straight, split, dense = tmp_path / "a", tmp_path / "b", tmp_path / "d"
+    assert _run(straight, *sets, rounds=5) == 0
+    assert _run(dense, "--set", "engine.fraction=0.75", "--set", "engine.dropout=0.2", rounds=5) == 0
+    rows = _rows(straight)
+    assert all(r["aggregated"] and r["clients_rejected"] == 0 and not r.get("errors") for r in rows)
+    full = max(v for r in _rows(dense) for v in r["bytes_down_per_client"].values())
+    later = [v for r in rows[1:] for v in r["bytes_down_per_client"].values()]
+    assert min(later) < 0.2 * full and max(later) == full  # compressed to those in step, dense to the others
+    assert sum(r["bytes_down"] for r in rows) < 0.75 * sum(r["bytes_down"] for r in _rows(dense))
+    ck = load_checkpoint(straight / "checkpoint.pt")
+    server = ck["algorithm"]["compress_downlink"]
+    holders = {int(c) for c, r in server["holders"].items() if r == server["round"]}
+    assert holders
+    for c in holders:
+        torch.testing.assert_close(ck["client_states"][c]["compress"]["replica"]["weights"], server["replica"]["weights"], rtol=0, atol=0)
+    assert _run(split, *sets, rounds=3) == 0
+    assert cli.main(["run", "--resume", "--out", str(split), "--rounds", "5", "--quiet", "--set", "log.plots=false"]) == 0
+    keys = ("accuracy", "loss", "bytes_up", "bytes_down", "bytes_down_per_client")
+    assert [{k: r[k] for k in keys} for r in rows] == [{k: r[k] for k in keys} for r in _rows(split)]
+
+
+def test_a_hostile_compressed_downlink_is_rejected_by_the_client():
+    from featherfl.compress import downlink
+
+    p = prepare(_cfg(**{"compress.method": "qsgd", "compress.downlink": "same"}))
+    client = p.algorithm.make_client()
+    specs = client.downlink_specs(2)
+    good = p.algorithm.broadcast
+    assert good is not None and downlink.KIND in specs
+    bad = downlink.CompressedDown(torch.zeros(7, dtype=torch.uint8), 1)
+    with pytest.raises(wire.PayloadError):
+        wire.decode(wire.encode(bad, 2, p.ctx.run_id), specs, round=2, run=p.ctx.run_id)
