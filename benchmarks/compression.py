@@ -43,7 +43,7 @@ COMPRESSED = {
 OTHERS = {
     "BAFFLE": [("algorithm", "baffle")],
     "FD": [("algorithm", "fd")],
-    "FD+FAug": [("algorithm", "fd"), ("faug.enabled", True)],
+    "FD+FAug": [("algorithm", "fd"), ("faug.enabled", True), ("faug.gan_steps", 300)],
     "FedPEFT (default)": [("algorithm", "fedpeft")],
 }
 BUDGETS = [(10e3, "10 KB"), (100e3, "100 KB"), (1e6, "1 MB"), (10e6, "10 MB")]
@@ -52,7 +52,12 @@ BUDGETS = [(10e3, "10 KB"), (100e3, "100 KB"), (1e6, "1 MB"), (10e6, "10 MB")]
 def run(name: str, sets: list, base: list, workdir: Path) -> dict:
     cfg = build_config(overrides=[*base, ("name", name), *sets])
     t = time.perf_counter()
-    out, summary = run_experiment(cfg, workdir / name.replace(" ", "_").replace("%", "pct").replace("/", "_"))
+    out = workdir / name.replace(" ", "_").replace("%", "pct").replace("/", "_")
+    done = out / "summary.json"
+    if done.exists() and json.loads(done.read_text()).get("status") == "completed" and build_config((out / "config.toml").read_text()).as_flat() == cfg.as_flat():
+        summary = json.loads(done.read_text())  # a finished run of this exact config in --workdir: reused
+    else:
+        out, summary = run_experiment(cfg, out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     n = cfg["clients"]
     curve = [(r["round"], r["cumulative_bytes_up"] / n, r["accuracy"]) for r in rows if r["accuracy"] is not None]
@@ -64,7 +69,7 @@ def run(name: str, sets: list, base: list, workdir: Path) -> dict:
         "up": summary["mb_up_per_client"],
         "down": summary["mb_down_per_client"],
         "rejected": summary["clients_rejected"],
-        "seconds": time.perf_counter() - t,
+        "seconds": summary["wall_seconds"],
         "curve": curve,
     }
 
@@ -113,6 +118,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated row names (default: all)")
     ap.add_argument("--no-others", action="store_true", help="compression rows only")
     ap.add_argument("--out", default="benchmarks/results/compression.md")
+    ap.add_argument("--workdir", default="", help="keep the run folders here (default: a temporary folder); finished runs of the same config are reused")
     a = ap.parse_args()
     base = [("dataset", a.dataset), ("clients", 10), ("partition.name", "dirichlet"), ("partition.alpha", 0.5), ("rounds", a.rounds), ("seed", a.seed), ("eval.every", 1), ("log.plots", False), ("engine.threads", 1)]
     if a.data_dir:
@@ -125,8 +131,10 @@ def main() -> int:
         rows = {k: v for k, v in rows.items() if k in keep}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(a.workdir) if a.workdir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for name, sets in rows.items():
-            r = run(name, sets, base, Path(tmp))
+            r = run(name, sets, base, workdir)
             results.append(r)
             print(f"{name:28s} acc {r['final']:.4f} (best {r['best']:.4f})  up {r['up']:.4f} MB/client  {r['seconds']:.0f} s", file=sys.stderr, flush=True)
     dense = next((r for r in results if r["name"] == "FedAvg dense"), None)
@@ -143,7 +151,7 @@ def main() -> int:
         "the default MLP, each method's default hyperparameters (FedAvg: 2 local epochs, batch 32, SGD lr 0.05, momentum 0.9); "
         "no hyperparameter was tuned, for any row (featherfl has no validation split yet). "
         f"Uplink = the ledger's encoded bytes over the run, per client. One seed; measured on a {platform.machine()} CPU shared with other jobs "
-        "(seconds are indicative only).",
+        "(seconds: the rounds' wall time as the run recorded it, indicative only).",
         "",
         "| row | settings | final acc | best acc | uplink MB / client | x fewer uplink bytes than dense | downlink MB / client | rejected | seconds |",
         "|---|---|---|---|---|---|---|---|---|",

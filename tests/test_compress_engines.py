@@ -28,7 +28,7 @@ def _rows(path):
     return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("sets", [[("compress.method", "topk"), ("compress.ratio", 0.02)], [("compress.method", "powersgd"), ("compress.rank", 1)]])
+@pytest.mark.parametrize("sets", [[("compress.method", "topk"), ("compress.ratio", 0.02)], [("compress.method", "powersgd"), ("compress.rank", 1)], [("compress.method", "qsgd"), ("compress.downlink", "same")]])
 def test_ray_equals_local(tmp_path, sets):
     rows = {}
     for engine in ("local", "ray"):
