@@ -18,7 +18,6 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from featherfl import wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, Wrapper
 from featherfl.compress import settings as settings_from
 from featherfl.compress import downlink
