@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import run_experiment
 
 COMPRESSED = {

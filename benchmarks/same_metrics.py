@@ -3,7 +3,8 @@
 A refactoring must not change what a run computes. For each commit this checks the commit out
 into a temporary git worktree and runs, with that checkout first on ``PYTHONPATH``, a short
 digits run of every method on the local engine, and of the cross-cutting features around them
-(FAug, secure aggregation, simulated attackers, DP). It then compares the two commits'
+(FAug, secure aggregation, simulated attackers, uplink compression, DP). A commit older than a
+feature writes no metrics for its runs, which the table says. It then compares the two commits'
 ``metrics.jsonl`` row by row, every field included (bytes, accuracy, losses, reasons), except
 the wall-time ones, and prints ``run | rows | identical``. Exit status 1 when any run differs.
 
@@ -42,6 +43,8 @@ RUNS: dict[str, list[str]] = {
     "fedavg+attack": ["--algorithm", "fedavg", *ATTACK],
     "fd+attack": ["--algorithm", "fd", *ATTACK],
     "fedavg+faug+attack+secagg": ["--algorithm", "fedavg", "--set", "faug.enabled=true", *GAN, *ATTACK, *SECAGG, "--set", "fedavg.weighting=samples"],
+    "fedavg+compress+attack": ["--algorithm", "fedavg", "--set", "compress.method=topk", "--set", "compress.ratio=0.1", *ATTACK],
+    "fedpeft+compress": ["--algorithm", "fedpeft", "--model", "vit-tiny", "--set", "compress.method=qsgd"],
 }
 
 #: fields that measure wall time, different on every run

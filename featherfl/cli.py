@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from featherfl.config import ConfigError, build_config, parse_set_args
+from featherfl.config import ConfigError, parse_set_args
+from featherfl.schema import build_config
 
 EXIT_USAGE = 2
 
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a.run_dir} -> {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
             return 0
         if a.command == "config-doc":
-            from featherfl.config import reference_markdown
+            from featherfl.schema import reference_markdown
 
             print(reference_markdown(a.algorithm))
             return 0

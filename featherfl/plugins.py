@@ -57,15 +57,15 @@ def load_callable(path: str, key: str) -> Callable:
 
 def register_algorithm_path(path: str) -> None:
     """Register an ``Algorithm`` subclass named by ``module:Class`` under that path."""
-    from featherfl import algorithms
     from featherfl.algorithms.base import Algorithm
+    from featherfl.algorithms.registry import REGISTRY
 
-    if path in algorithms.REGISTRY:
+    if path in REGISTRY:
         return
     cls = load_callable(path, "algorithm")
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise ConfigError(f"config key 'algorithm': {path} is not a featherfl Algorithm subclass")
-    algorithms.REGISTRY[path] = path
+    REGISTRY[path] = path
 
 
 def model_builder(path: str, factory: Callable) -> Callable:
@@ -87,11 +87,11 @@ def model_builder(path: str, factory: Callable) -> Callable:
 
 
 def register_model_path(path: str) -> None:
-    from featherfl.models import _REGISTRY, _load_builtin
+    from featherfl.models import model_names
+    from featherfl.models.registry import REGISTRY
 
-    _load_builtin()
-    if path not in _REGISTRY:
-        _REGISTRY[path] = model_builder(path, load_callable(path, "model.name"))
+    if path not in model_names():
+        REGISTRY[path] = model_builder(path, load_callable(path, "model.name"))
 
 
 def dataset_from_arrays(data, name: str, note: str):
@@ -99,7 +99,7 @@ def dataset_from_arrays(data, name: str, note: str):
     import numpy as np
     import torch
 
-    from featherfl.data.sources import Dataset
+    from featherfl.data.dataset import Dataset
 
     if isinstance(data, Dataset):
         return data
@@ -127,9 +127,9 @@ def dataset_from_arrays(data, name: str, note: str):
 
 
 def register_dataset_path(path: str) -> None:
-    from featherfl.data.sources import _SOURCES, register_source
+    from featherfl.data.dataset import SOURCES, register_source
 
-    if path in _SOURCES:
+    if path in SOURCES:
         return
     loader = load_callable(path, "dataset")
 

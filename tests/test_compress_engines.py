@@ -7,7 +7,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
 
 SMALL = [("rounds", 3), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200), ("engine.threads", 1), ("engine.vectorize", "off"), ("engine.fraction", 0.75), ("engine.dropout", 0.2)]

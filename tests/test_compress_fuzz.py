@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from featherfl import wire
 from featherfl.compress.wrapper import KIND
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import prepare
 from support import fuzzing
 

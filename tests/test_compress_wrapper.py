@@ -10,7 +10,8 @@ import torch
 
 from featherfl import cli, wire
 from featherfl.compress.wrapper import KIND, Compress, payload_class
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError
+from featherfl.schema import build_config
 from featherfl.experiment import prepare
 from featherfl.runfolder import load_checkpoint
 
@@ -168,7 +169,7 @@ def test_refused_in_one_line(sets, needle):
 
 
 def test_config_doc_lists_the_keys():
-    from featherfl.config import reference_markdown
+    from featherfl.schema import reference_markdown
 
     doc = reference_markdown()
     for key in ("compress.method", "compress.ratio", "compress.bits", "compress.rank", "compress.error_feedback"):

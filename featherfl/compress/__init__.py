@@ -2,7 +2,7 @@
 
 ``codecs.py`` holds the compressors and their validating decoders, ``encoding.py`` the byte-level
 pieces, ``wrapper.py`` the ``Compress(inner)`` algorithm wrapper and its client half, which
-``featherfl.experiment.build_algorithm`` installs. The ledger counts the encoded compressed bytes.
+``featherfl.assembly`` installs. The ledger counts the encoded compressed bytes.
 """
 
 from __future__ import annotations
@@ -48,19 +48,11 @@ def settings(cfg: Config):
     )
 
 
-def wrap(algorithm):
-    """``Compress(algorithm)`` when ``compress.method`` is set, else the algorithm itself.
-    Raises ConfigError (one line) for a method or a combination it cannot serve."""
-    cfg = algorithm.cfg
-    if not enabled(cfg):
-        return algorithm
-    method = cfg["compress.method"]
+def check(cfg: Config) -> None:
+    """One-line ConfigError for a combination compression cannot serve."""
     if cfg.get("secagg.protocol", "off") != "off":
         raise ConfigError(
-            f"config key 'compress.method': {method} cannot run under secure aggregation: the server must decode each client's own compressed update, which masking hides; use compress.method=none with secagg.protocol={cfg['secagg.protocol']}"
+            f"config key 'compress.method': {cfg['compress.method']} cannot run under secure aggregation: the server must decode each client's own compressed update, which masking hides; use compress.method=none with secagg.protocol={cfg['secagg.protocol']}"
         )
-    if cfg["compress.sign_aggregation"] == "vote" and method != "sign":
-        raise ConfigError(f"config key 'compress.sign_aggregation': vote needs compress.method=sign, not {method}")
-    from featherfl.compress.wrapper import Compress
-
-    return Compress(algorithm)
+    if cfg["compress.sign_aggregation"] == "vote" and cfg["compress.method"] != "sign":
+        raise ConfigError(f"config key 'compress.sign_aggregation': vote needs compress.method=sign, not {cfg['compress.method']}")

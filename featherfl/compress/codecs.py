@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from featherfl.compress import encoding as enc
+import featherfl.compress.encoding as enc
 from featherfl.seeding import derive_seed, generator
 from featherfl.wire import PayloadError
 

@@ -18,7 +18,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context, Wrapper
+import featherfl.wire as wire
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, ClientWrapper, Context, Wrapper
 from featherfl.compress import settings as settings_from
 from featherfl.compress import downlink
 from featherfl.compress.codecs import Codec, Settings
@@ -119,21 +120,15 @@ def _dense(reply: Payload) -> bool:
     return reply.CATEGORY in DENSE_CATEGORIES and bool(ts) and all(t.dtype == torch.float32 for t in ts.values())
 
 
-class CompressClient(ClientHalf):
+class CompressClient(ClientWrapper):
     """The client half: the method's update, then error feedback and compression of its reply."""
 
     def __init__(self, inner: ClientHalf, settings: Settings):
-        super().__init__(inner.ctx)
-        self.inner = inner
+        super().__init__(inner)
         self.settings = settings
         self.codec = Codec(settings)
         self.layouts = Layouts(inner.ctx)
         self.downlink = inner.ctx.cfg["compress.downlink"] == "same"
-
-    def __getattr__(self, name: str):
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def downlink_specs(self, rnd):
         specs = self.inner.downlink_specs(rnd)
@@ -172,10 +167,6 @@ class CompressClient(ClientHalf):
         down = self._open(rnd, down, state)
         reply = self.inner.update(rnd, down, data, state.setdefault(METHOD_STATE, {}))
         return self.compress(rnd, data.cid, down, reply, state)
-
-    def can_update_many(self) -> bool:
-        check = getattr(self.inner, "can_update_many", None)
-        return bool(check and check())
 
     def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
         downs = {c: self._open(rnd, d, states[c]) for c, d in downs.items()}
@@ -219,7 +210,6 @@ class Compress(Wrapper):
 
     def __init__(self, inner: Algorithm):
         super().__init__(inner)
-        self.client_wrappers = ()  # the inner method's wrappers (simulated attackers) act before compression
         self.settings = settings_from(self.cfg)
         self.codec = Codec(self.settings)
         self.layouts = Layouts(inner.ctx)
@@ -228,8 +218,9 @@ class Compress(Wrapper):
         self.sent: dict[int, Payload] = {}  # the method's own downlinks: replies are rebuilt on them
         self.broadcast = downlink.Broadcast(self.codec, self.layouts) if self.cfg["compress.downlink"] == "same" else None
 
-    def make_client(self) -> ClientHalf:
-        return CompressClient(self.inner.make_client(), self.settings)
+    @classmethod
+    def wrap_client(cls, client: ClientHalf, method) -> ClientHalf:
+        return CompressClient(client, settings_from(client.ctx.cfg))
 
     def configure(self, rnd, client_ids):
         self.sent = self.inner.configure(rnd, client_ids)

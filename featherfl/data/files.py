@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from featherfl.config import ConfigError
-from featherfl.data.sources import Dataset, register_source, stratified_split
+from featherfl.data.dataset import Dataset, register_source, stratified_split
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
