@@ -99,6 +99,15 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         xs = [up / 1e6 for _, up, _ in r["curve"] if up > 0]
         ys = [acc for _, up, acc in r["curve"] if up > 0]
         ax.plot(xs, ys, color=families[fam], alpha=0.8, lw=1, ls="--" if "no EF" in r["name"] else "-", label=r["name"])
+    points = sorted((up / 1e6, acc) for r in results for _, up, acc in r["curve"] if up > 0)
+    best, env_x, env_y = -1.0, [], []
+    for x, y in points:  # the frontier: the best accuracy any row reached within x MB
+        if y > best:
+            best = y
+            env_x.append(x)
+            env_y.append(y)
+    if env_x:
+        ax.step(env_x + [points[-1][0]], env_y + [env_y[-1]], where="post", color="grey", lw=3, alpha=0.35, label="frontier (best within the budget)")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative uplink per client (MB, log)")
     ax.set_ylabel("test accuracy")
