@@ -35,6 +35,8 @@ class DemoMethod:
 
 METHODS = [
     DemoMethod("fedavg", "fedavg", 20, 6),
+    DemoMethod("fedavg-topk1pct", "fedavg", 20, 6, {"compress.method": "topk", "compress.ratio": 0.01}),
+    DemoMethod("fedavg-qsgd4bit", "fedavg", 20, 6, {"compress.method": "qsgd", "compress.bits": 4}),
     DemoMethod("fedsgd", "fedsgd", 60, 20),
     DemoMethod("baffle", "baffle", 60, 20, {"baffle.k": 100, "baffle.downlink": "replay"}),
     DemoMethod(

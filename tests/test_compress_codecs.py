@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from featherfl.compress import encoding as enc
 from featherfl.compress.codecs import Codec, Settings, keep_count, qsgd_levels

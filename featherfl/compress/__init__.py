@@ -18,6 +18,8 @@ COMPRESS_CONFIG = {
     "compress.bucket": Field("int", 512, "qsgd: entries per bucket sharing one float32 norm.", min=1, max=2**24),
     "compress.rank": Field("int", 2, "powersgd: rank r of the factors P and Q.", min=1, max=1024),
     "compress.error_feedback": Field("str", "auto", "Clients keep what compression dropped and add it to their next update: auto (on for the biased topk, sign, powersgd), on, off.", choices=("auto", "on", "off")),
+    "compress.sign_aggregation": Field("str", "mean", "sign: the server's rule: mean (the method's own aggregation of the decoded scaled signs) or vote (each entry moves by the majority sign, scaled by the mean magnitude).", choices=("mean", "vote")),
+    "compress.downlink": Field("str", "none", "Compress the server-to-client weights too: none, or same (the uplink's codec on the difference between the server's model and the clients' replica, with the server's own error feedback).", choices=("none", "same")),
     "compress.values": Field("str", "float32", "topk, randk, powersgd: the sent values' type (float16 halves them).", choices=("float32", "float16")),
 }
 
@@ -52,3 +54,5 @@ def check(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'compress.method': {cfg['compress.method']} cannot run under secure aggregation: the server must decode each client's own compressed update, which masking hides; use compress.method=none with secagg.protocol={cfg['secagg.protocol']}"
         )
+    if cfg["compress.sign_aggregation"] == "vote" and cfg["compress.method"] != "sign":
+        raise ConfigError(f"config key 'compress.sign_aggregation': vote needs compress.method=sign, not {cfg['compress.method']}")

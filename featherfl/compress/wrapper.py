@@ -21,6 +21,7 @@ import torch
 import featherfl.wire as wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, ClientWrapper, Context, Wrapper
 from featherfl.compress import settings as settings_from
+from featherfl.compress import downlink
 from featherfl.compress.codecs import Codec, Settings
 from featherfl.config import ConfigError
 from featherfl.wire import Payload, PayloadError, Spec, TensorSpec
@@ -127,12 +128,48 @@ class CompressClient(ClientWrapper):
         self.settings = settings
         self.codec = Codec(settings)
         self.layouts = Layouts(inner.ctx)
+        self.downlink = inner.ctx.cfg["compress.downlink"] == "same"
+
+    def downlink_specs(self, rnd):
+        specs = self.inner.downlink_specs(rnd)
+        if not self.downlink:
+            return specs
+        target = next((s for s in specs.values() if getattr(s.cls, "CATEGORY", "") == "weights" and not s.scalars and s.tensors and all(ts.dtype == "float32" and None not in ts.shape for ts in s.tensors.values())), None)
+        if target is None:
+            return specs
+        layout = self.layouts({n: tuple(ts.shape) for n, ts in target.tensors.items()})
+
+        def receive(**values) -> Payload:
+            payload = downlink.CompressedDown(**values)
+            object.__setattr__(payload, "decoded", (target.cls, layout, self.codec.decode(payload.data.numpy().tobytes(), layout, rnd, -1)))
+            return payload
+
+        return {**specs, downlink.KIND: downlink.down_spec(receive, sum(int(np.prod(s)) for _, s in layout), len(layout))}
+
+    def _open(self, rnd: int, down: Payload, state: dict) -> Payload:
+        """The method's downlink: the replica plus a compressed difference, or a dense one kept as the replica."""
+        if not self.downlink:
+            return down
+        mine = state.setdefault(STATE, {"residual": {}, "powersgd": {}})
+        if isinstance(down, downlink.CompressedDown):
+            if "replica" not in mine or mine.get("replica_round") != down.base_round:
+                raise RuntimeError(f"compressed downlink for the round-{down.base_round} replica, but this client holds round {mine.get('replica_round')}'s")
+            cls, layout, decoded = down.decoded
+            replica = downlink.add_decoded(mine["replica"], layout, decoded)
+            mine["replica"], mine["replica_round"] = replica, rnd
+            return cls(**{n: t.clone() for n, t in replica.items()})
+        fields = downlink.dense_fields(down)
+        if fields is not None:
+            mine["replica"], mine["replica_round"] = fields, rnd
+        return down
 
     def update(self, rnd: int, down: Payload, data: ClientData, state: dict) -> Payload:
+        down = self._open(rnd, down, state)
         reply = self.inner.update(rnd, down, data, state.setdefault(METHOD_STATE, {}))
         return self.compress(rnd, data.cid, down, reply, state)
 
     def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
+        downs = {c: self._open(rnd, d, states[c]) for c, d in downs.items()}
         replies = self.inner.update_many(rnd, downs, data, {c: states[c].setdefault(METHOD_STATE, {}) for c in downs})
         return {c: self.compress(rnd, c, downs[c], replies[c], states[c]) for c in downs}
 
@@ -177,7 +214,9 @@ class Compress(Wrapper):
         self.codec = Codec(self.settings)
         self.layouts = Layouts(inner.ctx)
         applicability(inner.name, inner.uplink_specs(1, 0), self.settings.method)
-        self.sent: dict[int, Payload] = {}
+        self.vote = self.cfg["compress.sign_aggregation"] == "vote"
+        self.sent: dict[int, Payload] = {}  # the method's own downlinks: replies are rebuilt on them
+        self.broadcast = downlink.Broadcast(self.codec, self.layouts) if self.cfg["compress.downlink"] == "same" else None
 
     @classmethod
     def wrap_client(cls, client: ClientHalf, method) -> ClientHalf:
@@ -185,7 +224,7 @@ class Compress(Wrapper):
 
     def configure(self, rnd, client_ids):
         self.sent = self.inner.configure(rnd, client_ids)
-        return self.sent
+        return self.broadcast.configure(rnd, self.sent) if self.broadcast is not None else self.sent
 
     def uplink_specs(self, rnd, cid):
         kind, spec = applicability(self.inner.name, self.inner.uplink_specs(rnd, cid), self.settings.method)
@@ -225,7 +264,44 @@ class Compress(Wrapper):
             raise PayloadError("bad-fields", str(e)) from None
 
     def aggregate(self, rnd, replies):
-        return self.inner.aggregate(rnd, {c: p.rebuilt for c, p in replies.items()})
+        if self.broadcast is not None:
+            self.broadcast.accepted(replies)
+        rebuilt = {c: p.rebuilt for c, p in replies.items()}
+        if self.vote and rebuilt:
+            rebuilt = self._majority_vote(rebuilt)
+        return self.inner.aggregate(rnd, rebuilt)
+
+    def _majority_vote(self, rebuilt: dict[int, Payload]) -> dict[int, Payload]:
+        """signSGD with majority vote (Bernstein et al. 2019, Alg. 2): each entry moves by the sign
+        most clients sent, one vote a client, scaled by the clients' mean magnitude (their EF-SignSGD
+        scales); every reply the method aggregates then carries that one update."""
+        first = next(iter(rebuilt.values()))
+        values = {}
+        for name in first.tensor_fields():
+            deltas = []
+            for c, p in rebuilt.items():
+                ref = _reference(self.sent.get(c), name, getattr(p, name))
+                deltas.append(getattr(p, name) - ref if ref is not None else getattr(p, name))
+            stack = torch.stack(deltas)
+            update = torch.sign(torch.sign(stack).sum(0)) * stack.abs().mean(0)
+            values[name] = update
+        out = {}
+        for c, p in rebuilt.items():
+            changed = {}
+            for name, update in values.items():
+                ref = _reference(self.sent.get(c), name, update)
+                changed[name] = update + ref if ref is not None else update.clone()
+            out[c] = dataclasses.replace(p, **changed)
+        return out
+
+    def state_dict(self) -> dict:
+        out = self.inner.state_dict()
+        return {**out, "compress_downlink": self.broadcast.state_dict()} if self.broadcast is not None else out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+        if self.broadcast is not None and "compress_downlink" in state:
+            self.broadcast.load_state_dict(state["compress_downlink"])
 
     def summary_extra(self) -> dict:
         s = self.settings
