@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
 from featherfl.secagg import crypto, protocol, simulate  # noqa: E402
 

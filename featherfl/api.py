@@ -10,44 +10,64 @@ arrays. Bad input raises :class:`featherfl.config.ConfigError` with a one-line m
     result.accuracy          # one entry per round
     result.bytes_up          # ledger bytes, all clients, whole run
     featherfl.load_run("runs/b").final_accuracy
+    model = result.load_model()   # the trained torch.nn.Module (featherfl.load_model(path) too)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from featherfl.config import ConfigError, Config, build_config, read_config_file
+from featherfl.config import ConfigError, Config, read_config_file
+from featherfl.schema import build_config
 
 
 @dataclass
 class Result:
     """A finished (or failed) run, read back from its run folder."""
 
+    #: The run folder (``featherfl report``/``compare``/``export`` take it too).
     run_dir: Path
+    #: ``summary.json``: final figures, ``status`` (completed, stopped, failed) and ``reason``.
     summary: dict
+    #: ``metrics.jsonl``: one dict per round (``accuracy``, ``loss``, ``bytes_up``, ``bytes_down``, ...);
+    #: ``pandas.DataFrame(result.metrics)`` makes a table of it.
     metrics: list[dict] = field(default_factory=list)
+
+    def load_model(self, device: int | None = None):
+        """The trained model (``torch.nn.Module`` in ``eval()`` mode; FD: ``{device: model}``),
+        rebuilt from the run's checkpoint (see :func:`featherfl.export.load_model`)."""
+        from featherfl.export import load_model
+
+        return load_model(self.run_dir, device)
 
     @property
     def status(self) -> str:
+        """``completed``, ``stopped`` (too few replies) or ``failed`` (clients raised): a run that
+        did not complete returns normally, so check this."""
         return self.summary.get("status", "completed")
 
     @property
     def accuracy(self) -> list[float | None]:
+        """Test accuracy per round (None for rounds not evaluated, see ``eval.every``)."""
         return [m.get("accuracy") for m in self.metrics]
 
     @property
     def final_accuracy(self) -> float | None:
+        """Accuracy after the last evaluated round (FD: the mean over devices)."""
         return self.summary.get("final_accuracy")
 
     @property
     def bytes_up(self) -> int:
+        """Encoded bytes all clients sent over the whole run (the ledger's figure)."""
         return int(self.summary.get("bytes_up", sum(m["bytes_up"] for m in self.metrics)))
 
     @property
     def bytes_down(self) -> int:
+        """Encoded bytes the server sent to all clients over the whole run."""
         return int(self.summary.get("bytes_down", sum(m["bytes_down"] for m in self.metrics)))
 
 
@@ -109,6 +129,33 @@ def _register_dataset(data) -> str:
     return name
 
 
+def complete_message(folder: Path, cfg: Config, rounds_flag: str) -> str | None:
+    """One line when the run in ``folder`` already has ``cfg["rounds"]`` rounds (a resume would do
+    nothing), naming how to continue it; None when there is something left to run."""
+    from featherfl.runfolder import read_jsonl
+
+    try:
+        done = len(read_jsonl(Path(folder) / "metrics.jsonl"))
+        status = json.loads((Path(folder) / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+    if status != "completed" or done < cfg["rounds"]:
+        return None
+    return f"{folder} is complete at {done} rounds; nothing to do ({rounds_flag} M with M > {done} continues it)"
+
+
+#: CLI words in the shared error messages, and what a Python caller writes instead.
+_PYTHON_WORDS = (("--resume", "resume=True"), ("--overwrite", "overwrite=True"), ("--out", "out="), ("--set ", ""), ("--rounds", "rounds="))
+
+
+def _python_error(e: ConfigError) -> ConfigError:
+    """The same one-line error, naming the Python arguments instead of the CLI flags."""
+    msg = str(e)
+    for flag, arg in _PYTHON_WORDS:
+        msg = msg.replace(flag, arg)
+    return ConfigError(msg.replace("out= ", "out=").replace("=True RUN_DIR", "=True with out=RUN_DIR"))
+
+
 def run(
     config: dict | str | Path | Config | None = None,
     out: str | Path | None = None,
@@ -116,6 +163,7 @@ def run(
     model: Callable | None = None,
     dataset=None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = False,
     **overrides: Any,
 ) -> Result:
@@ -125,9 +173,21 @@ def run(
     defaults); ``overrides`` are dotted keys with ``__`` for the dot (``fedavg__lr=0.1``).
     ``model`` is a factory ``(input_shape, num_classes) -> nn.Module``; ``dataset`` is
     ``(train_x, train_y, test_x, test_y)`` (tensors or arrays) or a featherfl ``Dataset``.
-    A run whose clients failed returns a Result with ``status == "failed"``.
+    ``resume=True`` continues the run in ``out`` from its checkpoint (``config`` stays None: the run's
+    own config.toml is used; ``rounds=M`` with M larger than the rounds done runs more of them;
+    a run already complete is returned as it is, nothing written).
+
+    A run whose clients failed does not raise: it returns a Result with ``status == "failed"``
+    (or ``"stopped"``), as the command line exits 1; check ``result.status``.
     """
-    from featherfl.experiment import Experiment, default_run_dir, prepare
+    try:
+        return _run(config, out, model, dataset, overwrite, resume, progress, overrides)
+    except ConfigError as e:
+        raise _python_error(e) from None
+
+
+def _run(config, out, model, dataset, overwrite, resume, progress, overrides) -> Result:
+    from featherfl.experiment import Experiment, config_for_resume, default_run_dir, prepare
     from featherfl.runfolder import check_out_dir, clear_run_folder
 
     extra = [(k.replace("__", "."), v) for k, v in overrides.items()]
@@ -135,11 +195,23 @@ def run(
         extra.append(("model.name", _register_model(model)))
     if dataset is not None:
         extra.append(("dataset", _register_dataset(dataset)))
-    cfg = _config(config, extra)
+    if resume:
+        if overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; choose one")
+        if out is None:
+            raise ConfigError("--resume needs --out RUN_DIR")
+        if config is not None:
+            raise ConfigError("--resume reads the run's own config.toml; pass config=None (change resumable keys as keyword arguments)")
+        check_out_dir(Path(out), resume=True)
+        cfg = config_for_resume(Path(out), extra)
+        if complete_message(Path(out), cfg, "rounds="):
+            return load_run(out)
+    else:
+        cfg = _config(config, extra)
     folder = Path(out) if out is not None else default_run_dir(cfg)
-    check_out_dir(folder, overwrite=overwrite)
+    check_out_dir(folder, resume=resume, overwrite=overwrite)
     prepared = prepare(cfg)
     if overwrite:
         clear_run_folder(folder)
-    Experiment(prepared, folder, progress=progress).run()
+    Experiment(prepared, folder, resume=resume, progress=progress).run()
     return load_run(folder)

@@ -1,4 +1,4 @@
-"""Command line: ``featherfl run | report | compare | config-doc | demo | reproduce | pretrain``.
+"""Command line: ``featherfl run | report | compare | export | config-doc | demo | reproduce | pretrain``.
 
 User errors (config, data, checkpoints) print one line to stderr and exit 2.
 """
@@ -6,10 +6,12 @@ User errors (config, data, checkpoints) print one line to stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from featherfl.config import ConfigError, build_config, parse_set_args
+from featherfl.config import ConfigError, parse_set_args
+from featherfl.schema import build_config
 
 EXIT_USAGE = 2
 
@@ -20,48 +22,67 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _names() -> tuple[str, str, str]:
+    """The registered algorithms, data sets and models, for ``run --help`` (read from the registries,
+    so a method added in one place shows here too)."""
+    from featherfl import algorithms
+    from featherfl.data.sources import source_names
+    from featherfl.models import model_names
+
+    return ", ".join(algorithms.names()), ", ".join(n for n in source_names() if not n.startswith("python-")), ", ".join(n for n in model_names() if not n.startswith("python-"))
+
+
+PLUGIN = "or a plug-in as module:attribute, importable from the current folder or PYTHONPATH (docs/python.md)"
+
+
+def _parser(help_requested: bool = True) -> argparse.ArgumentParser:
+    """``help_requested=False`` skips reading the registries (torch imports) when no help will print."""
     p = _Parser(prog="featherfl", description="Communication-light federated learning, measured in real bytes.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    r = sub.add_parser("run", help="run one experiment (default: FedAvg on digits)")
-    r.add_argument("config", nargs="?", help="TOML config file")
-    r.add_argument("--algorithm")
-    r.add_argument("--dataset")
-    r.add_argument("--model")
-    r.add_argument("--rounds")
-    r.add_argument("--clients")
-    r.add_argument("--seed")
+    algs, data, models = _names() if help_requested else ("...", "...", "...")
+    r = sub.add_parser("run", help="run one experiment (default: FedAvg on digits)", description="Run one experiment and write its run folder. Every config key: `featherfl config-doc` (or docs/config.md).")
+    r.add_argument("config", nargs="?", help="TOML config file (keys as in docs/config.md; --set and the flags below override it)")
+    r.add_argument("--algorithm", metavar="NAME", help=f"federated method: {algs} (default fedavg); {PLUGIN}")
+    r.add_argument("--dataset", metavar="NAME", help=f"data source: {data} (default digits); {PLUGIN}")
+    r.add_argument("--model", metavar="NAME", help=f"model architecture (key model.name): {models} (default mlp); {PLUGIN}")
+    r.add_argument("--rounds", metavar="N", help="federated rounds (default 20); with --resume, a larger N continues a finished run")
+    r.add_argument("--clients", metavar="N", help="clients the training data is split across (default 10)")
+    r.add_argument("--seed", metavar="N", help="seed of every random choice: split, sampling, init, training (default 0)")
     r.add_argument("--out", help="run folder (default runs/<algorithm>-<dataset>-<timestamp>)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config key, e.g. --set partition.alpha=0.1")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     rp = sub.add_parser("report", help="table and plots for one run folder")
-    rp.add_argument("run_dir")
-    rp.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text")
+    rp.add_argument("run_dir", help="a run folder (written by featherfl run)")
+    rp.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text", help="output format (default text)")
     c = sub.add_parser("compare", help="one table and one accuracy-vs-MB plot across runs")
-    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("run_dirs", nargs="+", help="run folders (a demo folder's runs are its sub-folders)")
     c.add_argument("--out", help="plot path (default accuracy_vs_megabytes.png)")
-    c.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text")
-    sub.add_parser("config-doc", help="print the config reference (markdown)")
+    c.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text", help="output format (default text)")
+    ex = sub.add_parser("export", help="write a run's final model as model.safetensors + config.json (FedPEFT LoRA: also peft's adapter files)")
+    ex.add_argument("run_dir", help="a run folder (written by featherfl run)")
+    ex.add_argument("--out", required=True, help="a new or empty folder for the model files")
+    cd = sub.add_parser("config-doc", help="print the config reference (markdown)")
+    cd.add_argument("--algorithm", metavar="NAME", help=f"only this method's keys (a registered name or a module:Class plug-in); default: every key")
     d = sub.add_parser("demo", help="every method on the same digits split: one table, one accuracy-vs-MB plot")
     d.add_argument("--quick", action="store_true", help="fewer rounds (under a minute)")
     d.add_argument("--out", help="demo folder (default runs/demo-<timestamp>)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     d.add_argument("--only", action="append", help="run only this method label (repeatable)")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     rr = sub.add_parser("reproduce", help="a paper's headline result on its own protocol: table of paper vs ours")
     rr.add_argument("name", help="baffle-mnist, fd-table1, ...")
     rr.add_argument("--quick", action="store_true", help="scaled-down run of the same code path (minutes, not comparable to the paper)")
     rr.add_argument("--out", help="output folder (default runs/reproduce-<name>-<timestamp>)")
     rr.add_argument("--data-dir", help="folder holding mnist-t10k/, sst2/, agnews/ (default ../shared/data)")
     rr.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="change one of the recipe's options (e.g. fd-table1: devices=[2,4]); the table lists it as a deviation")
-    rr.add_argument("--quiet", action="store_true")
+    rr.add_argument("--quiet", action="store_true", help="no progress bars")
     pt = sub.add_parser("pretrain", help="pretrain the vit-tiny backbone on a source task for fedpeft")
-    pt.add_argument("--dataset", default="digits")
+    pt.add_argument("--dataset", default="digits", help="source data set (default digits)")
     pt.add_argument("--classes", default="0,1,2,3,4", help="source-task labels, comma separated (default 0-4)")
-    pt.add_argument("--epochs", type=int)
-    pt.add_argument("--width", type=int, default=0)
+    pt.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    pt.add_argument("--width", type=int, default=0, help="ViT width (0 = the default 96)")
     pt.add_argument("--out", help="checkpoint path (default: the cache that fedpeft uses when model.pretrained is empty)")
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="data keys, e.g. --set data.dir=PATH")
     return p
@@ -96,6 +117,12 @@ def cmd_run(a) -> int:
             raise ConfigError("--resume reads the run's own config.toml; drop the config file argument (change resumable keys with --set)")
         check_out_dir(Path(a.out), resume=True)
         cfg = config_for_resume(Path(a.out), overrides)
+        from featherfl.api import complete_message
+
+        done = complete_message(Path(a.out), cfg, "--rounds")
+        if done:
+            print(done)
+            return 0
     else:
         text = read_config_file(Path(a.config)) if a.config else None
         cfg = build_config(text, overrides)
@@ -112,13 +139,15 @@ def cmd_run(a) -> int:
     line = f"{summary['algorithm']} on {summary['dataset']}: {summary['rounds_completed']} rounds, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"-> {out}"
     print(line)
     if summary["status"] != "completed":
-        print(f"featherfl: run {summary['status']}: {summary['reason']} (see {out / 'errors.log'})" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
+        see = f" (see {out / 'errors.log'})" if (out / "errors.log").is_file() else ""
+        print(f"featherfl: run {summary['status']}: {summary['reason']}{see}" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
         return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = _parser(help_requested=not argv or "-h" in argv or "--help" in argv)
     a = p.parse_args(argv)
     if a.command is None:
         p.print_help()
@@ -154,10 +183,16 @@ def main(argv: list[str] | None = None) -> int:
 
             print(cmd_pretrain(a.dataset, a.classes, a.epochs, a.width, a.out, parse_set_args(a.set)))
             return 0
-        if a.command == "config-doc":
-            from featherfl.config import reference_markdown
+        if a.command == "export":
+            from featherfl.export import export_run
 
-            print(reference_markdown())
+            out = export_run(Path(a.run_dir), Path(a.out))
+            print(f"{a.run_dir} -> {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+            return 0
+        if a.command == "config-doc":
+            from featherfl.schema import reference_markdown
+
+            print(reference_markdown(a.algorithm))
             return 0
     except (ConfigError, CheckpointError) as e:
         print(f"featherfl: {e}", file=sys.stderr)
@@ -165,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featherfl: interrupted; resume with --resume --out RUN_DIR", file=sys.stderr)
         return 130
+    except (Exception, SystemExit) as e:  # never a bare traceback, never exit 0 on a failure
+        from featherfl.runfolder import one_line_failure
+
+        if os.environ.get("FEATHERFL_TRACEBACK"):
+            raise
+        print(f"featherfl: {one_line_failure(e)}", file=sys.stderr)
+        return 1
     return EXIT_USAGE
 
 

@@ -18,7 +18,8 @@ import torch
 
 pytest.importorskip("flwr")
 
-from featherfl.config import ConfigError, build_config  # noqa: E402
+from featherfl.config import ConfigError  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
 from featherfl.secagg import crypto, protocol, simulate  # noqa: E402
 
@@ -237,7 +238,8 @@ def test_secagg_gives_the_plain_result_within_quantisation(tmp_path, method):
 
 def test_fd_devices_build_the_plain_leave_one_out_teacher():
     from featherfl.algorithms.fd import leave_one_out
-    from featherfl.secagg.methods import FDSums, TotalsDown
+    from featherfl.algorithms.fd import FDSums, TotalsDown
+    from featherfl.algorithms.summation import SumStateError
 
     g = torch.Generator().manual_seed(0)
     m, L = 4, 5
@@ -256,7 +258,7 @@ def test_fd_devices_build_the_plain_leave_one_out_teacher():
         assert torch.allclose(got.teacher, teachers[i], atol=1e-6)
         assert torch.equal(got.contributors, contributors[i])
         assert sorted(state[FDSums.KEY]) == [3, 4]  # round 2's upload can never be needed again
-    with pytest.raises(protocol.ProtocolError, match="no longer holds"):
+    with pytest.raises(SumStateError, match="no longer holds"):
         fd.client_down(TotalsDown(totals, holders, 5, True), state)
 
 
@@ -268,7 +270,7 @@ def test_dropouts_in_a_run_are_counted_and_too_many_skip_the_round(tmp_path):
     assert all(r["aggregated"] for r in rows)
     assert sum(r["secagg_dropped_before_masking"] for r in rows) > 0 and sum(r.get("after_exchange_dropped", 0) for r in rows) > 0
     assert all(r["secagg_masked_inputs"] == r["clients_ok"] for r in rows)
-    _, summary, rows = _run(tmp_path, "many", extra[:-3] + [("clients", 6), ("secagg.dropout", 0.9), ("rounds", 2)])
+    _, summary, rows = _run(tmp_path, "many", extra[:-3] + [("clients", 6), ("secagg.dropout", 0.9), ("rounds", 2), ("engine.max_failed_rounds", 2)])
     assert summary["status"] == "completed" and summary["rounds_skipped"] == 2
     assert all("secagg:" in r["skipped"] and "fewer than the threshold" in r["skipped"] for r in rows)
 

@@ -20,7 +20,7 @@ def test_a_digits_run_imports_no_heavy_optional_library():
     """scikit-learn, matplotlib and transformers cost seconds to import; a default run needs none of them."""
     code = (
         "import sys\n"
-        "from featherfl.config import build_config\n"
+        "from featherfl.schema import build_config\n"
         "from featherfl.experiment import prepare\n"
         "prepare(build_config(None, [('clients', '3'), ('engine.threads', '1')]))\n"
         "print(','.join(m for m in ('sklearn', 'matplotlib', 'transformers', 'peft', 'flwr', 'ray') if m in sys.modules))\n"

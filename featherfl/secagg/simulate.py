@@ -14,8 +14,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from featherfl import wire
-from featherfl.secagg import crypto, protocol
+import featherfl.wire as wire
+import featherfl.secagg.crypto as crypto
+import featherfl.secagg.protocol as protocol
 
 
 @dataclass
