@@ -136,14 +136,25 @@ def simulated_rows(real: dict, sizes: list[int], repeats: int) -> list[dict]:
     return sims
 
 
+def e2e_rows(sizes: list[int], runs: Path) -> list[dict]:
+    e2e = []
+    for n in sizes:
+        for method in ("fd", "baffle"):
+            p = end_to_end(method, n, False, runs)
+            s = end_to_end(method, n, True, runs)
+            e2e.append({"method": method, "n": n, "plain": p, "secagg": s})
+            print(f"e2e {method} n={n}: wall {p['wall']:.1f} -> {s['wall']:.1f} s, up {p['up']:.0f} -> {s['up']:.0f} B", flush=True)
+    return e2e
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10, 100, 1000, 10000])
     ap.add_argument("--repeats", type=int, default=3, help="simulated rounds per size (the median's server seconds are reported); 10,000 clients: once")
     ap.add_argument("--e2e", type=int, nargs="*", default=[300, 1000], help="clients per round of the end-to-end runs (none: skip)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "secagg.md"))
     ap.add_argument("--rewrite", action="store_true", help="rewrite --out from the measurements saved beside it (secagg.json), measuring nothing")
-    ap.add_argument("--update", action="store_true", help="re-measure only the simulated rounds at --sizes and replace those rows in the saved measurements")
+    ap.add_argument("--update", action="store_true", help="re-measure only the simulated rounds at --sizes (and the end-to-end runs at --e2e) and replace those rows in the saved measurements")
     a = ap.parse_args()
     saved = Path(a.out).with_suffix(".json")
     if a.rewrite or a.update:
@@ -153,7 +164,11 @@ def main() -> int:
             fresh = [r for r in simulated_rows(m["real"], a.sizes, a.repeats) if r["n"] in sizes]
             m["sims"] = [r for r in m["sims"] if r["n"] not in sizes] + fresh
             m["sims"].sort(key=lambda r: (r["n"], r["dim"] > 50_000))
-            m.setdefault("notes", []).append(f"Rows at {', '.join(f'{n:,}' for n in sorted(sizes))} clients re-measured on {time.strftime('%Y-%m-%d')} by `.venv/bin/python benchmarks/secagg.py --update --sizes {' '.join(map(str, sorted(sizes)))}`.")
+            fresh_e2e = e2e_rows(a.e2e, ROOT / "runs" / "secagg-bench")
+            m["e2e"] = sorted([r for r in m["e2e"] if r["n"] not in set(a.e2e)] + fresh_e2e, key=lambda r: (r["n"], r["method"]))
+            what = (["simulated rows at " + ", ".join(f"{n:,}" for n in sorted(sizes)) + " clients"] if sizes else []) + (["end-to-end rows at " + ", ".join(f"{n:,}" for n in a.e2e) + " clients"] if a.e2e else [])
+            cmd = " ".join([".venv/bin/python benchmarks/secagg.py --update --sizes", *map(str, sorted(sizes)), "--e2e", *map(str, a.e2e)])
+            m.setdefault("notes", []).append(f"The {' and '.join(what)} re-measured on {time.strftime('%Y-%m-%d')} by `{cmd}`.")
             saved.write_text(json.dumps(m, indent=1, default=float))
         a.sizes, a.repeats, a.e2e = m["args"]["sizes"], m["args"]["repeats"], m["args"]["e2e"]
         write(Path(a.out), a, m["real"], m["sims"], m["e2e"], m["seconds"], m["date"], m.get("notes", []))
@@ -170,13 +185,7 @@ def main() -> int:
 
     sims = simulated_rows(real, a.sizes, a.repeats)
 
-    e2e = []
-    for n in a.e2e:
-        for method in ("fd", "baffle"):
-            p = end_to_end(method, n, False, runs)
-            s = end_to_end(method, n, True, runs)
-            e2e.append({"method": method, "n": n, "plain": p, "secagg": s})
-            print(f"e2e {method} n={n}: wall {p['wall']:.1f} -> {s['wall']:.1f} s, up {p['up']:.0f} -> {s['up']:.0f} B", flush=True)
+    e2e = e2e_rows(a.e2e, runs)
 
     date = time.strftime("%Y-%m-%d")
     measured = {"args": {"sizes": a.sizes, "repeats": a.repeats, "e2e": a.e2e}, "real": real, "sims": sims, "e2e": e2e, "seconds": time.time() - started, "date": date}
