@@ -411,6 +411,7 @@ class ServerRound:
     reveals: dict[int, RevealUp] = field(default_factory=dict)
     bad_share_clients: set = field(default_factory=set)
     seconds: dict[str, float] = field(default_factory=dict)  # where unmask_sum's CPU time went
+    _u2_set: frozenset = field(default=frozenset(), repr=False)
 
     # stage 1: advertise
     def advertise(self) -> dict[int, Payload]:
@@ -453,8 +454,9 @@ class ServerRound:
         self.stage = "masked"
 
     def masking_set(self, c: int) -> list[int]:
-        u2 = set(self.u2)
-        return [v for v in self.graph[c] if v in u2]
+        if len(self._u2_set) != len(self.u2):  # built once per round, not once per client
+            self._u2_set = frozenset(self.u2)
+        return [v for v in self.graph[c] if v in self._u2_set]
 
     # stage 4: unmask
     def send_unmask(self, u3: list[int]) -> dict[int, Payload]:
