@@ -302,3 +302,24 @@ def parse_set_args(items: Iterable[str]) -> list[tuple[str, Any]]:
         k, v = item.split("=", 1)
         out.append((k.strip(), parse_value(v.strip())))
     return out
+
+
+#: Environment variable that shortens every run (the documentation tests run each documented
+#: command as written, shortened by this one setting; docs/runs.md): ``FEATHERFL_QUICK=N``
+#: caps each key below at N times its factor.
+QUICK_ENV = "FEATHERFL_QUICK"
+QUICK_CAPS = {"rounds": 1, "faug.gan_steps": 100}
+
+
+def quick_caps(values: dict[str, Any]) -> None:
+    """Cap ``values`` in place at ``$FEATHERFL_QUICK`` x ``QUICK_CAPS`` when that is set."""
+    import os
+
+    cap = os.environ.get(QUICK_ENV, "").strip()
+    if not cap:
+        return
+    if not cap.isdigit() or int(cap) < 1:
+        raise ConfigError(f"environment variable {QUICK_ENV}: got {cap!r}, expected a positive integer (rounds cap) or unset")
+    for key, factor in QUICK_CAPS.items():
+        if key in values:
+            values[key] = min(values[key], int(cap) * factor)

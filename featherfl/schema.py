@@ -16,7 +16,7 @@ import featherfl.plugins as plugins
 from featherfl.algorithms.faug import FAUG_CONFIG
 from featherfl.algorithms.registry import get as get_algorithm
 from featherfl.algorithms.registry import names as algorithm_names
-from featherfl.config import CORE_SCHEMA, Config, ConfigError, Field, _coerce, _flatten, brief, check_core, renamed, unknown_key_message
+from featherfl.config import CORE_SCHEMA, Config, ConfigError, Field, _coerce, _flatten, brief, check_core, quick_caps, renamed, unknown_key_message
 from featherfl.data.sources import source_names
 from featherfl.models import model_names
 from featherfl.compress import COMPRESS_CONFIG
@@ -86,6 +86,7 @@ def build_config(
             f"config key 'model.name': got {values['model.name']!r}, expected one of {brief(model_names())}"
         )
     _check_method_sections(explicit, values, schema)
+    quick_caps(values)
     check_core(values)
     return Config(values, schema)
 
