@@ -44,7 +44,6 @@ class ClientOutcome:
     error: str | None = None  # "dropout" | "error: Type: message" ; None when a reply came
     seconds: float = 0.0
     traceback: str | None = None  # the client's full traceback, where the engine can see it (errors.log)
-    state: dict | None = None  # the client's new persistent state (engines that keep it server-side)
     duplicates: list[bytes] = field(default_factory=list)  # later replies from the same client this round
 
 

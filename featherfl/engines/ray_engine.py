@@ -117,7 +117,7 @@ class RayEngine(ServerHeldStates, Engine):
                 pending.discard(cid)
                 self.states[cid] = state
                 message, trace = error if error else (None, None)
-                out[cid] = ClientOutcome(reply=reply, error=message, seconds=seconds, state=state, traceback=trace)
+                out[cid] = ClientOutcome(reply=reply, error=message, seconds=seconds, traceback=trace)
         except self._ray.exceptions.RayError as e:  # a dead actor or worker: the rest count as failed
             for cid in pending:
                 out.setdefault(cid, ClientOutcome(error=f"error: {e.__class__.__name__}"))
