@@ -23,6 +23,13 @@ from featherfl.seeding import derive_seed
 MAX_SETUP_EXCHANGES = 8
 
 
+def evaluates(cfg, rnd: int) -> bool:
+    """Whether round ``rnd`` ends with an evaluation: every ``eval.every`` rounds and the last one.
+    The one schedule the round loop and the Flower engine (which folds a device's evaluation into
+    its training reply on those rounds) both follow."""
+    return rnd % cfg["eval.every"] == 0 or rnd == cfg["rounds"]
+
+
 class RoundSkipped(RuntimeError):
     """Raised by ``Algorithm.aggregate`` when this round's update cannot be formed (e.g. secure
     aggregation could not unmask); the engine records the reason and the round moves nothing."""

@@ -38,7 +38,7 @@ import time
 from typing import Any, Iterator
 
 from featherfl.config import ConfigError
-from featherfl.engines.base import ClientOutcome, Engine
+from featherfl.engines.base import ClientOutcome, Engine, evaluates
 from featherfl.engines.flower_protocol import SETUP, evaluate_type, pack, train_type, unpack
 
 LOG = logging.getLogger("flwr.featherfl")  # a child of Flower's logger, so `flwr log` shows these lines
@@ -176,7 +176,7 @@ class FlowerEngine(Engine):
         self._discover(set(jobs))
         # methods without a global model evaluate every device's own state: on an evaluation round the
         # device does it right after training, in the same ClientApp process (one message, not two)
-        fold = self.training_exchange and not self.algorithm.has_global_model and (rnd % self.cfg["eval.every"] == 0 or rnd == self.cfg["rounds"])
+        fold = self.training_exchange and not self.algorithm.has_global_model and evaluates(self.cfg, rnd)
         if self.training_exchange:
             self.folded = {}
         msgs, cid_of = [], {}
