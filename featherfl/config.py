@@ -13,7 +13,7 @@ from pathlib import Path
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import tomli_w

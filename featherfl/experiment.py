@@ -27,7 +27,7 @@ from featherfl.config import Config, ConfigError
 from featherfl.data.partition import label_histogram, partition
 from featherfl.data.sources import Dataset, load_dataset
 from featherfl.engines import make_engine
-from featherfl.engines.base import QuorumError
+from featherfl.engines.base import QuorumError, evaluates
 from featherfl.threads import choose_threads
 from featherfl.schema import build_config
 from featherfl.runfolder import CheckpointError, append_jsonl, log_crash, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
@@ -294,8 +294,7 @@ class Experiment:
                             self._log_errors(rnd, e.stats.errors)
                             failed = self._failure(rnd, e.stats, force=True)
                         break
-                    evaluate = rnd % self.cfg["eval.every"] == 0 or rnd == rounds
-                    ev = self._evaluate() if evaluate else {}
+                    ev = self._evaluate() if evaluates(self.cfg, rnd) else {}
                     totals = self.ledger.round_totals(rnd)
                     prev = self.metrics[-1] if self.metrics else {"cumulative_bytes_up": 0, "cumulative_bytes_down": 0}
                     row = {

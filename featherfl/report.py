@@ -317,3 +317,26 @@ def plot_compare(run_dirs: list[Path], out_png: Path) -> Path:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+def write_sample_grid(x, y, num_classes: int, per_label: int, path: Path) -> None:
+    """A picture of generated samples (FAug's ``faug_samples.png``): one row per label, ``per_label``
+    images each; ``x`` (n, C, H, W) in [0, 1] in label order, ``y`` their labels."""
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, h, w = x.shape[1:]
+    grid = torch.zeros(num_classes * (h + 1), per_label * (w + 1), c)
+    for i, (img, lab) in enumerate(zip(x, y.tolist())):
+        col = i % per_label
+        grid[lab * (h + 1) : lab * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = img.permute(1, 2, 0)
+    scale = max(1, 256 // max(grid.shape[0], grid.shape[1]))
+    arr = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if c == 1:
+        plt.imsave(path, arr[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        plt.imsave(path, arr)

@@ -19,6 +19,10 @@ def _registries_restored():
     from featherfl.models.registry import REGISTRY as models
 
     model_package._load_builtin()  # built-ins register once per process: keep them in the snapshot
+    try:
+        import featherfl.data.text  # noqa: F401  (sst2, agnews: registered once, on first import)
+    except ImportError:  # without the text extra
+        pass
 
     saved = [(r, dict(r)) for r in (algorithms, sources, models)]
     yield

@@ -48,7 +48,7 @@ def test_example_config_runs_one_round(path, tmp_path, monkeypatch):
     if cfg["dataset"] in ("mnist", "fashion-mnist"):
         overrides += [("data.dir", str(fake_idx_folder(tmp_path / "data"))), ("partition.samples_per_client", 0)]
     elif cfg["dataset"] in ("sst2", "agnews"):
-        from tests_support import fake_text_setup
+        from support.tiny_bert import fake_text_setup
 
         overrides += fake_text_setup(cfg, tmp_path)
     cfg = build_config(text, overrides=overrides)

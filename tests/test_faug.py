@@ -294,7 +294,7 @@ def test_faug_on_data_that_is_not_images_is_a_config_error():
 
 def test_gan_stops_once_the_judge_recognises_its_samples(one_thread):
     """The stopping rule: check every 50 steps, stop at 90 % recognition, long before the 3,000-step cap."""
-    import featherfl.algorithms.faug as faug_module
+    import featherfl.algorithms.faug_gan as faug_module
 
     base = [("algorithm", "fd"), ("faug.gan_batch", 32), ("faug.gan_lr", 2e-3), ("faug.aug_rotate", 0.0), ("faug.aug_shift", 0.0)]
     x = torch.zeros(10, 1, 8, 8)
@@ -322,7 +322,7 @@ def test_gan_stops_once_the_judge_recognises_its_samples(one_thread):
 def test_gan_patience_stops_a_stalled_gan_and_keeps_its_best_generator(one_thread, monkeypatch, patience):
     """Recognition that stops improving: with patience 3 training ends 3 checks after the best one and
     hands out the generator of that best check; with patience 0 it runs to gan_steps and keeps the last."""
-    import featherfl.algorithms.faug as faug_module
+    import featherfl.algorithms.faug_gan as faug_module
 
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.6, 0.6])
     snaps = []

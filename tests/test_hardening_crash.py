@@ -60,6 +60,7 @@ def _kill_at_random_point(proc, out, rng, limit=240.0):
     return alive
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_equals_uninterrupted(tmp_path):
     threads = torch.get_num_threads()
     try:

@@ -3,6 +3,9 @@ named by its dotted path, runs with FAug, simulated attackers and secure aggrega
 though it names none of them and nothing in the package names it."""
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,21 @@ def test_the_file_names_no_feature_and_the_package_names_no_fedprox():
         assert feature not in code
     package = Path(__file__).resolve().parents[1] / "featherfl"
     assert not [p for p in package.rglob("*.py") if "support.fedprox" in p.read_text()]
+
+
+def test_the_architecture_doc_shows_this_file():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert block == SOURCE.read_text()
+
+
+def test_the_package_imports_form_layers_without_a_cycle():
+    """tools/import_layers.py (which docs/architecture.md shows) finds no import cycle."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "tools" / "import_layers.py"), str(root / "featherfl")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-500:]
+    level, names = proc.stdout.splitlines()[-1].split(None, 1)
+    assert level == "0" and {"config", "algorithms.registry", "models.registry", "data.dataset"} <= set(names.split(", "))
 
 
 def test_fedprox_plug_in_with_faug_attackers_and_secure_aggregation(tmp_path, importable):

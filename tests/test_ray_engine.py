@@ -63,6 +63,7 @@ def test_every_registered_method_is_compared():
     assert set(METHODS) == set(algorithms.REGISTRY)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_ray_equals_local(tmp_path, method, request):
     extra = [("algorithm", method), ("engine.fraction", 0.75), ("engine.dropout", 0.2)] + FAST.get(method, [])

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 
 from featherfl import cli
 from featherfl.schema import build_config
@@ -19,6 +21,7 @@ def test_cnn_fd_is_the_papers_network():
     assert sum(p.numel() for p in padded.parameters()) == 1_625_866  # featherfl's padded variant differs
 
 
+@pytest.mark.slow
 def test_fd_table1_quick_runs_all_four_methods_and_counts_bits(tmp_path):
     tiny_mnist(tmp_path / "data", n=400)
     out = tmp_path / "out"

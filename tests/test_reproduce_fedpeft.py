@@ -63,6 +63,7 @@ def tiny_model(bert_folder, monkeypatch):
     return bert_folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,label", [("fedpeft-sst2", "SST-2"), ("fedpeft-agnews", "AG News")])
 def test_quick_recipe_has_a_row_per_method_with_and_without_dp(tiny_model, data_dir, tmp_path, name, label):
     out = tmp_path / "out"
@@ -153,6 +154,7 @@ def test_missing_backbone_is_a_config_error_naming_the_package_before_any_folder
     assert str(e.value).startswith("fedpeft-sst2: ") and not out.exists()
 
 
+@pytest.mark.slow
 def test_tune_reads_only_the_training_file_and_holds_out_its_last_rows(tiny_model, data_dir, tmp_path, monkeypatch):
     import shutil
 
@@ -174,6 +176,7 @@ def test_tune_reads_only_the_training_file_and_holds_out_its_last_rows(tiny_mode
         fedpeft_text.tune("sst2", root, tmp_path / "t2", methods=("head",), validation=79)
 
 
+@pytest.mark.slow
 def test_rows_option_runs_only_the_dp_rows_with_their_own_learning_rates(tiny_model, data_dir, tmp_path, monkeypatch):
     from featherfl.reproduce import fedpeft_text
 

@@ -60,6 +60,7 @@ def test_learning_rates_are_chosen_on_a_validation_split_of_the_training_images(
         assert cfg["fedpeft.method"] == fv.UNPRETRAINED.get(method, method)
 
 
+@pytest.mark.slow
 def test_quick_recipe_pretrains_on_mnist_and_fine_tunes_every_method_on_digits(tmp_path):
     tiny_mnist(tmp_path / "data", n=300)
     out = tmp_path / "out"

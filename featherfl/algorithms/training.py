@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,9 @@ def make_optimizer(params: Iterable[torch.Tensor], opts: dict) -> torch.optim.Op
     return torch.optim.SGD(params, lr=opts["lr"], momentum=opts["momentum"], weight_decay=opts["weight_decay"])
 
 
-def batches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool = True) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's mini-batches of indices in a seeded random order (the last may be smaller)."""
+    order = torch.randperm(n, generator=gen)
     bs = n if batch_size <= 0 else batch_size
     return list(order.split(bs))
 
@@ -43,25 +44,21 @@ def train_epochs(
     batch_size: int,
     gen: torch.Generator,
     max_steps: int = 0,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> dict:
-    """Plain mini-batch training. ``loss_fn(logits, y, idx)`` overrides cross-entropy (e.g. FD's regulariser)."""
+) -> int:
+    """Plain mini-batch cross-entropy training; the number of steps taken."""
     model.train()
     dev = model_device(model)
-    steps, total = 0, 0.0
+    steps = 0
     for _ in range(epochs):
         for idx in batches(len(y), batch_size, gen):
             opt.zero_grad(set_to_none=True)
             xb, yb = x[idx].to(dev), y[idx].to(dev)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, yb, idx)
-            loss.backward()
+            F.cross_entropy(model(xb), yb).backward()
             opt.step()
-            total += float(loss.detach())
             steps += 1
             if max_steps and steps >= max_steps:
-                return {"train_loss": total / steps, "steps": steps}
-    return {"train_loss": total / max(steps, 1), "steps": steps}
+                return steps
+    return steps
 
 
 @torch.no_grad()

@@ -18,7 +18,6 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-import featherfl.wire as wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, ClientWrapper, Context, Wrapper
 from featherfl.compress import settings as settings_from
 from featherfl.compress import downlink

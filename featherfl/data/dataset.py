@@ -31,10 +31,6 @@ class Dataset:
     #: a client id per training row, where the data has one (``partition.name = natural``)
     train_groups: torch.Tensor | None = None
 
-    @property
-    def train_labels(self) -> np.ndarray:
-        return self.train_y.numpy()
-
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic per-class split into (train_idx, test_idx)."""

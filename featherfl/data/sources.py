@@ -15,7 +15,6 @@ import struct
 import zlib
 import tarfile
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -23,6 +23,13 @@ from featherfl.seeding import derive_seed
 MAX_SETUP_EXCHANGES = 8
 
 
+def evaluates(cfg, rnd: int) -> bool:
+    """Whether round ``rnd`` ends with an evaluation: every ``eval.every`` rounds and the last one.
+    The one schedule the round loop and the Flower engine (which folds a device's evaluation into
+    its training reply on those rounds) both follow."""
+    return rnd % cfg["eval.every"] == 0 or rnd == cfg["rounds"]
+
+
 class RoundSkipped(RuntimeError):
     """Raised by ``Algorithm.aggregate`` when this round's update cannot be formed (e.g. secure
     aggregation could not unmask); the engine records the reason and the round moves nothing."""
@@ -37,15 +44,43 @@ class QuorumError(RuntimeError):
 
 
 @dataclass
+class ClientFailure:
+    """A client that raised: the exception's type and first line, and its traceback where the
+    engine can see it (``errors.log``). Carried as data from the device to the round's stats."""
+
+    type: str
+    message: str  # the first line of the exception's text, at most 300 characters
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, e: BaseException, traceback: str | None = None) -> "ClientFailure":
+        return cls(e.__class__.__name__, first_line(str(e)), traceback)
+
+    @classmethod
+    def from_reason(cls, reason: str) -> "ClientFailure":
+        """From a ``Type: message`` text written by something else (a Flower node's error reason)."""
+        kind, _, message = reason.strip().partition(":")
+        return cls(kind.strip() or "Exception", first_line(message))
+
+
+def first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+@dataclass
 class ClientOutcome:
     """What came back from one client: reply bytes, or why nothing usable came."""
 
     reply: bytes | None = None
-    error: str | None = None  # "dropout" | "error: Type: message" ; None when a reply came
+    error: str | None = None  # why no reply: "dropout" | "error" (then ``failure`` says what); None when a reply came
     seconds: float = 0.0
-    traceback: str | None = None  # the client's full traceback, where the engine can see it (errors.log)
-    state: dict | None = None  # the client's new persistent state (engines that keep it server-side)
+    failure: ClientFailure | None = None
     duplicates: list[bytes] = field(default_factory=list)  # later replies from the same client this round
+
+    @classmethod
+    def raised(cls, failure: ClientFailure, seconds: float = 0.0) -> "ClientOutcome":
+        return cls(error="error", seconds=seconds, failure=failure)
 
 
 @dataclass
@@ -66,14 +101,11 @@ class RoundStats:
 
 
 def client_error(out: ClientOutcome, cid: int) -> dict[str, Any] | None:
-    """The structured record of a client's failure (``error: Type: message``), or None if it did not raise."""
-    err = out.error or ""
-    if not err.startswith("error"):
+    """The record of a client's failure for the round's stats, or None if it did not raise."""
+    f = out.failure
+    if f is None:
         return None
-    body = err.split(":", 1)[1].strip() if ":" in err else err
-    kind, _, message = body.partition(":")
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    return {"cid": cid, "type": kind.strip() or "Exception", "message": first[:300], "traceback": out.traceback}
+    return {"cid": cid, "type": f.type, "message": f.message, "traceback": f.traceback}
 
 
 def run_client(client: ClientHalf, rnd: int, down_bytes: bytes, data: ClientData, state: dict, run_id: int) -> bytes:
@@ -225,7 +257,7 @@ class Engine(ABC):
                 self.ledger.record(rnd, "up", cid, _size(extra), "rejected")
                 rejected["duplicate"] += 1
             if out.reply is None:
-                dropped[(out.error or "no-reply").split(":")[0]] += 1
+                dropped[out.error or "no-reply"] += 1
                 continue
             size = _size(out.reply)
             if not isinstance(out.reply, (bytes, bytearray)):

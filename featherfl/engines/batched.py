@@ -21,7 +21,8 @@ def can_batch(cfg, client: ClientHalf, n_jobs: int) -> bool:
     """Whether this round's clients may run batched: enabled, more than one, and the client half supports it."""
     if cfg["engine.vectorize"] == "off" or n_jobs < 2:
         return False
-    return client.can_update_many()  # a wrapper that alters replies one by one (attackers) says no
+    check = getattr(client, "can_update_many", None)  # a wrapper that alters replies one by one (attackers) says no
+    return bool(check and check())
 
 
 def run_clients_batched(client: ClientHalf, rnd: int, jobs: dict[int, bytes], data: dict[int, ClientData], states: dict[int, dict], run_id: int) -> dict[int, bytes]:

@@ -38,7 +38,7 @@ import time
 from typing import Any, Iterator
 
 from featherfl.config import ConfigError
-from featherfl.engines.base import ClientOutcome, Engine
+from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, evaluates
 from featherfl.engines.flower_protocol import SETUP, evaluate_type, pack, train_type, unpack
 
 LOG = logging.getLogger("flwr.featherfl")  # a child of Flower's logger, so `flwr log` shows these lines
@@ -176,7 +176,7 @@ class FlowerEngine(Engine):
         self._discover(set(jobs))
         # methods without a global model evaluate every device's own state: on an evaluation round the
         # device does it right after training, in the same ClientApp process (one message, not two)
-        fold = self.training_exchange and not self.algorithm.has_global_model and (rnd % self.cfg["eval.every"] == 0 or rnd == self.cfg["rounds"])
+        fold = self.training_exchange and not self.algorithm.has_global_model and evaluates(self.cfg, rnd)
         if self.training_exchange:
             self.folded = {}
         msgs, cid_of = [], {}
@@ -199,12 +199,12 @@ class FlowerEngine(Engine):
             if cid is None:
                 continue
             if reply.has_error():
-                out[cid] = ClientOutcome(error=f"error: {reply.error.reason}")
+                out[cid] = ClientOutcome.raised(ClientFailure.from_reason(reply.error.reason))
                 continue
             payload, info = unpack(reply.content)
             seconds = float(info.get("seconds", 0.0))
-            if info.get("error"):
-                out[cid] = ClientOutcome(error=str(info["error"]), seconds=seconds)
+            if info.get("error_type"):
+                out[cid] = ClientOutcome.raised(ClientFailure(str(info["error_type"]), str(info.get("error_message", ""))), seconds)
             else:
                 out[cid] = ClientOutcome(reply=payload, seconds=seconds)
                 if fold and (metrics := _metrics(info)) is not None:

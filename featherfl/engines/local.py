@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import traceback
 
-from featherfl.engines.base import ClientOutcome, Engine, ServerHeldStates, run_client
+from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
 from featherfl.engines.batched import can_batch, run_clients_batched
 
 
@@ -38,7 +38,7 @@ class LocalEngine(ServerHeldStates, Engine):
             try:
                 reply = run_client(self.client, rnd, down, self.client_data[cid], state, self.run_id)
             except Exception as e:  # a failing client must not end the run
-                out[cid] = ClientOutcome(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t, traceback=traceback.format_exc())
+                out[cid] = ClientOutcome.raised(ClientFailure.of(e, traceback.format_exc()), time.perf_counter() - t)
                 continue
             out[cid] = ClientOutcome(reply=reply, seconds=time.perf_counter() - t)
             if self.on_client is not None:

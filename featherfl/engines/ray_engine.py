@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 from featherfl.config import ConfigError
-from featherfl.engines.base import ClientOutcome, Engine, ServerHeldStates, run_client
+from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
 
 
 def _import_ray():
@@ -66,7 +66,7 @@ class ClientWorker:
         except Exception as e:  # a failing client must not end the run
             import traceback
 
-            return cid, None, (f"error: {e.__class__.__name__}: {e}", traceback.format_exc()), time.perf_counter() - t, state
+            return cid, None, ClientFailure.of(e, traceback.format_exc()), time.perf_counter() - t, state
         return cid, reply, None, time.perf_counter() - t, state
 
     def evaluate(self, cid: int, state: dict, x, y):
@@ -113,14 +113,13 @@ class RayEngine(ServerHeldStates, Engine):
         submit = lambda actor, job: actor.train.remote(job[0], rnd, job[1], self.states.get(job[0], {}), self.run_id)
         pending = set(jobs)
         try:
-            for cid, reply, error, seconds, state in self._map(submit, sorted(jobs.items())):
+            for cid, reply, failure, seconds, state in self._map(submit, sorted(jobs.items())):
                 pending.discard(cid)
                 self.states[cid] = state
-                message, trace = error if error else (None, None)
-                out[cid] = ClientOutcome(reply=reply, error=message, seconds=seconds, state=state, traceback=trace)
+                out[cid] = ClientOutcome.raised(failure, seconds) if failure else ClientOutcome(reply=reply, seconds=seconds)
         except self._ray.exceptions.RayError as e:  # a dead actor or worker: the rest count as failed
             for cid in pending:
-                out.setdefault(cid, ClientOutcome(error=f"error: {e.__class__.__name__}"))
+                out.setdefault(cid, ClientOutcome.raised(ClientFailure(e.__class__.__name__, "")))
         return out
 
     def evaluate_clients(self, x, y):

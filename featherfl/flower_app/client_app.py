@@ -96,7 +96,7 @@ def setup(message: Message, context: Context) -> Message:
 
 
 def train(message: Message, context: Context) -> Message:
-    from featherfl.engines.base import run_client
+    from featherfl.engines.base import ClientFailure, run_client
 
     payload, info = unpack(message.content)
     prepared = _prepared(context)
@@ -106,7 +106,8 @@ def train(message: Message, context: Context) -> Message:
     try:
         reply = run_client(client, int(info["round"]), payload, prepared.data, state, prepared.ctx.run_id)
     except Exception as e:  # reported like the local engine's failing client, not as a crash
-        return Message(pack(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t), reply_to=message)
+        failure = ClientFailure.of(e)
+        return Message(pack(error_type=failure.type, error_message=failure.message, seconds=time.perf_counter() - t), reply_to=message)
     seconds = time.perf_counter() - t
     metrics = None
     if info.get("evaluate"):  # an evaluation round of a method without a global model: saves a message

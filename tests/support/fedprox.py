@@ -1,8 +1,7 @@
-"""FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks", Alg. 2), written
-outside the package as a user would: FedAvg whose clients minimise the local loss plus
-``mu/2 ||w - w_global||^2``. The server half is the package's ``GlobalModelServer``, so this file
-holds only what the paper adds. ``tests/test_one_file_method.py`` loads it by its dotted path and
-runs it with every cross-cutting feature, none of which it names."""
+"""FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks", Alg. 2): FedAvg whose
+clients minimise the local loss plus mu/2 ||w - w_global||^2. The server half is featherfl's
+GlobalModelServer (send the global model, evaluate it, checkpoint it, and average under secure
+aggregation), so this file holds only what the paper adds."""
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from featherfl.algorithms.aggregate import aggregation_fields
 from featherfl.algorithms.base import ClientHalf
 from featherfl.algorithms.fedavg import GlobalModelServer, WeightsDown, WeightsUp, weights_spec
-from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
+from featherfl.algorithms.training import batches, make_optimizer, optimizer_fields
 from featherfl.config import Field
 from featherfl.models import flat_state, load_flat_state
 from featherfl.seeding import generator
@@ -40,9 +39,6 @@ class ProxClient(ClientHalf):
                 (loss + self.opts["mu"] / 2 * prox).backward()
                 opt.step()
         return WeightsUp(flat_state(self.model), len(data))
-
-    def evaluate(self, state, x, y):
-        return evaluate_model(self.model, x, y)
 
 
 class FedProx(GlobalModelServer):
