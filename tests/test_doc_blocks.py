@@ -11,8 +11,9 @@ Markers, an HTML comment on one of the three lines before a block:
 - ``<!-- doc-test: skip REASON -->``: not run (needs a GPU, the network, data or hours);
   every such block is reported as a pytest skip with its reason, so none is skipped silently.
 - ``<!-- doc-test: file NAME -->`` (toml): written to NAME in the page's folder for later blocks.
-- ``<!-- doc-test: expect REGEX -->``: run at full length (no rounds cap) and its output must
-  match REGEX: the figure the page quotes. Only for blocks that take seconds.
+- ``<!-- doc-test: expect LABEL VALUE TOLERANCE -->``: run at full length (no rounds cap); the
+  last number after LABEL in its output must be VALUE within TOLERANCE: the figure the page
+  quotes. Only for blocks that take seconds.
 
 An unlabeled block that looks like a command fails the test: label it so it runs.
 """
@@ -115,7 +116,18 @@ def _run(block: Block, folder: Path, env: dict) -> None:
     output = p.stdout + p.stderr
     assert p.returncode == 0, f"{block.where} exited {p.returncode}:\n{block.body}\n--- output (end)\n{output[-3000:]}"
     if "expect" in block.marks:
-        assert re.search(block.marks["expect"], output), f"{block.where}: output does not show {block.marks['expect']!r}:\n{output[-3000:]}"
+        _check_figure(block, output)
+
+
+def _check_figure(block: Block, output: str) -> None:
+    """``expect LABEL VALUE TOLERANCE``: the output's number after LABEL is VALUE within TOLERANCE
+    (e.g. ``expect accuracy 0.93 0.01`` against ``... accuracy 0.9312 ...``)."""
+    m = re.fullmatch(r"(?P<label>.+?)\s+(?P<value>[-\d.]+)\s+(?P<tol>[\d.]+)", block.marks["expect"])
+    assert m, f"{block.where}: expect needs LABEL VALUE TOLERANCE, got {block.marks['expect']!r}"
+    found = re.findall(re.escape(m.group("label")) + r"\s+([-\d.]+)", output)
+    assert found, f"{block.where}: no {m.group('label')!r} figure in the output:\n{output[-2000:]}"
+    got, want, tol = float(found[-1]), float(m.group("value")), float(m.group("tol"))
+    assert abs(got - want) <= tol, f"{block.where}: {m.group('label')} {got} is not the documented {want} +- {tol}"
 
 
 RUNNABLE_PAGES = [p for p in PAGES if any(b.lang in RUN and "skip" not in b.marks for b in blocks(p))]
