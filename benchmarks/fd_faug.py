@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import run_experiment
 
 CATEGORIES = {

@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import run_experiment  # noqa: E402
 
 METHODS = ("full", "head", "bias", "adapter", "prompt", "lora")

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import prepare, run_experiment  # noqa: E402
 
 JOB = [("algorithm", "fedavg"), ("clients", 10), ("rounds", 10), ("partition.name", "iid"), ("fedavg.local_epochs", 1)]
@@ -125,7 +125,7 @@ def _subprocess_job(work: Path, threads: int | None, vectorize: str, job: list |
     over = list(job or JOB) + ([] if threads is None else [("engine.threads", threads)]) + [("engine.vectorize", vectorize)]
     code = (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from featherfl.config import build_config\nfrom featherfl.experiment import run_experiment\n"
+        "from featherfl.schema import build_config\nfrom featherfl.experiment import run_experiment\n"
         "cfg = build_config(overrides=%r)\n"
         "t = time.perf_counter(); run_experiment(cfg, %r); print(time.perf_counter() - t)\n"
     ) % (str(ROOT), over, str(work / f"thr-{threads}-{time.time_ns()}"))

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featherfl import algorithms  # noqa: E402
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import run_experiment  # noqa: E402
 
 # Per-method settings: each method's own defaults, with rounds enough to converge on digits.

@@ -38,9 +38,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from featherfl.algorithms.aggregate import Aggregator  # noqa: E402
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
-from featherfl.secagg import methods, protocol, simulate  # noqa: E402
+from featherfl.secagg import protocol, simulate  # noqa: E402
 
 BASE = [("clients", 10), ("partition.name", "iid"), ("seed", 0), ("engine.threads", 1)]
 METHODS = {

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import run_experiment  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -257,7 +257,7 @@ import json, resource, sys, time, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
 from featherfl.algorithms.base import ClientData, Context
-from featherfl.config import build_config
+from featherfl.schema import build_config
 mode, method = sys.argv[1], sys.argv[2]
 kv = {{"dataset": "sst2", "data.dir": {data!r}, "data.max_length": {maxlen}, "data.max_train": 64, "data.max_test": 16, "clients": 1, "engine.threads": 1, "fedpeft.method": method}}
 kv.update({{"algorithm": "fedpeft", "fedpeft.batch_size": 16, "fedpeft.max_steps": 4}} if mode != "baffle" else {{"algorithm": "baffle", "baffle.peft": True, "baffle.k": 16, "baffle.batch_size": 16}})

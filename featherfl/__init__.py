@@ -5,7 +5,8 @@ From Python: ``featherfl.run(config, out=..., model=..., dataset=...)`` and
 model, see ``featherfl.export``); from a shell: ``featherfl run``.
 """
 
-__version__ = "0.1.0"
+from featherfl.version import __version__
+
 __all__ = ["run", "load_run", "load_model", "Result"]
 
 

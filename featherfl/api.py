@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from featherfl.config import ConfigError, Config, build_config, read_config_file
+from featherfl.config import ConfigError, Config, read_config_file
+from featherfl.schema import build_config
 
 
 @dataclass

@@ -35,6 +35,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from featherfl.algorithms.base import ClientWrapper, Wrapper
 from featherfl.seeding import derive_seed, generator
 from featherfl.wire import Payload
 
@@ -90,20 +91,13 @@ class Attack:
         return dataclasses.replace(up, **changed) if changed else up
 
 
-class AttackingClient:
+class AttackingClient(ClientWrapper):
     """A client half whose replies the ``[attack]`` config alters for the Byzantine clients.
 
     It wraps any method's client half: the honest update runs unchanged, then an attacker's
     reply is altered before it is encoded, so the attack goes through the same codec,
     validation and ledger on every engine, and no engine or method carries attack code.
     """
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.ctx = inner.ctx
-
-    def downlink_specs(self, rnd: int):
-        return self.inner.downlink_specs(rnd)
 
     def update(self, rnd: int, down: Payload, data, state: dict) -> Payload:
         up = self.inner.update(rnd, down, data, state)
@@ -113,17 +107,19 @@ class AttackingClient:
     def can_update_many(self) -> bool:  # attackers alter replies one by one
         return False
 
-    def evaluate(self, state: dict, x, y) -> dict:
-        return self.inner.evaluate(state, x, y)
 
-    def __getattr__(self, name: str):  # anything else a method's client offers
-        return getattr(self.inner, name)
+class Attacks(Wrapper):
+    """The server side of simulated attackers: nothing of its own (the server does not know who
+    attacks); its clients are ``AttackingClient``s. ``featherfl.assembly`` puts it inside secure
+    aggregation, so attackers alter their update before it is masked."""
+
+    @classmethod
+    def wrap_client(cls, client, method):
+        return AttackingClient(client)
 
 
-def install(algorithm) -> None:
-    """Make ``algorithm`` hand out attacking client halves when ``attack.fraction > 0``."""
-    if attack_from_config(algorithm.cfg) is not None and AttackingClient not in algorithm.client_wrappers:
-        algorithm.client_wrappers = (*algorithm.client_wrappers, AttackingClient)
+def enabled(cfg) -> bool:
+    return attack_from_config(cfg) is not None
 
 
 def attack_from_config(cfg) -> Attack | None:

@@ -6,10 +6,12 @@ User errors (config, data, checkpoints) print one line to stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from featherfl.config import ConfigError, build_config, parse_set_args
+from featherfl.config import ConfigError, parse_set_args
+from featherfl.schema import build_config
 
 EXIT_USAGE = 2
 
@@ -137,7 +139,8 @@ def cmd_run(a) -> int:
     line = f"{summary['algorithm']} on {summary['dataset']}: {summary['rounds_completed']} rounds, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"-> {out}"
     print(line)
     if summary["status"] != "completed":
-        print(f"featherfl: run {summary['status']}: {summary['reason']} (see {out / 'errors.log'})" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
+        see = f" (see {out / 'errors.log'})" if (out / "errors.log").is_file() else ""
+        print(f"featherfl: run {summary['status']}: {summary['reason']}{see}" if summary["status"] == "failed" else f"featherfl: run stopped: {summary['reason']}", file=sys.stderr)
         return 1
     return 0
 
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a.run_dir} -> {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
             return 0
         if a.command == "config-doc":
-            from featherfl.config import reference_markdown
+            from featherfl.schema import reference_markdown
 
             print(reference_markdown(a.algorithm))
             return 0
@@ -197,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featherfl: interrupted; resume with --resume --out RUN_DIR", file=sys.stderr)
         return 130
+    except (Exception, SystemExit) as e:  # never a bare traceback, never exit 0 on a failure
+        from featherfl.runfolder import one_line_failure
+
+        if os.environ.get("FEATHERFL_TRACEBACK"):
+            raise
+        print(f"featherfl: {one_line_failure(e)}", file=sys.stderr)
+        return 1
     return EXIT_USAGE
 
 

@@ -1,16 +1,16 @@
-"""Config schema, parsing and validation.
+"""Config keys, parsing and validation: the bottom layer, importing nothing of featherfl.
 
-Every key a run understands is declared here (core sections) or by an
-algorithm module (its own ``[name]`` section, see ``algorithms.REGISTRY``).
-One schema serves four jobs: defaults, ``--set`` parsing, one-line error
-messages, and the generated config reference in ``docs/config.md``.
+``Field`` declares one key, ``Config`` holds a resolved run config, and the core keys are
+declared here. The sections of the layers above (each method's ``[name]``, ``[faug]``,
+``[secagg]``, ``[log]``) are declared by those layers and put together with these by
+``featherfl.schema``, which builds configs. One schema serves four jobs: defaults, ``--set``
+parsing, one-line error messages, and the generated config reference in ``docs/config.md``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import importlib.util
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -102,6 +102,7 @@ CORE_SCHEMA: dict[str, Field] = {
     "engine.deadline": _f("float", 0.0, "Seconds a client may take per round (0 = no deadline).", min=0.0),
     "engine.min_replies": _f("int", 1, "Fewest valid replies for a round to be aggregated.", min=1),
     "engine.on_quorum_fail": _f("str", "skip", "When too few replies arrive: skip the round or stop the run.", choices=("skip", "stop")),
+    "engine.max_failed_rounds": _f("int", 0, "Rounds that may aggregate no update (every client dropped, late, rejected, or the round skipped by secure aggregation) before the run stops with status failed and exit 1.", min=0),
     "engine.max_payload_mb": _f("float", 256.0, "Largest reply accepted (MB); larger ones are rejected.", min=0.0, min_exclusive=True),
     "engine.num_cpus": _f("int", 2, "CPUs for a local Ray cluster.", min=1),
     "engine.address": _f("str", "", "Address of an existing Ray cluster ('' = start a local one)."),
@@ -118,21 +119,6 @@ CORE_SCHEMA: dict[str, Field] = {
     "eval.every": _f("int", 1, "Evaluate every N rounds (the last round always).", min=1),
     "eval.batch_size": _f("int", 512, "Evaluation batch size.", min=1),
 }
-
-
-def _schema_from_algorithms() -> dict[str, Field]:
-    from featherfl.algorithms import all_config_sections
-
-    return all_config_sections()
-
-
-def full_schema() -> dict[str, Field]:
-    from featherfl.tracking import LOG_CONFIG
-
-    schema = dict(CORE_SCHEMA)
-    schema.update(LOG_CONFIG)
-    schema.update(_schema_from_algorithms())
-    return schema
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -263,108 +249,23 @@ class Config:
         return tomli_w.dumps(self.as_nested())
 
     def replace(self, **updates: Any) -> "Config":
-        return build_config(overrides=list(updates.items()), base=self._v)
+        """This config with ``updates``, each checked against the schema. The rest is not built
+        again: plug-ins were registered and whole-config checks ran when this config was built."""
+        values = dict(self._v)
+        for key, value in updates.items():
+            if key not in self.schema:
+                raise ConfigError(unknown_key_message(key, self.schema))
+            values[key] = _coerce(key, self.schema[key], value)
+        check_core(values)
+        return Config(values, self.schema)
 
 
-def build_config(
-    toml_text: str | None = None,
-    overrides: Iterable[tuple[str, Any]] = (),
-    base: dict[str, Any] | None = None,
-) -> Config:
-    """Resolve defaults <- base <- TOML file <- overrides, validating every key.
-
-    Raises ConfigError with a one-line message naming the key and the allowed values.
-    """
-    layers: list[tuple[str, Any]] = []
-    if base:
-        layers.extend(base.items())
-    if toml_text is not None:
-        try:
-            data = tomllib.loads(toml_text)
-        except (tomllib.TOMLDecodeError, ValueError) as e:  # ValueError: e.g. an integer of over 4300 digits
-            raise ConfigError(f"config file is not valid TOML: {str(e).splitlines()[0][:200]}") from None
-        layers.extend(_flatten(data).items())
-    layers.extend(overrides)
-    explicit = [k for k, _ in layers[len(base or {}):]]  # what the user set (not the base's full dump)
-    from featherfl import plugins
-
-    algorithm = next((v for k, v in reversed(layers) if k == "algorithm"), None)
-    layers = renamed(layers, algorithm)
-    if isinstance(algorithm, str) and plugins.is_dotted(algorithm):
-        plugins.register_algorithm_path(algorithm)  # its own config section joins the schema
-    schema = full_schema()
-    values = {k: f.default for k, f in schema.items()}
-    for key, value in layers:
-        if key not in schema:
-            raise ConfigError(unknown_key_message(key, schema))
-        values[key] = _coerce(key, schema[key], value)
-    from featherfl.algorithms import names as algorithm_names
-
-    if values["algorithm"] not in algorithm_names():
-        raise ConfigError(
-            f"config key 'algorithm': got {values['algorithm']!r}, expected one of {brief(algorithm_names())}"
-        )
-    from featherfl import plugins
-    from featherfl.data.sources import source_names
-
-    if values["dataset"].startswith("hf:") and importlib.util.find_spec("hf") is None:
-        raise ConfigError(f"config key 'dataset': got {values['dataset']!r}; for a Hugging Face datasets folder write dataset = \"hf\" and data.dir = \"{values['dataset'][3:]}\"")
-    if plugins.is_dotted(values["dataset"]):
-        plugins.register_dataset_path(values["dataset"])
-    if plugins.is_dotted(values["model.name"]):
-        plugins.register_model_path(values["model.name"])
-    if values["dataset"] not in source_names():
-        raise ConfigError(f"config key 'dataset': got {values['dataset']!r}, expected one of {brief(source_names())}")
-    from featherfl.models import model_names
-
-    if values["model.name"] not in model_names():
-        raise ConfigError(
-            f"config key 'model.name': got {values['model.name']!r}, expected one of {brief(model_names())}"
-        )
-    _check_method_sections(explicit, values, schema)
-    quick_caps(values)
+def check_core(values: dict[str, Any]) -> None:
+    """Checks across core keys that no single key's rule expresses."""
     if values["engine.min_replies"] > values["clients"]:
         raise ConfigError(
             f"config key 'engine.min_replies': got {values['engine.min_replies']}, expected <= clients ({values['clients']})"
         )
-    return Config(values, schema)
-
-
-#: Environment variable that shortens every run (the documentation tests run each documented
-#: command as written, shortened by this one setting; docs/runs.md): ``FEATHERFL_QUICK=N``
-#: caps each key below at N times its factor.
-QUICK_ENV = "FEATHERFL_QUICK"
-QUICK_CAPS = {"rounds": 1, "faug.gan_steps": 100}
-
-
-def quick_caps(values: dict[str, Any]) -> None:
-    """Cap ``values`` in place at ``$FEATHERFL_QUICK`` x ``QUICK_CAPS`` when that is set."""
-    import os
-
-    cap = os.environ.get(QUICK_ENV, "").strip()
-    if not cap:
-        return
-    if not cap.isdigit() or int(cap) < 1:
-        raise ConfigError(f"environment variable {QUICK_ENV}: got {cap!r}, expected a positive integer (rounds cap) or unset")
-    for key, factor in QUICK_CAPS.items():
-        if key in values:
-            values[key] = min(values[key], int(cap) * factor)
-
-
-def _check_method_sections(keys: list[str], values: dict[str, Any], schema: dict[str, Field]) -> None:
-    """A key of another method's section, set to a non-default value, is an error naming the running
-    method: ``--set baffle.k=10`` without ``--algorithm baffle`` would otherwise run FedAvg unchanged.
-    (A saved ``config.toml`` lists every key at its default, so only values that differ count.)
-    BAFFLE with ``baffle.peft`` reads FedPEFT's ``[fedpeft]`` keys, so those belong to it too."""
-    from featherfl.algorithms import names as algorithm_names
-
-    running = values["algorithm"]
-    methods = set(algorithm_names())
-    own = {running, *(["fedpeft"] if running == "baffle" and values.get("baffle.peft") else [])}
-    for key in keys:
-        section = key.split(".")[0] if "." in key else ""
-        if key in schema and section in methods and section not in own and values[key] != schema[key].default:
-            raise ConfigError(f"config key '{key}' is for {section}, but the running method is {running}; drop it or set algorithm = \"{section}\"")
 
 
 #: Keys earlier featherfl versions wrote (in every saved config.toml): ``<method>.faug`` is now the
@@ -403,41 +304,22 @@ def parse_set_args(items: Iterable[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def reference_markdown(algorithm: str | None = None) -> str:
-    """The config reference (docs/config.md), generated from the schema; with ``algorithm``
-    (a registered name or a ``module:Class`` plug-in) only that method's own section."""
-    if algorithm is not None:
-        return _method_reference(algorithm)
-    schema = full_schema()
-    lines = ["# Config reference", "", "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.", ""]
-    sections: dict[str, list[str]] = {}
-    for k in schema:
-        sections.setdefault(k.split(".")[0] if "." in k else "", []).append(k)
-    for sec in sorted(sections):
-        lines += [f"## [{sec}]" if sec else "## top level", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-        for k in sections[sec]:
-            f = schema[k]
-            default = repr(f.default) if not isinstance(f.default, str) else f'"{f.default}"'
-            lines.append(f"| `{k}` | {f.type} | `{default}` | {f.allowed()} | {f.help} |")
-        lines.append("")
-    return "\n".join(lines)
+#: Environment variable that shortens every run (the documentation tests run each documented
+#: command as written, shortened by this one setting; docs/runs.md): ``FEATHERFL_QUICK=N``
+#: caps each key below at N times its factor.
+QUICK_ENV = "FEATHERFL_QUICK"
+QUICK_CAPS = {"rounds": 1, "faug.gan_steps": 100}
 
 
-def _method_reference(algorithm: str) -> str:
-    """One method's keys: what ``config-doc --algorithm NAME`` prints (a plug-in's too, which the
-    full reference cannot list because it is not registered until named)."""
-    from featherfl import algorithms, plugins
+def quick_caps(values: dict[str, Any]) -> None:
+    """Cap ``values`` in place at ``$FEATHERFL_QUICK`` x ``QUICK_CAPS`` when that is set."""
+    import os
 
-    if plugins.is_dotted(algorithm):
-        plugins.register_algorithm_path(algorithm)
-    elif algorithm not in algorithms.names():
-        raise ConfigError(f"--algorithm: got {algorithm!r}, expected one of {brief(algorithms.names())} or a module:Class plug-in")
-    keys = algorithms.get(algorithm).CONFIG
-    lines = [f"## [{algorithm}]" if not plugins.is_dotted(algorithm) else f"## {algorithm}", ""]
-    if not keys:
-        return "\n".join(lines + ["(no keys of its own)", ""])
-    lines += ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-    for k, f in keys.items():
-        default = repr(f.default) if not isinstance(f.default, str) else f'"{f.default}"'
-        lines.append(f"| `{k}` | {f.type} | `{default}` | {f.allowed()} | {f.help} |")
-    return "\n".join(lines + [""])
+    cap = os.environ.get(QUICK_ENV, "").strip()
+    if not cap:
+        return
+    if not cap.isdigit() or int(cap) < 1:
+        raise ConfigError(f"environment variable {QUICK_ENV}: got {cap!r}, expected a positive integer (rounds cap) or unset")
+    for key, factor in QUICK_CAPS.items():
+        if key in values:
+            values[key] = min(values[key], int(cap) * factor)

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from featherfl import algorithms
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import Experiment, prepare
 from featherfl.report import format_table, plot_compare, table_rows
 

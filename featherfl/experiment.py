@@ -18,15 +18,19 @@ from typing import Callable
 
 import torch
 
-from featherfl import algorithms, wire
-from featherfl.algorithms.base import ClientData, Context
-from featherfl.config import Config, ConfigError, build_config
+import featherfl.checks as checks
+import featherfl.wire as wire
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.algorithms.registry import get as get_algorithm
+from featherfl.assembly import build_algorithm
+from featherfl.config import Config, ConfigError
 from featherfl.data.partition import label_histogram, partition
 from featherfl.data.sources import Dataset, load_dataset
 from featherfl.engines import make_engine
 from featherfl.engines.base import QuorumError
 from featherfl.threads import choose_threads
-from featherfl.runfolder import CheckpointError, append_jsonl, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
+from featherfl.schema import build_config
+from featherfl.runfolder import CheckpointError, append_jsonl, log_crash, atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 
 #: Keys a resumed run may change: how long it runs and how it is executed and
 #: watched, never what it computes. Every other key is the run's identity: a
@@ -41,27 +45,12 @@ RESUMABLE_KEYS = frozenset(
         "engine.address",
         "engine.num_cpus",
         "engine.max_failure_share",
+        "engine.max_failed_rounds",
         "log.tensorboard",
         "log.mlflow_uri",
         "log.mlflow_experiment",
     }
 )
-
-
-def build_algorithm(ctx: Context) -> algorithms.base.Algorithm:
-    """The configured method with its cross-cutting wrappers: FAug around it when
-    ``faug.enabled``, simulated attackers when ``attack.fraction > 0``, secure aggregation
-    outermost when ``secagg.protocol`` is on; every engine builds
-    its client halves from this."""
-    from featherfl import attacks, secagg
-    from featherfl.algorithms import faug
-
-    algorithm = algorithms.get(ctx.cfg["algorithm"])(ctx)
-    if ctx.cfg["faug.enabled"]:
-        faug.check_input(ctx.input_shape)
-        algorithm = faug.FAug(algorithm)
-    attacks.install(algorithm)  # attackers alter their update before it is masked
-    return secagg.wrap(algorithm)
 
 
 def robustness_warnings(cfg: Config) -> list[str]:
@@ -111,36 +100,81 @@ class Prepared:
     parts: list
     part_info: dict
     ctx: Context
-    algorithm: algorithms.base.Algorithm
+    algorithm: Algorithm
     client_data: list[ClientData]
 
 
 def prepare(cfg: Config) -> Prepared:
     if cfg["engine.threads"]:
         torch.set_num_threads(cfg["engine.threads"])
-    alg_cls = algorithms.get(cfg["algorithm"])
+    alg_cls = get_algorithm(cfg["algorithm"])
     alg_cls.validate(cfg)
-    from featherfl import devices, secagg, tracking
+    import featherfl.devices as devices
+    import featherfl.secagg as secagg
+    import featherfl.tracking as tracking
 
-    secagg.validate(cfg)
+    secagg.validate(cfg, alg_cls)
 
     tracking.check(cfg)
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
-    ds = load_dataset(cfg)
-    labels = ds.train_y.numpy()
-    parts, info = partition(cfg, labels, ds.train_groups.numpy() if ds.train_groups is not None else None)
-    info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
-    ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info))
-    ctx.info["data_note"] = ds.note
+    ds, parts, info, ctx = _data_and_context(cfg)
+    if checks.is_user_model(cfg["model.name"]):
+        checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
+    checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
     ctx.info["warnings"] = robustness_warnings(cfg)
-    if device.type != "cpu" and getattr(alg_cls, "runs_on_cpu_only", False):
+    if device.type != "cpu" and alg_cls.runs_on_cpu_only:
         ctx.info["warnings"].append(f"{cfg['algorithm']} runs on the cpu whatever engine.device says ({device}): its clients' and server's arithmetic must agree bit for bit")
     ctx.info["device"] = str(ctx.device)
     torch.set_num_threads(choose_threads(cfg["engine.threads"], algorithm.model_parameters()))
     ctx.info["threads"] = torch.get_num_threads()
     return Prepared(cfg, ds, parts, info, ctx, algorithm, client_data)
+
+
+def _data_and_context(cfg: Config) -> tuple[Dataset, list, dict, Context]:
+    """The dataset, every client's partition (indices), and the run's context: what a server and
+    each client derive alike from the config."""
+    alg_cls = get_algorithm(cfg["algorithm"])
+    ds = load_dataset(cfg)
+    labels = ds.train_y.numpy()
+    parts, info = partition(cfg, labels, ds.train_groups.numpy() if ds.train_groups is not None else None)
+    info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
+    ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info), cpu_only=alg_cls.runs_on_cpu_only)
+    ctx.info["data_note"] = ds.note
+    return ds, parts, info, ctx
+
+
+@dataclass
+class PreparedClient:
+    """One client of a run, built without its server: what a deployed node holds."""
+
+    cfg: Config
+    dataset: Dataset  # its test split evaluates a method without a global model
+    ctx: Context
+    data: ClientData
+    client: ClientHalf
+
+
+def prepare_client(cfg: Config, cid: int) -> PreparedClient:
+    """Client ``cid`` of the run: its partition (the one ``prepare`` gives it), its method client
+    inside the features' wrappers (``featherfl.assembly.build_client``), and no server, no other
+    client's tensors. Config checks are the server's job (``prepare`` ran them before any client
+    was asked). Threads follow the client's own model, as ``prepare`` follows the server's."""
+    from featherfl.assembly import build_client
+    from featherfl.models import count_parameters
+
+    if cfg["engine.threads"]:
+        torch.set_num_threads(cfg["engine.threads"])
+    if not 0 <= cid < cfg["clients"]:
+        raise ConfigError(f"partition-id {cid}: expected 0 <= id < clients ({cfg['clients']})")
+    ds, parts, _, ctx = _data_and_context(cfg)
+    idx = torch.as_tensor(parts[cid])
+    data = ClientData(cid, ds.train_x[idx], ds.train_y[idx], ds.num_classes)
+    client = build_client(ctx)
+    model = getattr(client, "model", None)
+    torch.set_num_threads(choose_threads(cfg["engine.threads"], count_parameters(model) if isinstance(model, torch.nn.Module) else 0))
+    return PreparedClient(cfg, ds, ctx, data, client)
 
 
 class Experiment:
@@ -241,6 +275,7 @@ class Experiment:
         try:
             stopped = None
             failed = None
+            rnd = self.start_round
             try:
                 for rnd in range(self.start_round, rounds + 1):
                     t0 = time.perf_counter()
@@ -295,6 +330,11 @@ class Experiment:
                         failed = self._failure(rnd, stats)
                         if failed:
                             break
+                    failed = checks.failed_round(self.cfg, self.metrics)  # a round that aggregated nothing
+                    if failed:
+                        break
+            except (Exception, SystemExit) as e:  # anything else: status failed, errors.log, exit 1
+                failed = log_crash(self.out, rnd, e)
             finally:
                 if bar is not None:
                     bar.close()

@@ -31,14 +31,15 @@ FORMAT = "featherfl-model/1"
 
 
 def _version() -> str:
-    import featherfl
+    from featherfl.version import __version__
 
-    return featherfl.__version__
+    return __version__
 
 
 def _restore(run_dir: Path):
     """The run's algorithm with the checkpoint's state loaded, and the checkpoint itself."""
-    from featherfl.config import build_config, read_config_file
+    from featherfl.config import read_config_file
+    from featherfl.schema import build_config
     from featherfl.experiment import prepare
     from featherfl.runfolder import CheckpointError, load_checkpoint
 
@@ -217,15 +218,15 @@ def _strip_lora(model: nn.Module) -> nn.Module:
 
 def _build_from_export(meta: dict, name: str | None = None) -> nn.Module:
     """The exported model's structure, built by the code that trained it (weights loaded after)."""
-    from featherfl import algorithms
     from featherfl.algorithms.base import Context
-    from featherfl.config import build_config
+    from featherfl.algorithms.registry import get as get_algorithm
+    from featherfl.schema import build_config
 
     cfg = build_config(overrides=[*meta["config"].items(), ("engine.device", "cpu")])
     ctx = Context(cfg, tuple(meta["input_shape"]), int(meta["num_classes"]), int(cfg["clients"]))
     if name is not None:
         return ctx.build_model(name)
-    return algorithms.get(cfg["algorithm"])(ctx).global_model
+    return get_algorithm(cfg["algorithm"])(ctx).global_model
 
 
 def load_model(path: str | Path, device: int | None = None, *, peft_base: bool = False) -> nn.Module | dict[int, nn.Module]:

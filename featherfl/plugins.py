@@ -42,7 +42,9 @@ def load_callable(path: str, key: str) -> Callable:
     _cwd_importable()
     try:
         obj: Any = importlib.import_module(module)
-    except Exception as e:  # ImportError, or the module itself failing on import
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # ImportError, or the module failing on import, sys.exit() included
         raise ConfigError(f"config key {key!r}: cannot import {module!r} from the current folder or PYTHONPATH ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -55,15 +57,15 @@ def load_callable(path: str, key: str) -> Callable:
 
 def register_algorithm_path(path: str) -> None:
     """Register an ``Algorithm`` subclass named by ``module:Class`` under that path."""
-    from featherfl import algorithms
     from featherfl.algorithms.base import Algorithm
+    from featherfl.algorithms.registry import REGISTRY
 
-    if path in algorithms.REGISTRY:
+    if path in REGISTRY:
         return
     cls = load_callable(path, "algorithm")
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise ConfigError(f"config key 'algorithm': {path} is not a featherfl Algorithm subclass")
-    algorithms.REGISTRY[path] = path
+    REGISTRY[path] = path
 
 
 def model_builder(path: str, factory: Callable) -> Callable:
@@ -73,7 +75,9 @@ def model_builder(path: str, factory: Callable) -> Callable:
     def build(input_shape, num_classes, **_):
         try:
             m = factory(tuple(input_shape), num_classes)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # sys.exit() in a factory too
             raise ConfigError(f"model {path} failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         if not isinstance(m, nn.Module):
             raise ConfigError(f"model {path} returned {type(m).__name__}, expected a torch.nn.Module")
@@ -83,11 +87,11 @@ def model_builder(path: str, factory: Callable) -> Callable:
 
 
 def register_model_path(path: str) -> None:
-    from featherfl.models import _REGISTRY, _load_builtin
+    from featherfl.models import model_names
+    from featherfl.models.registry import REGISTRY
 
-    _load_builtin()
-    if path not in _REGISTRY:
-        _REGISTRY[path] = model_builder(path, load_callable(path, "model.name"))
+    if path not in model_names():
+        REGISTRY[path] = model_builder(path, load_callable(path, "model.name"))
 
 
 def dataset_from_arrays(data, name: str, note: str):
@@ -95,12 +99,17 @@ def dataset_from_arrays(data, name: str, note: str):
     import numpy as np
     import torch
 
-    from featherfl.data.sources import Dataset
+    from featherfl.data.dataset import Dataset
 
     if isinstance(data, Dataset):
         return data
     if not (isinstance(data, (tuple, list)) and len(data) == 4):
         raise ConfigError(f"dataset {name}: expected (train_x, train_y, test_x, test_y) or a featherfl Dataset")
+    from featherfl.data.validate import label_dtype_problem
+
+    for what, labels in (("train", data[1]), ("test", data[3])):
+        if problem := label_dtype_problem(labels, f"dataset {name} ({what})"):
+            raise ConfigError(problem)  # strings would otherwise fail inside torch as a TypeError
     try:
         tx, ty, vx, vy = (torch.as_tensor(np.asarray(a)) for a in data)
     except (TypeError, ValueError) as e:
@@ -118,18 +127,18 @@ def dataset_from_arrays(data, name: str, note: str):
 
 
 def register_dataset_path(path: str) -> None:
-    from featherfl.data.sources import _SOURCES, register_source
+    from featherfl.data.dataset import SOURCES, register_source
 
-    if path in _SOURCES:
+    if path in SOURCES:
         return
     loader = load_callable(path, "dataset")
 
     def source(cfg):
         try:
             data = loader()
-        except ConfigError:
+        except (ConfigError, KeyboardInterrupt):
             raise
-        except Exception as e:
+        except BaseException as e:  # sys.exit() in a loader too
             raise ConfigError(f"dataset {path} failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         return dataset_from_arrays(data, path, f"loaded by {path}")
 

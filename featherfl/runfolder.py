@@ -145,3 +145,35 @@ def read_jsonl(path: Path) -> list[dict]:
         if line:
             rows.append(json.loads(line))
     return rows
+
+
+def log_crash(out: Path, rnd: int, exc: BaseException) -> str:
+    """Record an exception that escaped a round (the model's forward, server-side evaluation,
+    aggregation, a plug-in) in ``errors.log`` and return the one-line reason the run failed with.
+
+    A run never ends in a bare traceback: the traceback goes to the file, the summary says
+    ``failed`` with this reason, and the command exits 1.
+    """
+    import traceback
+
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    where = f"round {rnd}" if rnd else "set-up"
+    try:
+        with open(Path(out) / "errors.log", "a") as f:
+            f.write(f"--- {where}, server: {exc.__class__.__name__}: {first}\n")
+            f.write("".join(traceback.format_exception(exc)).rstrip("\n") + "\n")
+    except OSError:
+        pass  # the reason still reaches summary.json and the terminal
+    return f"{where} raised {exc.__class__.__name__}: {first}" if first else f"{where} raised {exc.__class__.__name__}"
+
+
+def one_line_failure(exc: BaseException) -> str:
+    """The one line a command prints for an exception nothing else handled: a file-system
+    error names the path and the system's reason (disk full, read-only, name too long);
+    anything else its type and first line. ``FEATHERFL_TRACEBACK=1`` shows the traceback."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot write or read{where}: {exc.strerror} (errno {exc.errno})"
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"failed: {exc.__class__.__name__}{': ' + first if first else ''} (FEATHERFL_TRACEBACK=1 shows where)"

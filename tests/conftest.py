@@ -10,7 +10,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture
 def cfg_factory():
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
 
     def make(**kw):
         return build_config(overrides=[(k.replace("__", "."), v) for k, v in kw.items()])

@@ -110,7 +110,8 @@ def test_bad_sst2_tsv(tmp_path, capsys, case):
     root.mkdir()
     (root / "train.tsv").write_bytes(TSV_CASES[case])
     (root / "dev.tsv").write_bytes(b"sentence\tlabel\ngood movie\t1\nbad movie\t0\n")
-    from featherfl.config import ConfigError, build_config
+    from featherfl.config import ConfigError
+    from featherfl.schema import build_config
     from featherfl.data.text import _sst2_rows
 
     with pytest.raises(ConfigError) as e:

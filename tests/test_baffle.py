@@ -15,7 +15,8 @@ from featherfl.algorithms.baffle import Baffle, ScalarsUp, WeightsDown, local_tr
 from featherfl.algorithms.baffle_replay import ReplayDown, SyncDown
 from featherfl.algorithms.base import ClientData, Context
 from featherfl.algorithms.training import evaluate_model
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError
+from featherfl.schema import build_config
 from featherfl.experiment import prepare, run_experiment
 from support.mnist import tiny_mnist as _tiny_mnist
 

@@ -11,7 +11,8 @@ from featherfl.algorithms import baffle_peft, zo
 from featherfl.algorithms.baffle import ScalarsUp, WeightsDown, local_trajectory, replay_trajectory
 from featherfl.algorithms.baffle_pool import PoolDown, materialize
 from featherfl.algorithms.baffle_replay import ReplayDown, SyncDown
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError
+from featherfl.schema import build_config
 from featherfl.experiment import prepare
 
 transformers = pytest.importorskip("transformers")

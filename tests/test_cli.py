@@ -86,7 +86,7 @@ def test_default_run_reaches_90_percent(tmp_path):
 def test_config_toml_round_trips(tmp_path):
     out = tmp_path / "a"
     assert main(["run", "--rounds", "2", "--set", "partition.alpha=0.3", "--out", str(out), "--quiet"]) == 0
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
 
     cfg = build_config((out / "config.toml").read_text())
     assert cfg["partition.alpha"] == 0.3 and cfg["rounds"] == 2

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from featherfl import cli
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError
+from featherfl.schema import build_config
 from featherfl.data.sources import load_dataset
 from featherfl.experiment import prepare
 

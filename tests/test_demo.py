@@ -23,7 +23,7 @@ def test_demo_table_and_plot(tmp_path, monkeypatch):
 def test_demo_covers_every_registered_method_with_valid_settings():
     """A new or renamed method must appear in the demo, and every demo entry must be a config that builds."""
     from featherfl import algorithms
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
 
     assert {m.algorithm for m in METHODS} == set(algorithms.REGISTRY)
     for m in METHODS:

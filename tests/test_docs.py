@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from featherfl.config import build_config, reference_markdown
+from featherfl.schema import build_config, reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 

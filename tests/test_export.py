@@ -20,7 +20,7 @@ QUICK = {"rounds": 2, "clients": 3, "engine": {"threads": 1}, "log": {"plots": F
 
 
 def _digits():
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
 
     ds = load_dataset(build_config())
     return ds.test_x, ds.test_y

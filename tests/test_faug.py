@@ -24,7 +24,7 @@ from featherfl.algorithms.faug import (
     augmented,
 )
 from featherfl.algorithms.fd import FDClient
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import Experiment, config_for_resume, prepare
 from featherfl.models import flat_state
 

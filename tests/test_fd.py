@@ -17,7 +17,8 @@ from featherfl.algorithms.fd import (
     label_means,
     leave_one_out,
 )
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError
+from featherfl.schema import build_config
 from featherfl.experiment import Experiment, config_for_resume, prepare
 
 L = 10

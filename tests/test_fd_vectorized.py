@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from featherfl.algorithms import fd
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import prepare, run_experiment
 
 

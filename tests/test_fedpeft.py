@@ -14,7 +14,8 @@ import torch
 from featherfl import wire
 from featherfl.algorithms.base import ClientData
 from featherfl.algorithms.fedpeft import build_peft_model, field_name
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError
+from featherfl.schema import build_config
 from featherfl.experiment import prepare, run_experiment
 from featherfl.models import pretrain as pretrain_mod
 from featherfl.models.pretrain import load_backbone, pretrain, save_backbone

@@ -5,7 +5,8 @@ import torch
 
 from featherfl import wire
 from featherfl.algorithms.fedpeft import field_name
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError
+from featherfl.schema import build_config
 from featherfl.experiment import prepare, run_experiment
 
 transformers = pytest.importorskip("transformers")

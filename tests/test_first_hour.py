@@ -11,7 +11,8 @@ import pytest
 import featherfl
 from featherfl import algorithms
 from featherfl.cli import main
-from featherfl.config import ConfigError, build_config, reference_markdown
+from featherfl.config import ConfigError
+from featherfl.schema import build_config, reference_markdown
 from featherfl.data.sources import source_names
 from featherfl.models import model_names
 

@@ -7,7 +7,8 @@ import pytest
 pytest.importorskip("flwr")
 
 from featherfl import wire  # noqa: E402
-from featherfl.config import ConfigError, build_config  # noqa: E402
+from featherfl.config import ConfigError  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.engines.flower_engine import FlowerEngine
 from featherfl.engines.flower_protocol import pack, unpack  # noqa: E402
 from featherfl.experiment import prepare  # noqa: E402

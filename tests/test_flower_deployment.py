@@ -23,7 +23,8 @@ if not (Path(sys.executable).with_name("flower-superlink").exists() or shutil.wh
     pytest.skip("flower-superlink is not installed", allow_module_level=True)
 
 from featherfl import algorithms  # noqa: E402
-from featherfl.config import build_config, parse_set_args  # noqa: E402
+from featherfl.config import parse_set_args  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import run_experiment  # noqa: E402
 from support.local_federation import LocalFederation  # noqa: E402
 

@@ -58,7 +58,7 @@ def test_no_messages_no_wait():
 def test_waiting_for_supernodes_prints_progress_and_names_the_missing_partitions(monkeypatch, caplog):
     """No SuperNode connects: a progress line every 10 s, then the missing partitions and the command that serves them."""
     from featherfl import wire
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.experiment import prepare
 
     cfg = build_config(overrides=[("clients", 2), ("engine.name", "flower"), ("data.max_train", 100)])
@@ -143,7 +143,7 @@ def task_identity(monkeypatch):
 def _flower_vs_local(tmp_path, algorithm, no_fold=()):
     import json
 
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.experiment import Experiment, prepare
 
     over = [("algorithm", algorithm), ("clients", 2), ("rounds", 3), ("eval.every", 2), ("data.max_train", 200), ("data.max_test", 100),

@@ -114,7 +114,7 @@ CASES = [(n, k) for n in algorithms.names() for k in ("scale", "sign-flip")] + [
 @pytest.mark.parametrize("name,kind", CASES)
 def test_every_method_survives_attacks(name, kind):
     """An attacked round never breaks the server: attacked replies are aggregated or rejected with a reason."""
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.engines.local import LocalEngine
 
     schema = build_config(overrides=[("algorithm", name)]).schema

@@ -181,7 +181,7 @@ def test_duplicates_other_round_other_run_and_oversized_rejected(tmp_path, cfg_f
 def test_quorum_fail_skip_logs_stop_exits_with_message(tmp_path, capsys, policy, code):
     out = tmp_path / policy
     argv = ["run", "--rounds", "3", "--clients", "5", "--out", str(out), "--quiet", "--set", "fedavg.max_steps=1"]
-    argv += ["--set", "engine.dropout=0.9", "--set", "engine.min_replies=3", "--set", f"engine.on_quorum_fail={policy}"]
+    argv += ["--set", "engine.dropout=0.9", "--set", "engine.min_replies=3", "--set", f"engine.on_quorum_fail={policy}", "--set", "engine.max_failed_rounds=3"]
     assert main(argv) == code
     err = capsys.readouterr().err
     rows = _rows(out)

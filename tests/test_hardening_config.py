@@ -10,7 +10,8 @@ import warnings
 import pytest
 
 from featherfl.cli import main
-from featherfl.config import Field, full_schema
+from featherfl.config import Field
+from featherfl.schema import full_schema
 
 SCHEMA = full_schema()
 

@@ -124,3 +124,19 @@ def test_dirichlet_same_seed_same_split():
     a = P.dirichlet(y, 300, 0.2, seed=5, min_samples=5)
     b = P.dirichlet(y, 300, 0.2, seed=5, min_samples=5)
     assert all(np.array_equal(x, z) for x, z in zip(a, b))
+
+
+def test_natural_matches_one_scan_per_client_id():
+    """The sort-based build gives, client by client, exactly the ascending indices a scan per id gives."""
+    from featherfl.data.partition import natural
+
+    rng = np.random.default_rng(3)
+    groups = rng.integers(100, 400, size=5_000)
+    ids = np.unique(groups)
+    got = natural(groups, len(ids) - 5)
+    want = [np.flatnonzero(groups == g) for g in ids[: len(ids) - 5]]
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    names = np.array(["w2", "w1", "w2", "w3", "w1"])
+    assert [p.tolist() for p in natural(names, 2)] == [[1, 4], [0, 2]]

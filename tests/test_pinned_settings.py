@@ -7,7 +7,7 @@ import torch
 
 from featherfl.algorithms import fd as fd_module
 from featherfl.algorithms import fedavg as fedavg_module
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import Experiment, prepare
 from featherfl.models import flat_state
 

@@ -77,9 +77,9 @@ def test_algorithm_by_dotted_path(tmp_path, monkeypatch, capsys):
     import re
     from pathlib import Path
 
-    from featherfl import algorithms
+    from featherfl.algorithms import registry
 
-    monkeypatch.setattr(algorithms, "REGISTRY", dict(algorithms.REGISTRY))  # what this test registers goes away after it
+    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))  # what this test registers goes away after it
     doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
     (code,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
     (tmp_path / "my_prox.py").write_text(code)

@@ -10,7 +10,7 @@ from torch import nn
 
 pytest.importorskip("opacus")
 
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import prepare, run_experiment  # noqa: E402
 from featherfl.privacy.accountant import epsilon, noise_for_epsilon  # noqa: E402
 from featherfl.privacy.client_level import dp_fedavg_update  # noqa: E402

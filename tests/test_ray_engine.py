@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from featherfl import algorithms  # noqa: E402
-from featherfl.config import build_config  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.engines.ray_engine import RayEngine  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
 

@@ -4,7 +4,7 @@ import json
 
 
 from featherfl import cli
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.models import build_model
 from support.mnist import tiny_mnist
 

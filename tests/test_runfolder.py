@@ -100,7 +100,7 @@ def test_failing_and_malformed_clients_are_counted_not_fatal(tmp_path, cfg_facto
 
 
 def test_quorum_skip_and_stop(tmp_path, cfg_factory):
-    cfg = cfg_factory(clients=4, rounds=3, engine__dropout=1.0, engine__min_replies=2)
+    cfg = cfg_factory(clients=4, rounds=3, engine__dropout=1.0, engine__min_replies=2, engine__max_failed_rounds=3)
     s = Experiment(prepare(cfg), tmp_path / "q", progress=False).run()
     rows = [json.loads(l) for l in (tmp_path / "q" / "metrics.jsonl").read_text().splitlines()]
     assert s["rounds_completed"] == 3 and s["rounds_skipped"] == 3 and not rows[0]["aggregated"]

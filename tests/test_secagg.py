@@ -18,7 +18,8 @@ import torch
 
 pytest.importorskip("flwr")
 
-from featherfl.config import ConfigError, build_config  # noqa: E402
+from featherfl.config import ConfigError  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
 from featherfl.secagg import crypto, protocol, simulate  # noqa: E402
 
@@ -84,23 +85,21 @@ def test_too_many_dropouts_skip_the_round_with_the_reason(seeded):
     assert "fewer than the threshold 6" in out.skipped and "too many clients dropped" in out.skipped
 
 
-def _flip_first(field: str):
-    def tamper(r: protocol.RevealUp) -> protocol.RevealUp:
-        shares = getattr(r, field).clone()
-        shares[0, 10] ^= 0x55
-        return protocol.RevealUp(r.b_ids, shares if field == "b_shares" else r.b_shares, r.s_ids, shares if field == "s_shares" else r.s_shares)
-
-    return tamper
+def _flip_first(r: protocol.RevealUp) -> protocol.RevealUp:
+    """Alter the share revealed for the first sender asked about."""
+    shares = r.shares.clone()
+    shares[0, 10] ^= 0x55
+    return protocol.RevealUp(shares, r.missing)
 
 
 def test_a_wrong_share_is_detected_named_and_the_round_still_unmasks(seeded):
     v = vectors(7)  # complete graph: k = 6, t = 4, six shares of every secret
-    out = simulate.run_round(v, tamper_reveal={3: _flip_first("b_shares")})
+    out = simulate.run_round(v, tamper_reveal={3: _flip_first})  # client 3's first sender, 0, survived: a b-share
     assert out.skipped is None
     assert out.server.bad_share_clients == {3}
     assert np.abs(out.total - sum(v.values())).max() <= crypto.error_bound(7, 32)
     # a wrong share of a dropped client's mask key is caught the same way
-    out = simulate.run_round(v, drop_before_masking={0}, tamper_reveal={5: _flip_first("s_shares")})
+    out = simulate.run_round(v, drop_before_masking={0}, tamper_reveal={5: _flip_first})  # 0 dropped: an s-share
     assert out.server.bad_share_clients == {5}
     assert np.abs(out.total - sum(v[c] for c in v if c)).max() <= crypto.error_bound(6, 32)
 
@@ -155,7 +154,7 @@ def test_a_client_never_reveals_both_shares_of_a_neighbour_or_reveals_twice(seed
     with pytest.raises(protocol.ProtocolError, match="overlap"):
         session.unmask(1, greedy)
     reveal = session.unmask(1, sent)
-    assert sorted(reveal.b_ids) == [1, 2, 3, 4] and reveal.s_ids == []
+    assert sent.survivors == [1, 2, 3, 4] and sent.dropped == [] and reveal.missing == [] and reveal.shares.shape[0] == 4
     with pytest.raises(protocol.ProtocolError):
         session.unmask(1, sent)  # a second request for the same round finds no secrets
 
@@ -173,7 +172,7 @@ def test_a_forged_share_ciphertext_is_not_revealed(seeded):
     tokens = sent.tokens.clone()
     tokens[0, 40] ^= 1  # the server (or the network) alters neighbour senders[0]'s share for client 0
     reveal = session.unmask(1, protocol.UnmaskDown(sent.survivors, sent.dropped, sent.senders, tokens))
-    assert sent.senders[0] not in reveal.b_ids and len(reveal.b_ids) == len(sent.senders) - 1
+    assert reveal.missing == [0] and not reveal.shares[0].any() and reveal.shares[1:].any()
 
 
 # --- the methods ---------------------------------------------------------------------------------
@@ -239,7 +238,8 @@ def test_secagg_gives_the_plain_result_within_quantisation(tmp_path, method):
 
 def test_fd_devices_build_the_plain_leave_one_out_teacher():
     from featherfl.algorithms.fd import leave_one_out
-    from featherfl.secagg.methods import FDSums, TotalsDown
+    from featherfl.algorithms.fd import FDSums, TotalsDown
+    from featherfl.algorithms.summation import SumStateError
 
     g = torch.Generator().manual_seed(0)
     m, L = 4, 5
@@ -258,7 +258,7 @@ def test_fd_devices_build_the_plain_leave_one_out_teacher():
         assert torch.allclose(got.teacher, teachers[i], atol=1e-6)
         assert torch.equal(got.contributors, contributors[i])
         assert sorted(state[FDSums.KEY]) == [3, 4]  # round 2's upload can never be needed again
-    with pytest.raises(protocol.ProtocolError, match="no longer holds"):
+    with pytest.raises(SumStateError, match="no longer holds"):
         fd.client_down(TotalsDown(totals, holders, 5, True), state)
 
 
@@ -270,7 +270,7 @@ def test_dropouts_in_a_run_are_counted_and_too_many_skip_the_round(tmp_path):
     assert all(r["aggregated"] for r in rows)
     assert sum(r["secagg_dropped_before_masking"] for r in rows) > 0 and sum(r.get("after_exchange_dropped", 0) for r in rows) > 0
     assert all(r["secagg_masked_inputs"] == r["clients_ok"] for r in rows)
-    _, summary, rows = _run(tmp_path, "many", extra[:-3] + [("clients", 6), ("secagg.dropout", 0.9), ("rounds", 2)])
+    _, summary, rows = _run(tmp_path, "many", extra[:-3] + [("clients", 6), ("secagg.dropout", 0.9), ("rounds", 2), ("engine.max_failed_rounds", 2)])
     assert summary["status"] == "completed" and summary["rounds_skipped"] == 2
     assert all("secagg:" in r["skipped"] and "fewer than the threshold" in r["skipped"] for r in rows)
 
@@ -307,31 +307,39 @@ def test_cli_refuses_robust_aggregation_with_secagg_in_one_line(tmp_path):
 
 
 def test_hostile_reveals_cannot_block_or_corrupt_the_round(seeded):
-    v = vectors(7)
+    v = vectors(11)  # complete graph: k = 10, t = 6; four hostile revealers leave enough honest shares
 
-    def duplicate_ids(r):  # the same neighbour's share twice: the whole reveal is dropped
-        return protocol.RevealUp([r.b_ids[0], *r.b_ids[:-1]], torch.cat([r.b_shares[:1], r.b_shares[:-1]]), r.s_ids, r.s_shares)
+    def one_row_short(r):  # fewer shares than senders asked about: the whole reveal is dropped
+        return protocol.RevealUp(r.shares[:-1], r.missing)
 
-    def wrong_index(r):  # a share relabelled as another position of the polynomial
-        sh = r.b_shares.clone()
-        sh[0, 0] = (int(sh[0, 0]) % 6) + 1 if int(sh[0, 0]) != 6 else 1
-        return protocol.RevealUp(r.b_ids, sh, r.s_ids, r.s_shares)
+    def repeated_missing(r):  # the same position twice in missing: dropped too
+        return protocol.RevealUp(r.shares, [0, 0])
 
-    out = simulate.run_round(v, tamper_reveal={2: duplicate_ids, 4: wrong_index})
-    assert out.skipped is None and 2 not in out.server.reveals
-    assert out.server.bad_share_clients == {4}
-    assert np.abs(out.total - sum(v.values())).max() <= crypto.error_bound(7, 32)
+    def not_a_field_element(r):  # 16 bytes of 0xff encode 2^128 - 1 >= P: a wrong share, named
+        sh = r.shares.clone()
+        sh[0] = 255
+        return protocol.RevealUp(sh, r.missing)
+
+    def swapped(r):  # two neighbours' shares exchanged: both wrong for their secrets, both named
+        sh = r.shares.clone()
+        sh[[0, 1]] = sh[[1, 0]]
+        return protocol.RevealUp(sh, r.missing)
+
+    out = simulate.run_round(v, tamper_reveal={2: one_row_short, 3: repeated_missing, 4: not_a_field_element, 5: swapped})
+    assert out.skipped is None and 2 not in out.server.reveals and 3 not in out.server.reveals
+    assert out.server.bad_share_clients == {4, 5}
+    assert np.abs(out.total - sum(v.values())).max() <= crypto.error_bound(11, 32)
 
 
 def test_low_order_or_copied_public_keys_are_rejected_at_the_server():
     graph = protocol.neighbour_graph([0, 1, 2, 3], 3, 0)
     server = protocol.ServerRound(1, 0, graph, 2)
     good = [crypto.keypair()[1] for _ in range(4)]
-    k = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8)  # noqa: E731
+    k = lambda a, b: protocol.KeysUp(torch.frombuffer(bytearray(a + b + bytes(16)), dtype=torch.uint8))  # noqa: E731
     replies = {
-        0: protocol.KeysUp(k(good[0]), k(good[1]), k(bytes(32))),
-        1: protocol.KeysUp(k(bytes(32)), k(good[2]), k(bytes(32))),  # all-zero (low-order) point
-        2: protocol.KeysUp(k(good[0]), k(good[3]), k(bytes(32))),  # client 0's key again
+        0: k(good[0], good[1]),
+        1: k(bytes(32), good[2]),  # all-zero (low-order) point
+        2: k(good[0], good[3]),  # client 0's key again
     }
     assert server.take_keys(replies) == {"secagg_keys_rejected": 2}
     assert set(server.keys) == {0}
@@ -343,7 +351,7 @@ def test_every_secagg_message_decoder_survives_mutated_bytes(seeded):
 
     session, server = _client_at_unmask({})
     msgs = [
-        (protocol.keys_up_spec(), protocol.KeysUp(*(torch.zeros(32, dtype=torch.uint8) + i for i in range(3)))),
+        (protocol.keys_up_spec(), protocol.KeysUp(torch.arange(protocol.KEYS_BYTES, dtype=torch.uint8))),
         (protocol.masked_up_spec(5, 1), protocol.MaskedUp(torch.arange(5, dtype=torch.int64), [0.5])),
         (protocol.reveal_up_spec(4), session.unmask(1, server.send_unmask([0, 1, 2, 3, 4])[0])),
         (protocol.client_specs({}), server.send_unmask([0, 1, 2, 3, 4])[1]),

@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from featherfl.config import build_config, parse_set_args  # noqa: E402
+from featherfl.config import parse_set_args  # noqa: E402
+from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare, run_experiment  # noqa: E402
 
 TIMING = {"seconds", "wall_seconds"}

@@ -1,7 +1,7 @@
 """The automatic thread choice (``engine.threads = 0``): see featherfl/threads.py for the measurements behind it."""
 
 from featherfl import threads
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import prepare
 
 

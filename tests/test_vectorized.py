@@ -94,7 +94,7 @@ def test_models_with_batchnorm_or_dropout_are_not_vectorised():
 def _run(tmp_path, vectorize, **extra):
     import json
 
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.experiment import run_experiment
 
     over = {"engine.vectorize": vectorize, "engine.threads": 1, "rounds": 3, "clients": 6, "fedavg.max_steps": 5, **extra}

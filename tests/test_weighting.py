@@ -9,7 +9,7 @@ from featherfl import cli
 from featherfl.algorithms.aggregate import Aggregator, combine
 from featherfl.algorithms.fedavg import WeightsDown, WeightsUp
 from featherfl.attacks import Attack
-from featherfl.config import build_config
+from featherfl.schema import build_config
 from featherfl.experiment import robustness_warnings
 
 CLAIMS = torch.tensor([100.0, 120, 140, 1e9, 90, 110, 130, 150, 95, 105])

@@ -32,6 +32,7 @@ estimate by its infinity norm (``baffle.clip``; the paper's code rescales with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -43,6 +44,7 @@ from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.baffle_replay import MAX_DIFF, MAX_SAMPLES, SEED_MAX, ReplayLog, RoundEntry, SyncDown, catch_up, fingerprint, sync_state
 from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.algorithms.summation import WeightedMean
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model
 from featherfl.config import Config, ConfigError, Field
@@ -94,7 +96,7 @@ def model_context(ctx: Context) -> Context:
     act = _opts(ctx.cfg)["activation"]
     if act == "model" or act == ctx.cfg["model.activation"]:
         return ctx
-    return Context(ctx.cfg.replace(**{"model.activation": act}), ctx.input_shape, ctx.num_classes, ctx.num_clients, ctx.run_id, ctx.info)
+    return dataclasses.replace(ctx, cfg=ctx.cfg.replace(**{"model.activation": act}))
 
 
 def build_model_checked(ctx: Context):
@@ -344,8 +346,30 @@ class BaffleClient(ClientHalf):
         return ScalarsUp(diffs, len(data))
 
 
+class BaffleMean(WeightedMean):
+    """BAFFLE under a sum: the weighted mean of the K loss differences, which the server replays
+    like one client's. Directions must be the same for every client, and in fedavg mode the local
+    step linear, so that the mean of the scalars replays to the mean of the trajectories."""
+
+    @classmethod
+    def check(cls, cfg: Config, name: str) -> None:
+        super().check(cfg, name)
+        if cfg["baffle.mode"] == "fedsgd" and cfg["baffle.directions"] == "per-client":
+            raise ConfigError("config key 'baffle.directions': per-client directions need each client's own scalars; use shared with secure aggregation")
+        if cfg["baffle.mode"] == "fedavg":
+            if cfg["baffle.directions"] != "shared-all":
+                raise ConfigError("config key 'baffle.directions': fedavg mode with secure aggregation needs shared-all (every client the same directions, so the sum of the scalars replays to the sum of the trajectories)")
+            if cfg["baffle.local_optimizer"] != "sgd" or cfg["baffle.clip"] > 0:
+                raise ConfigError("config key 'baffle.local_optimizer': fedavg mode with secure aggregation needs a linear client step (local_optimizer = sgd, clip = 0), so the averaged scalars replay to the averaged weights")
+
+    def replies_for(self, mean, participants):
+        """The replay log records who took part: the mean stands for every participant."""
+        return {c: mean for c in participants}
+
+
 class Baffle(Algorithm):
     name = "baffle"
+    summation = BaffleMean
     client_class = BaffleClient
     client_compute = "forward-only"
     #: a client's local trajectory and the server's replay of it must agree bit for bit

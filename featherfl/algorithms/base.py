@@ -38,6 +38,8 @@ class Context:
     num_clients: int
     run_id: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    #: the method ignores ``engine.device`` (``Algorithm.runs_on_cpu_only``)
+    cpu_only: bool = False
 
     @property
     def seed(self) -> int:
@@ -46,10 +48,9 @@ class Context:
     @property
     def device(self) -> torch.device:
         """``engine.device`` resolved on this machine (the CPU for methods that run on the CPU only)."""
-        from featherfl import algorithms
         from featherfl.devices import resolve
 
-        if getattr(algorithms.get(self.cfg["algorithm"]), "runs_on_cpu_only", False):
+        if self.cpu_only:
             return torch.device("cpu")
         return resolve(self.cfg["engine.device"])
 
@@ -127,6 +128,40 @@ class ClientHalf(ABC):
         """Per-client evaluation, for methods without a global model."""
         raise NotImplementedError
 
+    def can_update_many(self) -> bool:
+        """Whether ``update_many`` (a round's clients trained as one batched computation) serves now."""
+        return False
+
+
+class ClientWrapper(ClientHalf):
+    """A client half around another one: a cross-cutting feature's device side (FAug's setup,
+    simulated attackers, secure aggregation). Every call it does not override goes to ``inner``;
+    a wrapper that alters replies one by one says so by answering ``can_update_many`` False."""
+
+    def __init__(self, inner: ClientHalf):
+        super().__init__(inner.ctx)
+        self.inner = inner
+
+    def __getattr__(self, name: str):  # anything else the inner client offers (e.g. its model)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def downlink_specs(self, rnd: int) -> dict[str, Spec]:
+        return self.inner.downlink_specs(rnd)
+
+    def update(self, rnd: int, down: Payload, data: ClientData, state: dict) -> Payload:
+        return self.inner.update(rnd, down, data, state)
+
+    def can_update_many(self) -> bool:
+        return self.inner.can_update_many()
+
+    def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
+        return self.inner.update_many(rnd, downs, data, states)
+
+    def evaluate(self, state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+        return self.inner.evaluate(state, x, y)
+
 
 class Algorithm(ABC):
     name: ClassVar[str] = ""
@@ -148,15 +183,12 @@ class Algorithm(ABC):
     def validate(cls, cfg: Config) -> None:
         """Raise ConfigError for combinations this method cannot run."""
 
-    #: Wrappers applied to every client half this algorithm makes (e.g. simulated attackers,
-    #: ``featherfl.attacks.install``): cross-cutting features wrap the method, never weave into it.
-    client_wrappers: tuple = ()
+    #: How the server finishes a round from the sum of its uploads alone (secure aggregation): a
+    #: ``featherfl.algorithms.summation.Summation`` subclass, or None when it needs each reply.
+    summation: ClassVar[type | None] = None
 
     def make_client(self) -> ClientHalf:
-        client = self.client_class(self.ctx)
-        for wrap in self.client_wrappers:
-            client = wrap(client)
-        return client
+        return self.client_class(self.ctx)
 
     @abstractmethod
     def configure(self, rnd: int, client_ids: list[int]) -> dict[int, Payload]: ...
@@ -228,17 +260,25 @@ class Algorithm(ABC):
 
 
 class Wrapper(Algorithm):
-    """An algorithm around another one: cross-cutting features (FAug, secure aggregation) wrap a
-    method instead of weaving into it. Every hook goes to ``inner`` unless the wrapper overrides it,
-    and the engines read the inner method's name and kind."""
+    """An algorithm around another one: cross-cutting features (FAug, simulated attackers, secure
+    aggregation) wrap a method instead of weaving into it. Every hook goes to ``inner`` unless the
+    wrapper overrides it, and the engines read the inner method's name and kind. Its device side
+    is ``wrap_client``, so the server's chain (``featherfl.assembly``) and a client built without a
+    server get the same client wrappers in the same order."""
 
     def __init__(self, inner: Algorithm):
         super().__init__(inner.ctx)
         self.inner = inner
+        self.method: type[Algorithm] = inner.method if isinstance(inner, Wrapper) else type(inner)
         self.name = inner.name
         self.has_global_model = inner.has_global_model
         self.client_compute = inner.client_compute
-        self.client_wrappers = inner.client_wrappers
+        self.summation = inner.summation
+
+    @classmethod
+    def wrap_client(cls, client: ClientHalf, method: type[Algorithm]) -> ClientHalf:
+        """This feature's client wrapper around ``client`` (a client of ``method``); none by default."""
+        return client
 
     def __getattr__(self, name: str):  # e.g. the inner method's global_model
         if name == "inner":
@@ -246,7 +286,7 @@ class Wrapper(Algorithm):
         return getattr(self.inner, name)
 
     def make_client(self) -> ClientHalf:
-        return self.inner.make_client()
+        return self.wrap_client(self.inner.make_client(), self.method)
 
     def configure(self, rnd, client_ids):
         return self.inner.configure(rnd, client_ids)

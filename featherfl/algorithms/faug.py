@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from featherfl.algorithms.base import Algorithm, ClientData, Wrapper
+from featherfl.algorithms.base import Algorithm, ClientData, ClientWrapper, Wrapper
 from featherfl.seeding import derive_seed, generator
 from featherfl.config import ConfigError, Field
 from featherfl.models import flat_state, load_flat_state
@@ -302,13 +302,12 @@ def check_input(input_shape: tuple[int, ...]) -> None:
         raise ConfigError(f"config key 'faug.enabled': FAug generates images (channels x height x width), but this dataset's samples have shape {tuple(input_shape)}")
 
 
-class FAugClient:
+class FAugClient(ClientWrapper):
     """Device side of FAug around any method's client half: it answers the two setup payloads
     itself and then runs the inner client on ``ClientData`` that includes the generated samples."""
 
     def __init__(self, inner):
-        self.inner = inner
-        self.ctx = inner.ctx
+        super().__init__(inner)
         self.opts = self.ctx.cfg.section("faug")
         self.generator = build_generator(self.ctx, self.opts)
         self.n = flat_state(self.generator).numel()
@@ -332,22 +331,10 @@ class FAugClient:
             return self._generate(down, data, state)
         return self.inner.update(rnd, down, augmented(data, state), state)
 
-    def can_update_many(self) -> bool:
-        check = getattr(self.inner, "can_update_many", None)
-        return bool(check and check())
-
     def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
         if any(isinstance(d, (SeedRequest, GeneratorDown)) for d in downs.values()):
             return {cid: self.update(rnd, d, data[cid], states[cid]) for cid, d in downs.items()}
         return self.inner.update_many(rnd, downs, {cid: augmented(data[cid], states[cid]) for cid in downs}, states)
-
-    def evaluate(self, state: dict, x, y) -> dict:
-        return self.inner.evaluate(state, x, y)
-
-    def __getattr__(self, name: str):  # anything else the inner client offers
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def _targets(self, data: ClientData) -> tuple[torch.Tensor, list[int]]:
         counts = label_counts(data.y, data.num_classes)
@@ -386,7 +373,7 @@ class FAug(Wrapper):
     The server runs FAug's two setup exchanges (seeds up, generator down), then hands every
     call to ``inner`` unchanged; the inner method's clients train on their own samples plus
     the generated ones (``FAugClient``). ``faug.enabled = true`` installs it
-    (``featherfl.experiment.build_algorithm``); the inner method carries no FAug code.
+    (``featherfl.assembly``); the inner method carries no FAug code.
     """
 
     def __init__(self, inner: Algorithm):
@@ -399,11 +386,9 @@ class FAug(Wrapper):
         self.pl: dict[int, list[float]] = {}
         self.generated: dict[int, int] = {}
 
-    def make_client(self):
-        client = FAugClient(self.inner.make_client())
-        for wrap in self.client_wrappers:
-            client = wrap(client)
-        return client
+    @classmethod
+    def wrap_client(cls, client, method):
+        return FAugClient(client)
 
     # --- FAug's setup phase, then the inner method's own setup (if any) ---
     def setup_configure(self, rnd, client_ids):

@@ -37,13 +37,14 @@ import torch.nn.functional as F
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields, combine
 from featherfl.algorithms import vectorized
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.algorithms.summation import Summation, SumStateError
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
 from featherfl.config import ConfigError, Field
 from featherfl.devices import model_device
 from featherfl.privacy.client_level import clip_rows
 from featherfl.models import count_parameters, model_names
-from featherfl.wire import Payload, Spec, TensorSpec
+from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
 MAX_COUNT = 2**31 - 1
 NOISY_MAX_ABS = 1e6
@@ -301,8 +302,93 @@ class FDClient(ClientHalf):
         return evaluate_model(self._model(state, -1), x, y, self.ctx.cfg["eval.batch_size"])
 
 
+@dataclass(frozen=True)
+class TotalsDown(Payload):
+    """FD under a sum (``FDSums``): the last summed round's per-label totals."""
+
+    KIND = "fd.totals"
+    CATEGORY = "logits"
+    totals: torch.Tensor  # (L, L) float32: sum over devices of their mean output per label they hold
+    holders: torch.Tensor  # (L,) int32: devices that held each label
+    from_round: int  # the round these totals come from (0 = none yet)
+    included: bool  # whether this device's upload is inside the totals
+
+
+class FDSums(Summation):
+    """FD under a sum: a device sends ``[F * present, present]`` (its per-label mean outputs where
+    it has the label, and which labels it has). The server keeps the round's totals and sends them
+    back; each device builds its own leave-one-out teacher ``(T - F_own) / (H - present_own)``,
+    which is the plain FD teacher (the mean over the other devices holding the label)."""
+
+    KEY = "secagg-fd-own"
+
+    def __init__(self, ctx, name: str, server=None):
+        super().__init__(ctx, name, server)
+        self.L = ctx.num_classes
+        self.totals = torch.zeros(self.L, self.L)
+        self.holders = torch.zeros(self.L, dtype=torch.int32)
+        self.from_round = 0
+        self.included: set[int] = set()
+
+    # client side ---------------------------------------------------------------------------
+    def client_down_specs(self, specs: dict[str, Spec]) -> dict[str, Spec]:
+        L = self.L
+        return {
+            TotalsDown.KIND: Spec(
+                TotalsDown,
+                {"totals": TensorSpec("float32", (L, L), max_abs=1e12), "holders": TensorSpec("int32", (L,), min_value=0, max_value=2**31 - 1)},
+                {"from_round": ScalarSpec("int", 0, 2**31 - 1), "included": ScalarSpec("bool")},
+            )
+        }
+
+    def client_down(self, down: TotalsDown, state: dict) -> Payload:
+        t, h = down.totals.to(torch.float64), down.holders.to(torch.float64)
+        # uploads by round: the server's totals only move forward, so older ones are done with
+        own_by_round = {r: v for r, v in state.get(self.KEY, {}).items() if r >= down.from_round}
+        state[self.KEY] = own_by_round
+        if down.included:
+            own = own_by_round.get(down.from_round)
+            if own is None:
+                raise SumStateError(f"the totals include this device's round-{down.from_round} upload, which it no longer holds")
+            t = t - own["vectors"].to(torch.float64)
+            h = h - own["present"].to(torch.float64)
+        h = h.clamp_min(0)
+        teacher = t / h.clamp_min(1).unsqueeze(1)
+        teacher[h == 0] = 0
+        return TeacherDown(teacher.to(torch.float32), h.round().to(torch.int32))
+
+    def summand(self, rnd: int, reply: Payload, down: Payload, state: dict) -> tuple[np.ndarray, list[float]]:
+        present = (reply.counts > 0).to(torch.float32)
+        vectors = reply.logits * present.unsqueeze(1)
+        state.setdefault(self.KEY, {})[rnd] = {"vectors": vectors.clone(), "present": present.clone()}
+        return np.concatenate([vectors.reshape(-1).to(torch.float64).numpy(), present.to(torch.float64).numpy()]), []
+
+    # server side ---------------------------------------------------------------------------
+    def configure(self, rnd: int, client_ids: list[int]) -> dict[int, Payload]:
+        return {c: TotalsDown(self.totals.clone(), self.holders.clone(), self.from_round, c in self.included) for c in client_ids}
+
+    def dim(self, rnd: int, cid: int) -> int:
+        return self.L * self.L + self.L
+
+    def finish(self, rnd: int, total: np.ndarray, clear: dict[int, list[float]], participants: list[int]) -> dict:
+        L = self.L
+        self.totals = torch.from_numpy(total[: L * L].reshape(L, L)).to(torch.float32)
+        self.holders = torch.from_numpy(np.rint(total[L * L :])).to(torch.int32).clamp_min(0)
+        self.from_round = rnd
+        self.included = set(participants)
+        return {"fd_labels_reported": float(self.holders.sum()) / max(1, len(participants)), **self.server.record_releases(participants)}
+
+    def state_dict(self) -> dict:
+        return {"totals": self.totals.clone(), "holders": self.holders.clone(), "from_round": self.from_round, "included": sorted(self.included)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.totals, self.holders = s["totals"].clone(), s["holders"].clone()
+        self.from_round, self.included = int(s["from_round"]), set(int(c) for c in s["included"])
+
+
 class FD(Algorithm):
     name = "fd"
+    summation = FDSums
     client_class = FDClient
     has_global_model = False
     CONFIG = {
@@ -398,6 +484,14 @@ class FD(Algorithm):
             out["dp_epsilon"] = dp_epsilon(self.cfg["fd.logit_noise"], int(self.releases.max()), self.cfg["fd.noise_delta"])
             out["dp_delta"] = self.cfg["fd.noise_delta"]
         return out
+
+    def record_releases(self, participants: list[int]) -> dict:
+        """Count one more release of each participant's vectors (``FDSums``); the privacy spent so far."""
+        for c in participants:
+            self.releases[c] += 1
+        if self.cfg["fd.logit_noise"] > 0:
+            return {"dp_epsilon": dp_epsilon(self.cfg["fd.logit_noise"], int(self.releases.max()), self.cfg["fd.noise_delta"])}
+        return {}
 
     def state_dict(self):
         return {"vectors": self.vectors.clone(), "present": self.present.clone(), "releases": self.releases.clone()}

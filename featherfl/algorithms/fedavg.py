@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.algorithms.summation import WeightedMean
 from featherfl.seeding import generator
 from featherfl.algorithms import vectorized
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
@@ -112,6 +113,9 @@ class GlobalModelServer(Algorithm):
     """What every method with one global model sent whole does the same way: build it from the
     seed, send it (``configure``), evaluate it, checkpoint it. Subclasses say what comes back
     (``uplink_specs``) and how it moves the model (``aggregate``)."""
+
+    #: its upload (weights or a gradient, with a sample count) averages: a sum serves it
+    summation = WeightedMean
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

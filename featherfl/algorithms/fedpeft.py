@@ -21,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
+from featherfl.algorithms.summation import WeightedMean, split
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import ConfigError, Field
@@ -190,8 +192,43 @@ class PeftClient(ClientHalf, _PeftShared):
         return epsilon([(noise, q, state["dp_steps"])], o["dp_delta"])
 
 
+class PeftMean(WeightedMean):
+    """FedPEFT under a sum: the weighted mean of the trainable tensors' updates. With client-level
+    DP (``dp = client``) a client clips its own update to ``dp_clip`` and sends ``[clipped update,
+    1, clipped?]``; the server divides the sum by the expected number of participants and adds the
+    Gaussian noise (``FedPEFT.aggregate_clipped_sum``), as DP-FedAvg does without a sum. Under
+    DP-SGD (``dp = sample``) each client's epsilon travels in the clear: the server keeps the largest."""
+
+    def __init__(self, ctx, name: str, server=None):
+        super().__init__(ctx, name, server)
+        self.dp_client = self.opts["dp"] == "client"
+
+    def summand(self, rnd, reply, down, state):
+        if not self.dp_client:
+            return super().summand(rnd, reply, down, state)
+        v = self.update_vector(reply, down)
+        clear = [float(reply.epsilon)] if hasattr(reply, "epsilon") else []
+        norm = float(v.norm())
+        clip = self.opts["dp_clip"]
+        if norm > clip:
+            v = v * (clip / norm)
+        return np.concatenate([v.numpy(), [1.0, 1.0 if norm > clip else 0.0]]), clear
+
+    def dim(self, rnd, cid):
+        return self.update_dim(rnd, cid) + (2 if self.dp_client else 1)
+
+    def clear_len(self):
+        return 1 if self.opts["dp"] == "sample" else 0
+
+    def finish(self, rnd, total, clear, participants):
+        if self.dp_client:
+            return self.server.aggregate_clipped_sum(rnd, total, participants)
+        return super().finish(rnd, total, clear, participants)
+
+
 class FedPEFT(Algorithm, _PeftShared):
     name = "fedpeft"
+    summation = PeftMean
     client_class = PeftClient
     CONFIG = {
         "fedpeft.method": Field("str", "bias", "Which tensors train and travel (Sun et al. 2022, Sec. 3.2).", choices=METHODS),
@@ -282,6 +319,25 @@ class FedPEFT(Algorithm, _PeftShared):
         if eps is not None:
             metrics["dp_epsilon"] = eps
         return metrics
+
+    def aggregate_clipped_sum(self, rnd: int, total: np.ndarray, participants: list[int]) -> dict:
+        """Client-level DP from a sum (``PeftMean``): ``total`` is ``[sum of clipped updates, clients, clipped clients]``."""
+        o = self.opts
+        n = total.shape[0] - 2
+        expected = self._expected_clients()
+        std = self.server_noise * o["dp_clip"] / expected
+        parts = split(total[:n], next(iter(self.uplink_specs(rnd, participants[0]).values())))
+        summed = torch.cat([parts[field_name(name)].reshape(-1) for name in self.names]).to(torch.float32)
+        noisy = summed / expected + std * torch.randn(summed.shape, generator=generator(self.ctx.seed, "dp-server", rnd))
+        old = self.flat()
+        new = old + o["server_lr"] * noisy
+        self.load_flat(new)
+        self.dp_rounds += 1
+        out = {"dp_clipped_fraction": float(total[n + 1]) / max(1, len(participants)), "update_norm": float((new - old).norm())}
+        eps = self.epsilon()
+        if eps is not None:
+            out["dp_epsilon"] = eps
+        return out
 
     def epsilon(self) -> float | None:
         """The run's guarantee so far: the largest client epsilon (sample) or the server accountant's (client)."""

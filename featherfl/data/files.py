@@ -21,13 +21,14 @@ Every problem is a one-line ConfigError naming the file.
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from featherfl.config import ConfigError
-from featherfl.data.sources import Dataset, register_source, stratified_split
+from featherfl.data.dataset import Dataset, register_source, stratified_split
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -63,21 +64,27 @@ def _read_images(folder: Path, classes: list[str] | None, size: int) -> tuple[li
     from PIL import Image, UnidentifiedImageError
 
     found = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    training = classes is None  # an empty class folder in test/ is harmless: it has no rows to score
     classes = classes or found
     arrays, labels, modes = [], [], []
     for c in found:
         if c not in classes:
             raise ConfigError(f"dataset imagefolder: {folder / c} is a class the training folder does not have")
         files = sorted(f for f in (folder / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files and training:
+            raise ConfigError(f"dataset imagefolder: class folder {folder / c} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder, or its class would silently vanish")
         for f in files:
             try:
-                with Image.open(f) as im:
+                with warnings.catch_warnings(), Image.open(f) as im:
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
                     im.load()
                     modes.append("L" if im.mode in ("1", "L", "I;16", "I") else "RGB")
                     img = im.convert(modes[-1])
                     if size:
                         img = img.resize((size, size))
                     arrays.append(np.asarray(img, dtype=np.uint8))
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise ConfigError(f"dataset imagefolder: {f} claims more pixels than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS:,}); a decompression bomb or a huge image, refused") from None
             except (UnidentifiedImageError, OSError) as e:
                 raise ConfigError(f"dataset imagefolder: {f} is not a readable image ({e.__class__.__name__})") from None
             labels.append(c)
@@ -156,6 +163,10 @@ def _features(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
 
 
 def _int_labels(a: np.ndarray, key: str, path: Path, n: int) -> torch.Tensor:
+    from featherfl.data.validate import label_dtype_problem
+
+    if a.dtype.kind in "US" and key != "client_train":
+        raise ConfigError(label_dtype_problem(a, f"dataset npz: {path} array {key!r}"))
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or len(a) != n:
         raise ConfigError(f"dataset npz: {path} array {key!r} must be {n} integers (one per row), got {a.dtype} {a.shape}")
     if len(a) and a.min() < 0:
@@ -224,6 +235,8 @@ def _read_csv(path: Path, label: str, client: str) -> tuple[torch.Tensor, list[s
             raise ConfigError(f"dataset csv: {path} line {n}, column {header[bad]!r}: {row[bad][:40]!r} is not a number") from None
         if not all(np.isfinite(values)):
             raise ConfigError(f"dataset csv: {path} line {n} holds NaN or infinite values")
+        if not row[li].strip():
+            raise ConfigError(f"dataset csv: {path} line {n}: the label cell ({label!r}) is blank; give every row a label or remove the row")
         feats.append(values)
         labels.append(row[li].strip())
         if ci is not None:

@@ -33,7 +33,7 @@ import torch
 
 from featherfl.config import ConfigError
 from featherfl.data.files import _root, _split, _stack
-from featherfl.data.sources import Dataset, register_source
+from featherfl.data.dataset import Dataset, register_source
 
 INSTALL = "pip install 'featherfl[hf]'"
 EXPECT = "a folder written by datasets' save_to_disk (a Dataset or a DatasetDict)"

@@ -22,44 +22,10 @@ import numpy as np
 import torch
 
 from featherfl.config import ConfigError
+from featherfl.data.dataset import SOURCES as _SOURCES
+from featherfl.data.dataset import Dataset, register_source, stratified_split, stratified_subset
 
-
-@dataclass
-class Dataset:
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    input_shape: tuple[int, ...]
-    note: str = ""
-    #: a client id per training row, where the data has one (``partition.name = natural``)
-    train_groups: torch.Tensor | None = None
-
-    @property
-    def train_labels(self) -> np.ndarray:
-        return self.train_y.numpy()
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic per-class split into (train_idx, test_idx)."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        n_test = int(round(len(idx) * test_fraction))
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
-def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    if n <= 0 or n >= len(labels):
-        return np.arange(len(labels))
-    _, keep = stratified_split(labels, n / len(labels), seed)
-    return keep
+__all__ = ["Dataset", "register_source", "stratified_split", "stratified_subset", "source_names", "load_dataset", "is_text"]
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -271,21 +237,19 @@ def _cifar10(cfg) -> Dataset:
     return Dataset("cifar10", trx, try_, tex, tey, 10, (3, 32, 32), "official binary release")
 
 
-_SOURCES = {
+_SOURCES.update(
+    {
     "digits": _digits,
     "synthetic": _synthetic,
     "mnist": lambda cfg: _mnist_like(cfg, "mnist"),
     "fashion-mnist": lambda cfg: _mnist_like(cfg, "fashion-mnist"),
     "cifar10": _cifar10,
-}
+    }
+)
 
 
 #: Sources that register themselves when their module is imported (the text extra).
 _LAZY_SOURCES = ("sst2", "agnews")
-
-
-def register_source(name: str, fn) -> None:
-    _SOURCES[name] = fn
 
 
 def source_names() -> list[str]:
@@ -296,12 +260,14 @@ def load_dataset(cfg) -> Dataset:
     name = cfg["dataset"]
     if name not in _SOURCES:
         try:
-            from featherfl.data import text  # noqa: F401  (registers sst2/agnews)
+            import featherfl.data.text  # noqa: F401  (registers sst2/agnews)
         except ImportError as e:
             raise ConfigError(f"dataset {name!r} needs the text extra: pip install 'featherfl[text]' ({e})") from None
     if name not in _SOURCES:
         raise ConfigError(f"config key 'dataset': got {name!r}, expected one of {', '.join(sorted(_SOURCES))}")
-    ds = _SOURCES[name](cfg)
+    from featherfl.data.validate import validate_dataset
+
+    ds = validate_dataset(_SOURCES[name](cfg), name)  # every reader's output, one set of checks
     if cfg["data.max_train"]:
         keep = stratified_subset(ds.train_y.numpy(), cfg["data.max_train"], seed=cfg["seed"])
         ds.train_x, ds.train_y = ds.train_x[keep], ds.train_y[keep]
@@ -325,4 +291,5 @@ def is_text(cfg) -> bool:
     return False
 
 
-from featherfl.data import files, hf  # noqa: E402,F401  (registers imagefolder, npz, csv, hf)
+import featherfl.data.files  # noqa: E402,F401  (registers imagefolder, npz, csv)
+import featherfl.data.hf  # noqa: E402,F401  (registers hf)

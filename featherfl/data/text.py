@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from featherfl.config import ConfigError
-from featherfl.data.sources import Dataset, register_source
+from featherfl.data.dataset import Dataset, register_source
 
 AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
 
@@ -95,11 +95,11 @@ def tokenize(texts: list[str], tokenizer, max_length: int, length: int | None = 
 def check_text_model(cfg, name: str) -> None:
     """Token ids feed a text encoder (FedPEFT's ``model.pretrained``) or a model of your own;
     the built-in vision models would fail on them mid-run, so that is a ConfigError now."""
-    from featherfl import plugins
+    from featherfl.plugins import is_dotted
 
     if cfg["algorithm"] == "fedpeft" or (cfg["algorithm"] == "baffle" and cfg["baffle.peft"]):
         return
-    if plugins.is_dotted(cfg["model.name"]) or cfg["model.name"].startswith("python-"):
+    if is_dotted(cfg["model.name"]) or cfg["model.name"].startswith("python-"):
         return
     raise ConfigError(
         f"dataset {name} holds text (token ids), which the built-in model {cfg['model.name']!r} cannot read: "

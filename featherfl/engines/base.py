@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from featherfl import wire
+import featherfl.wire as wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf
 from featherfl.seeding import derive_seed
 

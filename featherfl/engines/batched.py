@@ -13,7 +13,7 @@ the sequential path.
 
 from __future__ import annotations
 
-from featherfl import wire
+import featherfl.wire as wire
 from featherfl.algorithms.base import ClientData, ClientHalf
 
 
@@ -21,10 +21,7 @@ def can_batch(cfg, client: ClientHalf, n_jobs: int) -> bool:
     """Whether this round's clients may run batched: enabled, more than one, and the client half supports it."""
     if cfg["engine.vectorize"] == "off" or n_jobs < 2:
         return False
-    if cfg["attack.fraction"] > 0:  # simulated attackers alter replies per client: the sequential path does that
-        return False
-    check = getattr(client, "can_update_many", None)
-    return bool(check and check())
+    return client.can_update_many()  # a wrapper that alters replies one by one (attackers) says no
 
 
 def run_clients_batched(client: ClientHalf, rnd: int, jobs: dict[int, bytes], data: dict[int, ClientData], states: dict[int, dict], run_id: int) -> dict[int, bytes]:

@@ -41,7 +41,8 @@ def _torch_threads() -> int:
 
 
 class ClientWorker:
-    """One actor: a client half plus every client's data; runs whichever client it is given.
+    """One actor: a client half (built without the server, ``featherfl.assembly.build_client``)
+    plus every client's data; runs whichever client it is given.
 
     The client half is built here from the run's context rather than pickled from
     the driver: a client half may hold tensors that share storage (e.g. parameters
@@ -51,11 +52,11 @@ class ClientWorker:
     def __init__(self, ctx, client_data, threads: int):
         import torch
 
-        from featherfl.experiment import build_algorithm
+        from featherfl.assembly import build_client
 
         torch.set_num_threads(threads)
 
-        self.client = build_algorithm(ctx).make_client()
+        self.client = build_client(ctx)
         self.client_data = client_data
 
     def train(self, cid: int, rnd: int, down: bytes, state: dict, run_id: int):

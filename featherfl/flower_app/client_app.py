@@ -13,8 +13,8 @@ It answers the three message types of :mod:`featherfl.engines.flower_engine`:
   global model), for devices that did not train in the evaluation round.
 
 The partition is the local engine's partition for the same client id: the node
-runs :func:`featherfl.experiment.prepare` on the same config and takes
-``client_data[partition-id]``. Node config ``data-dir`` points at a local data
+runs :func:`featherfl.experiment.prepare_client` on the same config, which builds this
+node's client half and its partition only (no server, no other client's data). Node config ``data-dir`` points at a local data
 folder (``data.dir``) for datasets that are not bundled.
 
 Client state is kept in ``context.state`` between messages (bytes of a
@@ -44,21 +44,21 @@ def _node_setting(context: Context, key: str, default=None):
 
 
 def _prepared(context: Context):
-    """The node's Prepared run (config -> data, partition, client half), cached per process."""
-    from featherfl.config import build_config
-    from featherfl.experiment import prepare
+    """The node's PreparedClient (config -> its partition and client half), cached per process."""
+    from featherfl.experiment import prepare_client
+    from featherfl.schema import build_config
 
     st = context.state.config_records.get(STATE)
     if st is None or "config" not in st:
         raise RuntimeError("featherfl: this SuperNode received no setup message for the run")
     toml_text = str(st["config"])
     data_dir = str(_node_setting(context, "data-dir", "") or "")
-    key = (context.run_id, toml_text, data_dir)
+    cid = _partition_id(context)
+    key = (context.run_id, toml_text, data_dir, cid)
     if key not in _CACHE:
         overrides = [("data.dir", data_dir)] if data_dir else []
-        prepared = prepare(build_config(toml_text, overrides))
         _CACHE.clear()
-        _CACHE[key] = (prepared, prepared.algorithm.make_client())
+        _CACHE[key] = prepare_client(build_config(toml_text, overrides), cid)
     return _CACHE[key]
 
 
@@ -99,12 +99,12 @@ def train(message: Message, context: Context) -> Message:
     from featherfl.engines.base import run_client
 
     payload, info = unpack(message.content)
-    prepared, client = _prepared(context)
-    cid = _partition_id(context)
+    prepared = _prepared(context)
+    client = prepared.client
     state = _load_state(context)
     t = time.perf_counter()
     try:
-        reply = run_client(client, int(info["round"]), payload, prepared.client_data[cid], state, prepared.ctx.run_id)
+        reply = run_client(client, int(info["round"]), payload, prepared.data, state, prepared.ctx.run_id)
     except Exception as e:  # reported like the local engine's failing client, not as a crash
         return Message(pack(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t), reply_to=message)
     seconds = time.perf_counter() - t
@@ -117,19 +117,19 @@ def train(message: Message, context: Context) -> Message:
 
 
 def evaluate(message: Message, context: Context) -> Message:
-    prepared, client = _prepared(context)
+    prepared = _prepared(context)
     state = _load_state(context)
     ds = prepared.dataset
-    metrics = client.evaluate(state, ds.test_x, ds.test_y)
+    metrics = prepared.client.evaluate(state, ds.test_x, ds.test_y)
     _save_state(context, state)
     return Message(pack(metrics=json.dumps(metrics)), reply_to=message)
 
 
 def _register() -> None:
     """Route ``train.<name>`` / ``evaluate.<name>`` of every registered algorithm."""
-    from featherfl import algorithms
+    from featherfl.algorithms.registry import names
 
-    for name in algorithms.names():
+    for name in names():
         if name.isidentifier():
             app.train(name)(train)
             app.evaluate(name)(evaluate)

@@ -21,7 +21,8 @@ app = ServerApp()
 
 def config_from_run_config(run_config: dict):
     """featherfl Config from Flower's run config: config-file, then the named keys, then ``set``."""
-    from featherfl.config import ConfigError, build_config, parse_set_args
+    from featherfl.config import ConfigError, parse_set_args
+    from featherfl.schema import build_config
 
     path = str(run_config.get("config-file", "") or "")
     text = None

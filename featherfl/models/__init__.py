@@ -6,23 +6,13 @@ returns a ``torch.nn.Module`` mapping a batch of inputs to class logits.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+from featherfl.models.registry import REGISTRY as _REGISTRY
+from featherfl.models.registry import register_model
 
-
-def register_model(name: str) -> Callable:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
+__all__ = ["register_model", "model_names", "build_model", "flat_state", "load_flat_state", "state_tensors", "count_parameters", "has_batchnorm"]
 
 def model_names() -> list[str]:
     _load_builtin()
@@ -37,10 +27,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **opt
 
 
 def _load_builtin() -> None:
-    from featherfl.models import vision  # noqa: F401  (registers on import)
+    import featherfl.models.vision  # noqa: F401  (registers on import)
 
     try:
-        from featherfl.models import vit  # noqa: F401
+        import featherfl.models.vit  # noqa: F401
     except ImportError:
         pass
 

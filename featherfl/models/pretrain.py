@@ -165,7 +165,7 @@ def default_backbone(cfg, train_x: torch.Tensor | None = None, train_y: torch.Te
 
 def cmd_pretrain(dataset: str, classes: str, epochs: int | None, width: int, out: str | None, overrides: list) -> str:
     """``featherfl pretrain``: train on the source classes of ``dataset``'s training split, save, report."""
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.data.sources import load_dataset
 
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from featherfl.models import register_model
+from featherfl.models.registry import register_model
 
 
 class MLP(nn.Module):

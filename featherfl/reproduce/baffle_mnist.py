@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featherfl.config import ConfigError, build_config
+from featherfl.config import ConfigError
+from featherfl.schema import build_config
 from featherfl.data.sources import read_idx
 from featherfl.reproduce.table import Recipe, Row
 

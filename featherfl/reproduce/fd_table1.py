@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featherfl.config import ConfigError, Field, build_config
+from featherfl.config import ConfigError, Field
+from featherfl.schema import build_config
 from featherfl.reproduce.baffle_mnist import check as check_mnist
 from featherfl.reproduce.table import Recipe, Row
 

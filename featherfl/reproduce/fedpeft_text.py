@@ -22,7 +22,8 @@ import os
 from functools import partial
 from pathlib import Path
 
-from featherfl.config import ConfigError, Field, build_config
+from featherfl.config import ConfigError, Field
+from featherfl.schema import build_config
 from featherfl.reproduce.table import Recipe, Row
 
 METHODS = ("head", "bias", "adapter", "prompt", "lora", "full")

@@ -98,7 +98,7 @@ def to_digits_format(x: torch.Tensor, threshold: float = 0.5, dilate: int = 0) -
 
 
 def _source(data_dir: Path, z: dict):
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.data.sources import load_dataset, stratified_subset
 
     cfg = build_config(overrides=[("dataset", "mnist"), ("data.dir", str(_source_folder(data_dir))), ("data.download", False), ("data.test_fraction", 0.2)])
@@ -136,7 +136,7 @@ def _random_backbone(input_shape, seed: int):
 
 
 def _digits():
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.data.sources import load_dataset
 
     return load_dataset(build_config(overrides=[("dataset", "digits")]))

@@ -1,8 +1,10 @@
 """Secure aggregation (SecAgg+) around any method that needs only a sum: ``secagg.protocol``.
 
-``protocol.py`` is the protocol, ``methods.py`` what each method sums, ``wrapper.py`` the
-``SecAgg(inner)`` algorithm wrapper the engines run (``featherfl.experiment.build_algorithm``
-installs it), ``crypto.py`` the library primitives. Threat model: docs/security.md.
+``protocol.py`` is the protocol, ``wrapper.py`` the ``SecAgg(inner)`` algorithm wrapper the
+engines run (``featherfl.assembly`` installs it), ``crypto.py`` the library primitives. What a
+method sums, and how it finishes from the sum, the method itself declares
+(``Algorithm.summation``, ``featherfl.algorithms.summation``): nothing here names a method.
+Threat model: docs/security.md.
 """
 
 from __future__ import annotations
@@ -27,14 +29,17 @@ def fraction_bits(cfg: Config) -> int:
     return cfg["secagg.fraction_bits"] or cfg["secagg.ring_bits"] // 2
 
 
-def validate(cfg: Config) -> None:
-    """Config-time checks (exit 2): the method's rule and weighting, the participant count, the extra."""
+def validate(cfg: Config, method) -> None:
+    """Config-time checks (exit 2): the method's declaration, the participant count, the extra.
+    ``method`` is the configured ``Algorithm`` class."""
     if not enabled(cfg):
         return
-    from featherfl.secagg import methods
-
+    if method.summation is None:
+        raise ConfigError(f"config key 'secagg.protocol': {cfg['algorithm']} is not supported with secure aggregation: its server needs each client's own upload, not only their sum")
+    method.summation.check(cfg, method.name)
     expected = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
-    methods.check(cfg, expected)
+    if expected < 3:
+        raise ConfigError(f"config key 'secagg.protocol': {expected} clients per round; secure aggregation needs at least 3 (with 2, each learns the other's upload from the sum)")
     if fraction_bits(cfg) > cfg["secagg.ring_bits"] - 8:
         raise ConfigError(f"config key 'secagg.fraction_bits': {cfg['secagg.fraction_bits']} leaves no integer range in a {cfg['secagg.ring_bits']}-bit ring; expected <= {cfg['secagg.ring_bits'] - 8}")
     try:
@@ -42,12 +47,3 @@ def validate(cfg: Config) -> None:
         import cryptography  # noqa: F401
     except ImportError:
         raise ConfigError("config key 'secagg.protocol': secure aggregation needs the secagg extra: pip install 'featherfl[secagg]'") from None
-
-
-def wrap(algorithm):
-    """``SecAgg(algorithm)`` when ``secagg.protocol`` is on, else the algorithm itself."""
-    if not enabled(algorithm.cfg):
-        return algorithm
-    from featherfl.secagg.wrapper import SecAgg
-
-    return SecAgg(algorithm)

@@ -6,21 +6,26 @@ single one, for an honest-but-curious server and up to a stated share of dropped
 One round, as exchanges the engine runs (every message through the wire codec, counted):
 
   advertise  server -> u in U1 (sampled): u's neighbours in a k-regular graph, threshold t.
-             u -> server: two X25519 public keys (c: encryption, s: masks) and a SHA-256
-             commitment to a fresh 32-byte self-mask seed b_u.
+             u -> server: two raw 32-byte X25519 public keys (c: encryption, s: masks, s derived
+             from a fresh 127-bit seed) and a 16-byte SHA-256 commitment to a fresh 127-bit
+             self-mask seed b_u.
   keys       server -> u: its neighbours' public keys and commitments.
-             u -> server: for each neighbour v, Enc(KA(c_u, c_v); u, v, round, share_v(s_u),
-             share_v(b_u)): t-of-k Shamir shares of its mask secret key and self-mask seed.
+             u -> server: for each neighbour v, one AEAD message (ChaCha20-Poly1305 under
+             KA(c_u, c_v), header u, v, run, round authenticated as associated data) carrying
+             share_v(seed of s_u) and share_v(b_u): t-of-k Shamir shares over GF(2^127 - 1),
+             16 bytes each.
   train      server -> u in U2 (sent shares): the method's downlink in an envelope with u's
              neighbours in U2. u trains, encodes its vector in fixed point in Z_{2^64}, and sends
              y_u = x_u + PRG(b_u) + sum_{v in N(u) cap U2} sign(u, v) PRG(KA(s_u, s_v))
              (sign +1 if u < v, else -1): uniformly distributed to anyone without the seeds.
   unmask     server -> u in U3 (masked input accepted): which neighbours survived and which
              dropped since sharing, and the share ciphertexts addressed to u. u reveals b-shares
-             of survivors and s-shares of the dropped, never both for one neighbour, at most once.
-  server     rebuilds b_v (t shares; checked against the commitment) of every survivor and
-             s_v (checked against the public key) of every dropped client, removes
-             PRG(b_v) and the dropped clients' pairwise masks, and decodes the sum.
+             of survivors and s-shares of the dropped, never both for one neighbour, at most once,
+             as one 16-byte field element per neighbour in the order asked.
+  server     rebuilds b_v (checked against the commitment) of every survivor and s_v
+             (checked against the public key) of every dropped client, all secrets of the round
+             in one batched Lagrange interpolation, removes PRG(b_v) and the dropped clients'
+             pairwise masks in one pass over keystreams, and decodes the sum.
 
 A wrong share is detected (the reconstruction fails its commitment or public key); the
 server then looks for a consistent set of t shares, names the client whose share does
@@ -33,6 +38,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,10 +48,12 @@ from featherfl.secagg import crypto
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
 MAX_CLIENTS = 2**31 - 1
-SHARE_BYTES = 52  # Flower's Shamir share of a 32-byte secret: 4-byte index + 3 x 16-byte chunks
-_PLAIN = struct.Struct("<III")  # sender, receiver, round
-PLAINTEXT_BYTES = _PLAIN.size + 2 * SHARE_BYTES
-TOKEN_BYTES = 1 + 8 + 16 + 16 * (PLAINTEXT_BYTES // 16 + 1) + 32  # Fernet: version, time, IV, CBC body, HMAC
+SHARE_BYTES = crypto.SECRET_BYTES  # one element of GF(2^127 - 1); its point is the holder's position
+KEY_BYTES = crypto.KEY_BYTES
+#: what a client advertises: its encryption and mask public keys and its self-mask commitment
+KEYS_BYTES = 2 * KEY_BYTES + crypto.COMMIT_BYTES
+_HEADER = struct.Struct("<IIII")  # sender, receiver, run, round: authenticated, never sent
+TOKEN_BYTES = 2 * SHARE_BYTES + crypto.AEAD_TAG_BYTES  # both shares and the AEAD tag
 
 
 # --- payloads --------------------------------------------------------------------------------------
@@ -63,9 +71,7 @@ class AdvertiseDown(Payload):
 class KeysUp(Payload):
     KIND = "secagg.keys-up"
     CATEGORY = "secagg"
-    c_pk: torch.Tensor  # uint8 (32,)
-    s_pk: torch.Tensor  # uint8 (32,)
-    commit: torch.Tensor  # uint8 (32,)
+    keys: torch.Tensor  # uint8 (KEYS_BYTES,): c_pk | s_pk | commit
 
 
 @dataclass(frozen=True)
@@ -73,16 +79,15 @@ class KeysDown(Payload):
     KIND = "secagg.keys"
     CATEGORY = "secagg"
     ids: list
-    c_pk: torch.Tensor  # uint8 (m, 32)
-    s_pk: torch.Tensor  # uint8 (m, 32)
-    commit: torch.Tensor  # uint8 (m, 32)
+    keys: torch.Tensor  # uint8 (m, KEYS_BYTES): each neighbour's c_pk | s_pk | commit
 
 
 @dataclass(frozen=True)
 class SharesUp(Payload):
+    """One sealed message per neighbour, in the order of the ``KeysDown`` ids."""
+
     KIND = "secagg.shares"
     CATEGORY = "secagg"
-    to: list
     tokens: torch.Tensor  # uint8 (m, TOKEN_BYTES)
 
 
@@ -123,19 +128,14 @@ class UnmaskDown(Payload):
 
 @dataclass(frozen=True)
 class RevealUp(Payload):
+    """One share per sender of the ``UnmaskDown``, in its order: a b-share for a survivor, an
+    s-share for a dropped client. ``missing``: positions whose ciphertext did not authenticate
+    (their rows are zero and mean nothing)."""
+
     KIND = "secagg.reveal"
     CATEGORY = "secagg"
-    b_ids: list
-    b_shares: torch.Tensor  # uint8 (len(b_ids), SHARE_BYTES)
-    s_ids: list
-    s_shares: torch.Tensor  # uint8 (len(s_ids), SHARE_BYTES)
-
-
-def _key(m: int | None = None) -> TensorSpec:
-    """32-byte keys: one (``m`` None), a list of any length (``m`` -1) or of exactly ``m``."""
-    if m is None:
-        return TensorSpec("uint8", (32,))
-    return TensorSpec("uint8", (None if m < 0 else m, 32))
+    shares: torch.Tensor  # uint8 (len(senders), SHARE_BYTES)
+    missing: list
 
 
 def _ids(max_len: int) -> ScalarSpec:
@@ -147,7 +147,7 @@ def client_specs(inner_specs: dict[str, Spec]) -> dict[str, Spec]:
     big = 1 << 20
     return {
         AdvertiseDown.KIND: Spec(AdvertiseDown, {}, {"neighbours": _ids(big), "threshold": ScalarSpec("int", 2, MAX_CLIENTS)}),
-        KeysDown.KIND: Spec(KeysDown, {"c_pk": _key(-1), "s_pk": _key(-1), "commit": _key(-1)}, {"ids": _ids(big)}),
+        KeysDown.KIND: Spec(KeysDown, {"keys": TensorSpec("uint8", (None, KEYS_BYTES))}, {"ids": _ids(big)}),
         Envelope.KIND: Spec(
             Envelope,
             {"inner": TensorSpec("uint8", (None,), max_elems=2**31)},
@@ -158,11 +158,11 @@ def client_specs(inner_specs: dict[str, Spec]) -> dict[str, Spec]:
 
 
 def keys_up_spec() -> dict[str, Spec]:
-    return {KeysUp.KIND: Spec(KeysUp, {"c_pk": _key(), "s_pk": _key(), "commit": _key()})}
+    return {KeysUp.KIND: Spec(KeysUp, {"keys": TensorSpec("uint8", (KEYS_BYTES,))})}
 
 
 def shares_up_spec(m: int) -> dict[str, Spec]:
-    return {SharesUp.KIND: Spec(SharesUp, {"tokens": TensorSpec("uint8", (m, TOKEN_BYTES))}, {"to": _ids(m)})}
+    return {SharesUp.KIND: Spec(SharesUp, {"tokens": TensorSpec("uint8", (m, TOKEN_BYTES))})}
 
 
 def masked_up_spec(dim: int, clear: int, bits: int = 64) -> dict[str, Spec]:
@@ -170,7 +170,19 @@ def masked_up_spec(dim: int, clear: int, bits: int = 64) -> dict[str, Spec]:
 
 
 def reveal_up_spec(m: int) -> dict[str, Spec]:
-    return {RevealUp.KIND: Spec(RevealUp, {"b_shares": TensorSpec("uint8", (None, SHARE_BYTES)), "s_shares": TensorSpec("uint8", (None, SHARE_BYTES))}, {"b_ids": _ids(m), "s_ids": _ids(m)})}
+    """``m``: at most how many senders the client was asked about (the server checks the exact
+    count against its request in ``take_reveals``)."""
+    return {RevealUp.KIND: Spec(RevealUp, {"shares": TensorSpec("uint8", (None, SHARE_BYTES), max_elems=max(m, 1) * SHARE_BYTES)}, {"missing": ScalarSpec("list[int]", 0, max(m - 1, 0), max_len=m)})}
+
+
+def lower_bound_up(k: int, dim: int, word_bytes: int) -> int:
+    """The fewest uplink bytes per client per round any run of this protocol can send at k
+    neighbours, for a masked vector of ``dim`` words of ``word_bytes``: two X25519 public keys
+    (2 x 32), two Shamir shares to each neighbour (a share of a perfect threshold scheme is no
+    shorter than its secret: 2 x 16 bytes at the 128-bit security level), one revealed share per
+    neighbour (16), and the masked words. Not counted: authentication tags, headers, the
+    commitment."""
+    return 2 * KEY_BYTES + k * 3 * SHARE_BYTES + dim * word_bytes
 
 
 def _b(t: torch.Tensor) -> bytes:
@@ -223,6 +235,8 @@ def neighbour_graph(clients: list[int], k: int, seed: int) -> dict[int, list[int
 
 
 def mask_context(run: int, rnd: int, u: int, v: int) -> bytes:
+    """HKDF context of the pairwise mask key between u and v: either end's mask secret key with
+    the other's public key gives the same key (X25519 agreement; Bonawitz et al. 2017, section 4)."""
     a, b = min(u, v), max(u, v)
     return f"featherfl-secagg/mask/{run}/{rnd}/{a}/{b}".encode()
 
@@ -232,11 +246,15 @@ def enc_context(run: int, rnd: int, u: int, v: int) -> bytes:
     return f"featherfl-secagg/enc/{run}/{rnd}/{a}/{b}".encode()
 
 
-def pair_mask(s_secret: bytes, s_public_other: bytes, run: int, rnd: int, me: int, other: int, n: int, bits: int) -> np.ndarray:
-    """sign(me, other) * PRG(KA(s_me, s_other)): the mask ``me`` adds for neighbour ``other``.
-    Either end's secret key with the other's public key gives it (X25519 agreement)."""
-    m = crypto.prg(crypto.agree(s_secret, s_public_other, mask_context(run, rnd, me, other)), n, bits)
-    return m if me < other else crypto.negate(m)
+def _nonce(sender: int, receiver: int) -> bytes:
+    """The pair's key is the same in both directions and seals one message each way: the
+    direction is the nonce."""
+    return (b"\x01" if sender < receiver else b"\x02") + bytes(11)
+
+
+def _split_keys(t: torch.Tensor) -> tuple[bytes, bytes, bytes]:
+    raw = _b(t)
+    return raw[:KEY_BYTES], raw[KEY_BYTES : 2 * KEY_BYTES], raw[2 * KEY_BYTES :]
 
 
 class ProtocolError(ValueError):
@@ -263,6 +281,7 @@ class ClientSession:
         return s
 
     def advertise(self, rnd: int, cid: int, msg: AdvertiseDown) -> KeysUp:
+        """Round 0 of SecAgg+ (Bell et al. 2020, section 4): fresh key pairs and a self-mask seed."""
         nb = list(msg.neighbours)
         if cid in nb or len(set(nb)) != len(nb):
             raise ProtocolError("neighbour list names this client or repeats a client")
@@ -271,36 +290,45 @@ class ClientSession:
         if 2 * msg.threshold <= len(nb):
             raise ProtocolError(f"threshold {msg.threshold} is not above half of {len(nb)} neighbours")
         c_sk, c_pk = crypto.keypair()
-        s_sk, s_pk = crypto.keypair()
-        b = crypto.random_bytes(crypto.KEY_BYTES)
-        self.state[self.KEY] = {"round": rnd, "cid": cid, "neighbours": nb, "t": msg.threshold, "c_sk": c_sk, "s_sk": s_sk, "b": b, "stage": "advertised"}
-        return KeysUp(_t(c_pk, 32), _t(s_pk, 32), _t(crypto.commit(b), 32))
+        s_seed = crypto.random_element()
+        s_sk = crypto.mask_secret(s_seed)
+        b = crypto.random_element()
+        self.state[self.KEY] = {"round": rnd, "cid": cid, "neighbours": nb, "t": msg.threshold, "c_sk": c_sk, "s_seed": s_seed, "s_sk": s_sk, "b": b, "stage": "advertised"}
+        return KeysUp(_t(c_pk + crypto.public_of(s_sk) + crypto.commit(b), KEYS_BYTES))
 
     def keys(self, rnd: int, msg: KeysDown) -> SharesUp:
+        """Round 1: t-of-m shares of the mask-key seed and of b, both shares for a neighbour sealed in
+        one AEAD message under the pair's agreed key (Bonawitz et al. 2017, section 4, ShareKeys)."""
         s = self._round(rnd)
         if s["stage"] != "advertised":
             raise ProtocolError("keys sent twice")
         ids = list(msg.ids)
-        if len(set(ids)) != len(ids) or not set(ids) <= set(s["neighbours"]):
+        if len(set(ids)) != len(ids) or not set(ids) <= set(s["neighbours"]) or msg.keys.shape[0] != len(ids):
             raise ProtocolError("keys for clients that are not this client's neighbours")
         if len(ids) < s["t"]:
             raise ProtocolError(f"{len(ids)} neighbours left, fewer than the threshold {s['t']}")
-        c_pks = [_b(msg.c_pk[i]) for i in range(len(ids))]
-        s_pks = [_b(msg.s_pk[i]) for i in range(len(ids))]
+        keys = [_split_keys(msg.keys[i]) for i in range(len(ids))]
+        c_pks = [k[0] for k in keys]
+        s_pks = [k[1] for k in keys]
         if len(set(c_pks)) != len(c_pks) or len(set(s_pks)) != len(s_pks):
             raise ProtocolError("two neighbours with the same public key")
-        s_shares = crypto.share(s["s_sk"], s["t"], len(ids))
-        b_shares = crypto.share(s["b"], s["t"], len(ids))
+        shares = crypto.share_many([s["s_seed"], s["b"]], s["t"], len(ids))
         me = s["cid"]
+        try:
+            enc_keys = crypto.agree_many(s["c_sk"], c_pks, [enc_context(self.run, rnd, me, v) for v in ids])
+        except ValueError:
+            raise ProtocolError("a neighbour's public key gives no shared secret") from None
         tokens = []
         for i, v in enumerate(ids):
-            key = crypto.agree(s["c_sk"], c_pks[i], enc_context(self.run, rnd, me, v))
-            tokens.append(crypto.encrypt(key, _PLAIN.pack(me, v, rnd) + s_shares[i] + b_shares[i]))
-        s.update(stage="shared", ids=ids, c_pks=c_pks, s_pks=s_pks)
-        return SharesUp(ids, _t(tokens, TOKEN_BYTES))
+            key = enc_keys[i]
+            plain = crypto.element_bytes(shares[i][0]) + crypto.element_bytes(shares[i][1])
+            tokens.append(crypto.seal(key, _nonce(me, v), _HEADER.pack(me, v, self.run, rnd), plain))
+        s.update(stage="shared", ids=ids, enc_keys=enc_keys, s_pks=s_pks)
+        return SharesUp(_t(tokens, TOKEN_BYTES))
 
     def mask(self, rnd: int, msg: Envelope, x: np.ndarray, fraction_bits: int, bits: int = 64) -> tuple[np.ndarray, int]:
-        """y = encode(x) + PRG(b) + pairwise masks with the neighbours in U2; returns (y, clipped)."""
+        """y = encode(x) + PRG(b) + sum_v sign(u, v) PRG(KA(s_u, s_v)) over the neighbours in U2
+        (Bonawitz et al. 2017, section 4, MaskedInputCollection): one keystream per key."""
         s = self._round(rnd)
         if s["stage"] != "shared":
             raise ProtocolError("masked input asked before the key exchange or twice")
@@ -309,14 +337,24 @@ class ClientSession:
             raise ProtocolError("masking set names clients this client has no keys for")
         bound = crypto.bound_for(msg.participants, fraction_bits, bits)
         words, clipped = crypto.encode_fixed(x, fraction_bits, bound, bits)
-        y = words + crypto.prg(s["b"], len(words), bits)
         idx = {v: i for i, v in enumerate(s["ids"])}
-        for v in u2:
-            y = y + pair_mask(s["s_sk"], s["s_pks"][idx[v]], self.run, rnd, s["cid"], v, len(words), bits)
+        me = s["cid"]
+        try:
+            keys = crypto.agree_many(s["s_sk"], [s["s_pks"][idx[v]] for v in u2], [mask_context(self.run, rnd, me, v) for v in u2])
+        except ValueError:
+            raise ProtocolError("a neighbour's public key gives no shared secret") from None
+        plus = [crypto.self_mask_key(s["b"])] + [key for v, key in zip(u2, keys) if me < v]
+        minus = [key for v, key in zip(u2, keys) if me > v]
+        n = len(words)
+        y = words + crypto.keystream_sum(plus, n, bits)
+        if minus:
+            y = y - crypto.keystream_sum(minus, n, bits)
         s.update(stage="masked", u2=u2)
         return y, clipped
 
     def unmask(self, rnd: int, msg: UnmaskDown) -> RevealUp:
+        """Round 3: for each sender asked about, its b-share if it survived, its mask-key share if it
+        dropped, never both for one neighbour and only once (Bell et al. 2020, section 4)."""
         s = self._round(rnd)
         if s["stage"] != "masked":
             raise ProtocolError("unmasking asked before masking or twice")
@@ -326,29 +364,26 @@ class ClientSession:
             raise ProtocolError("survivor and dropped sets overlap or name clients outside the masking set")
         if len(surv) + 1 < s["t"]:
             raise ProtocolError(f"{len(surv) + 1} survivors, fewer than the threshold {s['t']}")
+        senders = list(msg.senders)
+        if len(senders) != msg.tokens.shape[0] or len(set(senders)) != len(senders):
+            raise ProtocolError("unmasking request with a ciphertext count that does not match its senders")
         idx = {v: i for i, v in enumerate(s["ids"])}
         me = s["cid"]
-        b_ids, b_sh, s_ids, s_sh = [], [], [], []
-        for j, v in enumerate(msg.senders):
-            if v not in idx or (v not in surv and v not in drop):
-                continue
-            key = crypto.agree(s["c_sk"], s["c_pks"][idx[v]], enc_context(self.run, rnd, me, v))
-            try:
-                plain = crypto.decrypt(key, _b(msg.tokens[j]))
-            except ValueError:
-                continue  # not from v, or altered: nothing to reveal for v
-            if len(plain) != PLAINTEXT_BYTES or _PLAIN.unpack_from(plain, 0) != (v, me, rnd):
-                continue
-            s_share = plain[_PLAIN.size : _PLAIN.size + SHARE_BYTES]
-            b_share = plain[_PLAIN.size + SHARE_BYTES :]
-            if v in surv:
-                b_ids.append(v)
-                b_sh.append(b_share)
+        rows, missing = [], []
+        for j, v in enumerate(senders):
+            plain = b""
+            if v in idx and (v in surv or v in drop):
+                try:
+                    plain = crypto.open_sealed(s["enc_keys"][idx[v]], _nonce(v, me), _HEADER.pack(v, me, self.run, rnd), _b(msg.tokens[j]))
+                except ValueError:
+                    plain = b""  # not from v, or altered: nothing to reveal for v
+            if len(plain) != 2 * SHARE_BYTES:
+                missing.append(j)
+                rows.append(bytes(SHARE_BYTES))
             else:
-                s_ids.append(v)
-                s_sh.append(s_share)
+                rows.append(plain[SHARE_BYTES:] if v in surv else plain[:SHARE_BYTES])
         self.state.pop(self.KEY, None)  # at most one reveal per round; the round's secrets are gone
-        return RevealUp(b_ids, _t(b_sh, SHARE_BYTES), s_ids, _t(s_sh, SHARE_BYTES))
+        return RevealUp(_t(rows, SHARE_BYTES), missing)
 
 
 # --- server side -----------------------------------------------------------------------------------
@@ -372,9 +407,10 @@ class ServerRound:
     tokens: dict[tuple[int, int], bytes] = field(default_factory=dict)  # (from, to) -> token
     u2: list[int] = field(default_factory=list)
     u3: list[int] = field(default_factory=list)
-    unmask_sent: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
+    unmask_sent: dict[int, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)  # cid -> (survivors, dropped, senders)
     reveals: dict[int, RevealUp] = field(default_factory=dict)
     bad_share_clients: set = field(default_factory=set)
+    seconds: dict[str, float] = field(default_factory=dict)  # where unmask_sum's time went
 
     # stage 1: advertise
     def advertise(self) -> dict[int, Payload]:
@@ -384,8 +420,7 @@ class ServerRound:
         seen: set[bytes] = set()
         rejected = 0
         for c in sorted(replies):
-            r = replies[c]
-            c_pk, s_pk, com = _b(r.c_pk), _b(r.s_pk), _b(r.commit)
+            c_pk, s_pk, com = _split_keys(replies[c].keys)
             if c_pk in seen or s_pk in seen or c_pk == s_pk or not (crypto.valid_public(c_pk) and crypto.valid_public(s_pk)):
                 rejected += 1  # a copied key would let one client speak for another; a low-order one breaks agreement
                 continue
@@ -402,16 +437,18 @@ class ServerRound:
             if len(ids) < self.t:
                 continue
             self.keys_sent[c] = ids
-            out[c] = KeysDown(ids, _t([self.keys[v][0] for v in ids], 32), _t([self.keys[v][1] for v in ids], 32), _t([self.keys[v][2] for v in ids], 32))
+            out[c] = KeysDown(ids, _t([b"".join(self.keys[v]) for v in ids], KEYS_BYTES))
         return out
 
     def take_shares(self, replies: dict[int, SharesUp]) -> None:
         for c in sorted(replies):
             r = replies[c]
-            if list(r.to) != self.keys_sent.get(c):
+            to = self.keys_sent.get(c)
+            if to is None or r.tokens.shape[0] != len(to):
                 continue
-            for i, v in enumerate(r.to):
-                self.tokens[(c, v)] = _b(r.tokens[i])
+            raw = _b(r.tokens)
+            for i, v in enumerate(to):
+                self.tokens[(c, v)] = raw[i * TOKEN_BYTES : (i + 1) * TOKEN_BYTES]
             self.u2.append(c)
         self.stage = "masked"
 
@@ -429,7 +466,7 @@ class ServerRound:
             surv = [v for v in ms if v in s3]
             drop = [v for v in ms if v not in s3]
             senders = [v for v in ms if (v, c) in self.tokens]
-            self.unmask_sent[c] = (surv, drop)
+            self.unmask_sent[c] = (surv, drop, senders)
             out[c] = UnmaskDown(surv, drop, senders, _t([self.tokens[(v, c)] for v in senders], TOKEN_BYTES))
         self.stage = "reveal"
         return out
@@ -437,92 +474,131 @@ class ServerRound:
     def take_reveals(self, replies: dict[int, RevealUp]) -> None:
         for c in sorted(replies):
             r = replies[c]
-            surv, drop = self.unmask_sent.get(c, ([], []))
-            if (
-                not set(r.b_ids) <= set(surv)
-                or not set(r.s_ids) <= set(drop)
-                or len(set(r.b_ids)) != len(r.b_ids)
-                or len(set(r.s_ids)) != len(r.s_ids)
-                or len(r.b_ids) != r.b_shares.shape[0]
-                or len(r.s_ids) != r.s_shares.shape[0]
-            ):
+            sent = self.unmask_sent.get(c)
+            if sent is None or r.shares.shape[0] != len(sent[2]) or len(set(r.missing)) != len(r.missing) or any(not 0 <= j < len(sent[2]) for j in r.missing):
                 continue  # not what was asked: none of this client's reveal is used
             self.reveals[c] = r
         self.stage = "done"
 
-    def _shares_of(self, v: int, kind: str) -> list[tuple[int, bytes]]:
-        """The shares of v's secret that its neighbours revealed. v made share i + 1 for the
-        i-th client it was sent keys of; a share carrying another index is wrong (and named)."""
-        order = {c: i + 1 for i, c in enumerate(self.keys_sent.get(v, []))}
-        out = []
+    def _revealed(self) -> dict[tuple[str, int], list[int | None]]:
+        """(kind, v) -> the revealed share of v's secret at each point x = 1..m (None where none came).
+        v made share x = i + 1 for the i-th client it was sent keys of, so a share's point is its
+        holder's position; a 16-byte value that is no field element is a wrong share (its holder
+        is named)."""
+        pos = {v: {c: i for i, c in enumerate(ids)} for v, ids in self.keys_sent.items()}
+        out: dict[tuple[str, int], list[int | None]] = {}
+        p, width = crypto.FIELD_PRIME, SHARE_BYTES
         for c, r in sorted(self.reveals.items()):
-            ids, sh = (r.b_ids, r.b_shares) if kind == "b" else (r.s_ids, r.s_shares)
-            for i, w in enumerate(ids):
-                if w != v:
+            surv, _, senders = self.unmask_sent[c]
+            surv_set, missing = set(surv), set(r.missing)
+            raw = _b(r.shares)
+            for j, v in enumerate(senders):
+                if j in missing:
                     continue
-                share = _b(sh[i])
-                if int.from_bytes(share[:4], "little") != order.get(c):
+                y = int.from_bytes(raw[j * width : (j + 1) * width], "little")
+                i = pos.get(v, {}).get(c)
+                if y >= p or i is None:
                     self.bad_share_clients.add(c)
                     continue
-                out.append((c, share))
+                key = ("b" if v in surv_set else "s", v)
+                slots = out.get(key)
+                if slots is None:
+                    slots = out[key] = [None] * len(self.keys_sent[v])
+                slots[i] = y
         return out
 
-    def _rebuild(self, v: int, kind: str, check) -> bytes:
-        """Rebuild v's secret from the revealed shares; find and name wrong shares."""
-        shares = self._shares_of(v, kind)
-        what = "self-mask seed" if kind == "b" else "mask key"
-        if len(shares) < self.t:
-            raise Skip(f"client {v}'s {what} has {len(shares)} shares, fewer than the threshold {self.t} (too many clients dropped)")
-        # All shares at once: honest shares lie on one polynomial of degree t - 1, so the
-        # interpolant through all of them gives the secret; a single wrong share changes it.
-        secret = crypto.combine([s for _, s in shares])
-        if secret is not None and check(secret):
-            return secret
-        # Some share is wrong: find a consistent set of t shares, then test every other share.
-        good = None
+    @staticmethod
+    def _points(slots: list[int | None]) -> tuple[tuple[int, ...], list[int]]:
+        xs = tuple(i + 1 for i, y in enumerate(slots) if y is not None)
+        return xs, [slots[x - 1] for x in xs]
+
+    def _repair(self, v: int, what: str, shares: list[tuple[int, int, int]], check) -> int:
+        """Some share of v's secret is wrong: find a consistent set of t shares, then test every
+        other share against it and name the holders whose share does not fit."""
         rng = random.Random(v)
         candidates = [shares[: self.t]] + [rng.sample(shares, self.t) for _ in range(200)]
+        good = None
         for subset in candidates:
-            sec = crypto.combine([s for _, s in subset])
-            if sec is not None and check(sec):
+            sec = crypto.combine_many([(tuple(x for _, x, _ in subset), [y for _, _, y in subset])])[0]
+            if check(sec):
                 good = (subset, sec)
                 break
         if good is None:
             raise Skip(f"client {v}'s {what} could not be rebuilt: no consistent set of {self.t} shares")
         subset, sec = good
-        base = [s for _, s in subset[: self.t - 1]]
-        in_subset = {c for c, _ in subset}
-        for c, s in shares:
-            if c in in_subset:
+        base = subset[: self.t - 1]
+        in_subset = {c for c, _, _ in subset}
+        for share in shares:
+            if share[0] in in_subset:
                 continue
-            got = crypto.combine(base + [s])
-            if got is None or not check(got):
-                self.bad_share_clients.add(c)
+            trial = base + [share]
+            if not check(crypto.combine_many([(tuple(x for _, x, _ in trial), [y for _, _, y in trial])])[0]):
+                self.bad_share_clients.add(share[0])
         return sec
 
     def unmask_sum(self, masked: dict[int, np.ndarray]) -> np.ndarray:
-        """The sum of the survivors' encoded vectors (ring words)."""
+        """The sum of the survivors' encoded vectors (ring words): the masked inputs added, every
+        secret of the round rebuilt in one batch (checked against its commitment or public key;
+        a wrong share is searched for and named), the self-masks of the survivors and the
+        dropped clients' pairwise masks removed in one pass over their keystreams (Bonawitz et
+        al. 2017, section 4, Unmasking)."""
         if set(masked) != set(self.u3):
             raise Skip("masked inputs do not match the survivors the unmasking step was run for")
+        clock = time.perf_counter()
         first = next(iter(masked.values()))
         n, bits = len(first), first.dtype.itemsize * 8
         total = np.zeros(n, dtype=first.dtype)
         for c in self.u3:
-            total = total + masked[c]
-        for v in self.u3:
-            com = self.keys[v][2]
-            b = self._rebuild(v, "b", lambda sec, com=com: len(sec) == crypto.KEY_BYTES and crypto.commit(sec) == com)
-            total = total - crypto.prg(b, n, bits)
+            np.add(total, masked[c], out=total)
+        now = time.perf_counter()
+        self.seconds["sum"], clock = now - clock, now
+
         s3 = set(self.u3)
-        for v in self.u2:
-            if v in s3:
-                continue
+        dropped = [v for v in self.u2 if v not in s3 and any(u in s3 for u in self.masking_set(v))]
+        wanted = [("b", v) for v in self.u3] + [("s", v) for v in dropped]
+        revealed = self._revealed()
+        groups = []
+        for kind, v in wanted:
+            groups.append(self._points(revealed.get((kind, v), [])))
+            got = len(groups[-1][0])
+            if got < self.t:
+                what = "self-mask seed" if kind == "b" else "mask key"
+                raise Skip(f"client {v}'s {what} has {got} shares, fewer than the threshold {self.t} (too many clients dropped)")
+        # All shares at once: honest shares lie on one polynomial of degree t - 1, so the
+        # interpolant through all of them gives the secret; a single wrong one changes it.
+        secrets = dict(zip(wanted, crypto.combine_many(groups)))
+        now = time.perf_counter()
+        self.seconds["shamir"], clock = now - clock, now
+
+        def check_b(v):
+            com = self.keys[v][2]
+            return lambda sec: crypto.commit(sec) == com
+
+        def check_s(v):
             pk = self.keys[v][1]
-            survivors = [u for u in self.masking_set(v) if u in s3]
-            if not survivors:
-                continue
-            s_sk = self._rebuild(v, "s", lambda sec, pk=pk: len(sec) == crypto.KEY_BYTES and crypto.public_of(sec) == pk)
-            for u in survivors:
-                # what survivor u added for v, rebuilt from v's secret key and u's public key
-                total = total - pair_mask(s_sk, self.keys[u][1], self.run, self.rnd, u, v, n, bits)
+            return lambda sec: crypto.public_of(crypto.mask_secret(sec)) == pk
+
+        for kind, v in wanted:
+            check = check_b(v) if kind == "b" else check_s(v)
+            if not check(secrets[(kind, v)]):
+                what = "self-mask seed" if kind == "b" else "mask key"
+                xs, ys = self._points(revealed[(kind, v)])
+                holders = self.keys_sent[v]
+                secrets[(kind, v)] = self._repair(v, what, [(holders[x - 1], x, y) for x, y in zip(xs, ys)], check)
+        now = time.perf_counter()
+        self.seconds["check"], clock = now - clock, now
+
+        # what survivor u added for dropped v, rebuilt from v's secret key and u's public key
+        plus, minus = [crypto.self_mask_key(secrets[("b", v)]) for v in self.u3], []
+        for v in dropped:
+            us = [u for u in self.masking_set(v) if u in s3]
+            keys = crypto.agree_many(crypto.mask_secret(secrets[("s", v)]), [self.keys[u][1] for u in us], [mask_context(self.run, self.rnd, u, v) for u in us])
+            for u, key in zip(us, keys):
+                (plus if u < v else minus).append(key)
+        now = time.perf_counter()
+        self.seconds["agree"], clock = now - clock, now
+        total = total - crypto.keystream_sum(plus, n, bits)
+        if minus:
+            total = total + crypto.keystream_sum(minus, n, bits)
+        self.seconds["masks"] = time.perf_counter() - clock
         return total

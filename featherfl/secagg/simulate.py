@@ -14,8 +14,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from featherfl import wire
-from featherfl.secagg import crypto, protocol
+import featherfl.wire as wire
+import featherfl.secagg.crypto as crypto
+import featherfl.secagg.protocol as protocol
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Outcome:
     bytes_down: dict[int, int] = field(default_factory=dict)
     client_seconds: float = 0.0
     server_seconds: float = 0.0
+    server_stages: dict[str, float] = field(default_factory=dict)  # server seconds by step
 
 
 def run_round(
@@ -67,13 +69,17 @@ def run_round(
             out.bytes_up[c] += len(up)
             t0 = time.perf_counter()
             replies[c] = wire.decode(up, up_specs(c), round=rnd, run=run)
-            out.server_seconds += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            out.server_seconds += spent
+            out.server_stages["decode"] = out.server_stages.get("decode", 0.0) + spent
         return replies
 
     def timed(fn, *a):
         t0 = time.perf_counter()
         r = fn(*a)
-        out.server_seconds += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        out.server_seconds += spent
+        out.server_stages[fn.__name__] = out.server_stages.get(fn.__name__, 0.0) + spent
         return r
 
     session = lambda c: protocol.ClientSession(states[c], run)  # noqa: E731
@@ -99,7 +105,7 @@ def run_round(
         r = session(c).unmask(rnd, m)
         return tamper[c](r) if c in tamper else r
 
-    reveals = exchange(unmask, lambda c: protocol.reveal_up_spec(len(graph[c])), reveal)
+    reveals = exchange(unmask, lambda c: protocol.reveal_up_spec(len(server.unmask_sent[c][2])), reveal)
     timed(server.take_reveals, reveals)
     unsigned = crypto.RINGS[ring_bits][0]
     try:

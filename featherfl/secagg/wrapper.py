@@ -3,7 +3,8 @@
 The server half runs the protocol's exchanges as the engine's extra round exchanges
 (``Algorithm.round_configure``: key advertisement and share exchange before training, the
 unmasking step after it), wraps the method's downlink in an envelope with the masking set,
-and hands the method only the unmasked sum (``methods.py``). The client half wraps the
+and hands the method only the unmasked sum, which the method's own declaration
+(``Algorithm.summation``) turns into its round. The client half wraps the
 method's client: it answers the protocol messages and masks the method's reply. Every
 message goes through the wire codec, so the ledger counts the protocol's bytes ("secagg").
 """
@@ -13,9 +14,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from featherfl import wire
-from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Wrapper
-from featherfl.secagg import crypto, fraction_bits, methods, protocol
+import featherfl.secagg.crypto as crypto
+import featherfl.secagg.protocol as protocol
+import featherfl.wire as wire
+from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, ClientWrapper, Wrapper
+from featherfl.engines.base import RoundSkipped
+from featherfl.secagg import fraction_bits
 from featherfl.seeding import derive_seed
 
 
@@ -23,21 +27,20 @@ from featherfl.seeding import derive_seed
 METHOD_STATE = "method"
 
 
-class SecAggClient(ClientHalf):
+class SecAggClient(ClientWrapper):
+    """The device side: answers the protocol's messages and masks the method's reply, summed as
+    the method's declaration (``adapter``, an ``Algorithm.summation``) says."""
+
     def __init__(self, inner: ClientHalf, adapter):
-        super().__init__(inner.ctx)
-        self.inner = inner
+        super().__init__(inner)
         self.adapter = adapter
         self.fraction_bits = fraction_bits(inner.ctx.cfg)
         self.ring_bits = inner.ctx.cfg["secagg.ring_bits"]
 
-    def __getattr__(self, name: str):
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
     def downlink_specs(self, rnd):
-        return protocol.client_specs({})
+        """The protocol's messages, and in the clear what the wrapped client accepts: a setup
+        exchange (FAug's seed request and generator) is not summed, so it is not masked either."""
+        return {**self.inner.downlink_specs(rnd), **protocol.client_specs({})}
 
     def update(self, rnd: int, down: wire.Payload, data: ClientData, state: dict) -> wire.Payload:
         session = protocol.ClientSession(state, self.ctx.run_id)
@@ -47,8 +50,8 @@ class SecAggClient(ClientHalf):
             return session.keys(rnd, down)
         if isinstance(down, protocol.UnmaskDown):
             return session.unmask(rnd, down)
-        if not isinstance(down, protocol.Envelope):
-            raise protocol.ProtocolError(f"unexpected message {down.KIND}")
+        if not isinstance(down, protocol.Envelope):  # a setup exchange of a wrapper inside (FAug's)
+            return self.inner.update(rnd, down, data, state.setdefault(METHOD_STATE, {}))
         inner_down = self._open(rnd, down, state)
         # the method keeps its own state apart from the protocol's (some methods reset theirs)
         reply = self.inner.update(rnd, inner_down, data, state.setdefault(METHOD_STATE, {}))
@@ -67,13 +70,9 @@ class SecAggClient(ClientHalf):
         y, _ = protocol.ClientSession(state, self.ctx.run_id).mask(rnd, env, np.concatenate([x, [clipped]]), self.fraction_bits, self.ring_bits)
         return protocol.MaskedUp(torch.from_numpy(y.view(crypto.RINGS[self.ring_bits][1]).copy()), clear)
 
-    def can_update_many(self) -> bool:
+    def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
         """Batched local training (``engine.vectorize``) where the method has it: the protocol's own
         messages are answered one by one, the method's clients train together, each reply is masked."""
-        check = getattr(self.inner, "can_update_many", None)
-        return bool(check and check())
-
-    def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
         out = {c: self.update(rnd, d, data[c], states[c]) for c, d in downs.items() if not isinstance(d, protocol.Envelope)}
         envs = {c: d for c, d in downs.items() if isinstance(d, protocol.Envelope)}
         if envs:
@@ -92,14 +91,15 @@ class SecAgg(Wrapper):
 
     def __init__(self, inner: Algorithm):
         super().__init__(inner)
-        self.client_wrappers = ()  # the inner method's wrappers (e.g. simulated attackers) act before masking
         self.opts = self.cfg.section("secagg")
-        self.adapter = methods.adapter_for(inner, self.cfg)
+        self.adapter = inner.summation(self.ctx, inner.name, server=inner)
         self.round: protocol.ServerRound | None = None
         self.sent_downs: dict[int, wire.Payload] = {}
 
-    def make_client(self):
-        return SecAggClient(self.inner.make_client(), methods.adapter_for(self.inner, self.cfg))
+    @classmethod
+    def wrap_client(cls, client, method):
+        """The device side around ``client``, with the method's declaration built from the client's context alone."""
+        return SecAggClient(client, method.summation(client.ctx, method.name))
 
     # --- the protocol's exchanges ---
     def round_configure(self, rnd, stage, client_ids):
@@ -158,8 +158,6 @@ class SecAgg(Wrapper):
         return protocol.masked_up_spec(self.adapter.dim(rnd, cid) + 1, self.adapter.clear_len(), self.opts["ring_bits"])
 
     def aggregate(self, rnd, replies):
-        from featherfl.engines.base import RoundSkipped
-
         r = self.round
         unsigned = crypto.RINGS[self.opts["ring_bits"]][0]
         masked = {c: replies[c].y.numpy().view(unsigned) for c in sorted(replies)}
@@ -187,11 +185,10 @@ class SecAgg(Wrapper):
 
     def state_dict(self) -> dict:
         out = self.inner.state_dict()
-        if hasattr(self.adapter, "state_dict"):
-            out = {**out, "secagg": self.adapter.state_dict()}
-        return out
+        own = self.adapter.state_dict()
+        return out if own is None else {**out, "secagg": own}
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state)
-        if "secagg" in state and hasattr(self.adapter, "load_state_dict"):
+        if "secagg" in state:
             self.adapter.load_state_dict(state["secagg"])

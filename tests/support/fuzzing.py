@@ -114,7 +114,7 @@ def synthesize(spec: Spec, seed: int = 0) -> Payload:
 def catalog(algorithms: list[str] | None = None, rounds: tuple[int, ...] = (1, 2)) -> list[Entry]:
     """Every payload kind of every registered algorithm, on the embedded digits data."""
     from featherfl import algorithms as registry
-    from featherfl.config import build_config
+    from featherfl.schema import build_config
     from featherfl.experiment import prepare
 
     out: dict[str, Entry] = {}

@@ -31,7 +31,7 @@ _DATA = {}
 def _prepared(num_partitions: int, seed: int):
     key = (num_partitions, seed)
     if key not in _DATA:
-        from featherfl.config import build_config
+        from featherfl.schema import build_config
         from featherfl.experiment import prepare
 
         _DATA[key] = prepare(build_config(overrides=[("clients", num_partitions), ("seed", seed)]))

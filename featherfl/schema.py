@@ -1,0 +1,144 @@
+"""The whole run schema, assembled above the layers that declare it, and the config builder.
+
+``featherfl.config`` declares the core keys and knows nothing above itself; each layer
+declares its own section (a method its ``CONFIG``, FAug ``[faug]``, secure aggregation
+``[secagg]``, tracking ``[log]``). This module puts them together and registers the
+plug-ins a config names by dotted path, so the bottom layer never imports the top.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from typing import Any, Iterable
+
+import featherfl.plugins as plugins
+from featherfl.algorithms.faug import FAUG_CONFIG
+from featherfl.algorithms.registry import get as get_algorithm
+from featherfl.algorithms.registry import names as algorithm_names
+from featherfl.config import CORE_SCHEMA, Config, ConfigError, Field, _coerce, _flatten, brief, check_core, quick_caps, renamed, unknown_key_message
+from featherfl.data.sources import source_names
+from featherfl.models import model_names
+from featherfl.compress import COMPRESS_CONFIG
+from featherfl.secagg import SECAGG_CONFIG
+from featherfl.tracking import LOG_CONFIG
+
+
+def method_sections() -> dict[str, Field]:
+    """Every registered method's keys, and the [faug], [secagg] and [compress] keys of the wrappers that work around any method."""
+    out: dict[str, Field] = {**FAUG_CONFIG, **SECAGG_CONFIG, **COMPRESS_CONFIG}
+    for n in algorithm_names():
+        out.update(get_algorithm(n).CONFIG)
+    return out
+
+
+def full_schema() -> dict[str, Field]:
+    schema = dict(CORE_SCHEMA)
+    schema.update(LOG_CONFIG)
+    schema.update(method_sections())
+    return schema
+
+
+def build_config(
+    toml_text: str | None = None,
+    overrides: Iterable[tuple[str, Any]] = (),
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Resolve defaults <- base <- TOML file <- overrides, validating every key.
+
+    Raises ConfigError with a one-line message naming the key and the allowed values.
+    """
+    layers: list[tuple[str, Any]] = []
+    if base:
+        layers.extend(base.items())
+    if toml_text is not None:
+        try:
+            data = tomllib.loads(toml_text)
+        except (tomllib.TOMLDecodeError, ValueError) as e:  # ValueError: e.g. an integer of over 4300 digits
+            raise ConfigError(f"config file is not valid TOML: {str(e).splitlines()[0][:200]}") from None
+        layers.extend(_flatten(data).items())
+    layers.extend(overrides)
+    explicit = [k for k, _ in layers[len(base or {}):]]  # what the user set (not the base's full dump)
+    algorithm = next((v for k, v in reversed(layers) if k == "algorithm"), None)
+    layers = renamed(layers, algorithm)
+    if isinstance(algorithm, str) and plugins.is_dotted(algorithm):
+        plugins.register_algorithm_path(algorithm)  # its own config section joins the schema
+    schema = full_schema()
+    values = {k: f.default for k, f in schema.items()}
+    for key, value in layers:
+        if key not in schema:
+            raise ConfigError(unknown_key_message(key, schema))
+        values[key] = _coerce(key, schema[key], value)
+    if values["algorithm"] not in algorithm_names():
+        raise ConfigError(
+            f"config key 'algorithm': got {values['algorithm']!r}, expected one of {brief(algorithm_names())}"
+        )
+    if values["dataset"].startswith("hf:") and importlib.util.find_spec("hf") is None:
+        raise ConfigError(f"config key 'dataset': got {values['dataset']!r}; for a Hugging Face datasets folder write dataset = \"hf\" and data.dir = \"{values['dataset'][3:]}\"")
+    if plugins.is_dotted(values["dataset"]):
+        plugins.register_dataset_path(values["dataset"])
+    if plugins.is_dotted(values["model.name"]):
+        plugins.register_model_path(values["model.name"])
+    if values["dataset"] not in source_names():
+        raise ConfigError(f"config key 'dataset': got {values['dataset']!r}, expected one of {brief(source_names())}")
+    if values["model.name"] not in model_names():
+        raise ConfigError(
+            f"config key 'model.name': got {values['model.name']!r}, expected one of {brief(model_names())}"
+        )
+    _check_method_sections(explicit, values, schema)
+    quick_caps(values)
+    check_core(values)
+    return Config(values, schema)
+
+
+def _check_method_sections(keys: list[str], values: dict[str, Any], schema: dict[str, Field]) -> None:
+    """A key of another method's section, set to a non-default value, is an error naming the running
+    method: ``--set baffle.k=10`` without ``--algorithm baffle`` would otherwise run FedAvg unchanged.
+    (A saved ``config.toml`` lists every key at its default, so only values that differ count.)
+    BAFFLE with ``baffle.peft`` reads FedPEFT's ``[fedpeft]`` keys, so those belong to it too."""
+    running = values["algorithm"]
+    methods = set(algorithm_names())
+    own = {running, *(["fedpeft"] if running == "baffle" and values.get("baffle.peft") else [])}
+    for key in keys:
+        section = key.split(".")[0] if "." in key else ""
+        if key in schema and section in methods and section not in own and values[key] != schema[key].default:
+            raise ConfigError(f"config key '{key}' is for {section}, but the running method is {running}; drop it or set algorithm = \"{section}\"")
+
+
+
+def reference_markdown(algorithm: str | None = None) -> str:
+    """The config reference (docs/config.md), generated from the schema; with ``algorithm``
+    (a registered name or a ``module:Class`` plug-in) only that method's own section."""
+    if algorithm is not None:
+        return _method_reference(algorithm)
+    schema = full_schema()
+    lines = ["# Config reference", "", "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.", ""]
+    sections: dict[str, list[str]] = {}
+    for k in schema:
+        sections.setdefault(k.split(".")[0] if "." in k else "", []).append(k)
+    for sec in sorted(sections):
+        lines += [f"## [{sec}]" if sec else "## top level", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        for k in sections[sec]:
+            f = schema[k]
+            default = repr(f.default) if not isinstance(f.default, str) else f'"{f.default}"'
+            lines.append(f"| `{k}` | {f.type} | `{default}` | {f.allowed()} | {f.help} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _method_reference(algorithm: str) -> str:
+    """One method's keys: what ``config-doc --algorithm NAME`` prints (a plug-in's too, which the
+    full reference cannot list because it is not registered until named)."""
+    if plugins.is_dotted(algorithm):
+        plugins.register_algorithm_path(algorithm)
+    elif algorithm not in algorithm_names():
+        raise ConfigError(f"--algorithm: got {algorithm!r}, expected one of {brief(algorithm_names())} or a module:Class plug-in")
+    keys = get_algorithm(algorithm).CONFIG
+    lines = [f"## [{algorithm}]" if not plugins.is_dotted(algorithm) else f"## {algorithm}", ""]
+    if not keys:
+        return "\n".join(lines + ["(no keys of its own)", ""])
+    lines += ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for k, f in keys.items():
+        default = repr(f.default) if not isinstance(f.default, str) else f'"{f.default}"'
+        lines.append(f"| `{k}` | {f.type} | `{default}` | {f.allowed()} | {f.help} |")
+    return "\n".join(lines + [""])
