@@ -102,7 +102,7 @@ def _run(block: Block, folder: Path, env: dict) -> None:
         if "file" in block.marks:
             (folder / block.marks["file"]).write_text(block.body)
         if "model" in data or "algorithm" in data or "dataset" in data or "rounds" in data:
-            from featherfl.config import build_config
+            from featherfl.schema import build_config
 
             build_config(block.body)
         return
@@ -173,7 +173,8 @@ def test_markers_sit_on_blocks():
 
 
 def test_quick_cap_is_one_setting_that_shortens_every_run(monkeypatch):
-    from featherfl.config import ConfigError, build_config
+    from featherfl.config import ConfigError
+    from featherfl.schema import build_config
 
     monkeypatch.setenv("FEATHERFL_QUICK", "3")
     assert build_config(overrides=[("rounds", 50)])["rounds"] == 3
