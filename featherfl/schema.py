@@ -112,7 +112,18 @@ def reference_markdown(algorithm: str | None = None) -> str:
     if algorithm is not None:
         return _method_reference(algorithm)
     schema = full_schema()
-    lines = ["# Config reference", "", "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.", ""]
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.",
+        "`featherfl config-doc --algorithm NAME` prints one method's keys (a `module:Class` plug-in's too).",
+        "",
+        "A key of another method's section set to a value other than its default (`--set baffle.k=10`",
+        "while FedAvg runs) is an **error** (exit 2) naming the running method, not a silent no-op: keep",
+        "one TOML file per method. BAFFLE with `baffle.peft = true` also reads the `[fedpeft]` keys.",
+        "`FEATHERFL_QUICK=N` in the environment caps `rounds` at N and `faug.gan_steps` at 100 N (docs/runs.md).",
+        "",
+    ]
     sections: dict[str, list[str]] = {}
     for k in schema:
         sections.setdefault(k.split(".")[0] if "." in k else "", []).append(k)
