@@ -83,6 +83,7 @@ def _shims(folder: Path) -> dict[str, str]:
         p = bin_dir / name
         p.write_text(text)
         p.chmod(p.stat().st_mode | stat.S_IXUSR)
+    (folder / "examples").symlink_to(ROOT / "examples")  # the docs run from the clone's root
     env = dict(os.environ)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
