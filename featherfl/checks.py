@@ -9,8 +9,6 @@ ConfigError naming the model and the fix.
 
 from __future__ import annotations
 
-import torch
-
 from featherfl.config import ConfigError
 
 #: Rows of the training data the set-up forward pass uses.
@@ -28,13 +26,15 @@ def is_user_model(name: str) -> bool:
     return ":" in name or name.startswith("python-")
 
 
-def check_model(ctx, train_x: torch.Tensor) -> None:
+def check_model(ctx, train_x) -> None:
     """Build the configured model once and run one batch of the real data through it.
 
     Refuses (ConfigError, exit 2) a model without trainable parameters (nothing could be
     learned or sent), a forward pass that raises, and an output that is not one logit per
     class for each row: ``(batch, num_classes)``.
     """
+    import torch
+
     name = ctx.cfg["model.name"]
     try:
         model = ctx.build_model()
@@ -121,3 +121,130 @@ def failed_round(cfg, metrics: list[dict]) -> str | None:
     parts = [f"{k} {v}" for k, v in {**row.get("dropped_reasons", {}), **row.get("rejected_reasons", {})}.items()]
     detail = f" (clients lost: {', '.join(parts)})" if parts else ""
     return f"{why}{detail}; {failed} round(s) aggregated no update, more than engine.max_failed_rounds={allowed} (raise it to allow some)"
+
+
+#: Seconds a back end (MLflow server, Ray cluster) gets to accept a connection at set-up.
+CONNECT_TIMEOUT = 5.0
+
+
+def bound_network_waits() -> None:
+    """Bound the waits of the libraries featherfl calls over the network, unless the user set
+    them: MLflow's client otherwise retries a refused address for minutes, the hub client
+    waits long on a dead network. Each failure then reaches its one-line message in seconds."""
+    import os
+
+    for key, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+        ("HF_HUB_ETAG_TIMEOUT", "10"),
+        ("HF_HUB_DOWNLOAD_TIMEOUT", "10"),
+    ):
+        os.environ.setdefault(key, value)
+
+
+def _host_port(address: str, default_port: int) -> tuple[str, int] | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if not parts.hostname:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return parts.hostname, port or default_port
+
+
+def _probe(host: str, port: int) -> str | None:
+    """None when ``host:port`` accepts a TCP connection within :data:`CONNECT_TIMEOUT`, else why not."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+            return None
+    except socket.timeout:
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    except OSError as e:
+        return e.strerror or e.__class__.__name__
+
+
+def check_reachable(cfg) -> None:
+    """An MLflow server or Ray cluster that cannot be reached is one line (exit 2) within
+    seconds, before anything is written, instead of minutes of silent retries or a hang."""
+    uri = cfg["log.mlflow_uri"]
+    if uri.startswith(("http://", "https://")):
+        hp = _host_port(uri, 443 if uri.startswith("https") else 80)
+        why = _probe(*hp) if hp else "not a host address"
+        if why:
+            raise ConfigError(f"config key 'log.mlflow_uri': cannot reach {uri} ({why}); start the tracking server, fix the address, or leave it empty")
+    address = cfg["engine.address"]
+    if cfg["engine.name"] == "ray" and address and address not in ("auto", "local"):
+        hp = _host_port(address, 10001 if address.startswith("ray://") else 6379)
+        why = _probe(*hp) if hp else "not a host:port address"
+        if why:
+            raise ConfigError(f"config key 'engine.address': cannot reach the Ray cluster at {address} ({why}); start it, fix the address, or leave it empty for a local one")
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still get (available, not merely free), or 0 if unknown."""
+    import os
+
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def refuse_if_too_big(need: int, what: str) -> None:
+    """One line naming the estimate and what is available, before anything is allocated."""
+    have = available_memory()
+    if have and need > have:
+        raise ConfigError(f"{what} needs about {_gib(need)} of memory; this machine has {_gib(have)} available. Lower it")
+
+
+def synthetic_bytes(samples: int) -> int:
+    """The synthetic source holds inputs, noise, centres[y] and the clamped copy at once (1x8x8 float32 each)."""
+    return samples * 64 * 4 * 4
+
+
+def _mlp_parameters(widths: list[int]) -> int:
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+def check_setup_memory(cfg, input_shape: tuple, num_classes: int) -> None:
+    """Settings that size memory, estimated from the config and the data's shape before the
+    method allocates them: FAug's generator and discriminator (weights, gradients and two
+    Adam moments each), and FD's per-client L x L logit tables."""
+    import math
+
+    features = math.prod(input_shape)
+    if cfg.get("faug.enabled"):
+        gen = _mlp_parameters([cfg["faug.noise_dim"] + num_classes, *cfg["faug.gen_hidden"], features])
+        disc = _mlp_parameters([features + num_classes, *cfg["faug.disc_hidden"], 1])
+        refuse_if_too_big((gen + disc) * 4 * 4, f"faug.gen_hidden={cfg['faug.gen_hidden']} with faug.disc_hidden={cfg['faug.disc_hidden']} ({gen + disc:,} parameters)")
+    if cfg["algorithm"] == "fd":
+        refuse_if_too_big(cfg["clients"] * num_classes * num_classes * 4 * 3, f"fd with {num_classes:,} classes and {cfg['clients']:,} clients (an L x L logit table per client)")
+
+
+def client_work_warning(cfg) -> list[str]:
+    """A line saying how much forward-pass work each BAFFLE round is, when it is large enough
+    that a round may take minutes: K perturbed forward passes per estimate, per client."""
+    if cfg["algorithm"] != "baffle":
+        return []
+    k = cfg["baffle.k"]
+    steps = cfg["baffle.local_steps"] if cfg["baffle.mode"] == "fedavg" else 1
+    per_client = (k + 1) * steps
+    clients = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+    if per_client * clients < 1_000_000:
+        return []
+    return [f"baffle.k={k:,}: about {per_client * clients:,} forward passes per round ({per_client:,} per client); rounds may take minutes (progress is shown per client)"]

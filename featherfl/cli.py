@@ -72,7 +72,9 @@ def _parser(help_requested: bool = True) -> argparse.ArgumentParser:
     d.add_argument("--only", action="append", help="run only this method label (repeatable)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     rr = sub.add_parser("reproduce", help="a paper's headline result on its own protocol: table of paper vs ours")
-    rr.add_argument("name", help="baffle-mnist, fd-table1, ...")
+    from featherfl.reproduce import names_help
+
+    rr.add_argument("name", help=names_help())
     rr.add_argument("--quick", action="store_true", help="scaled-down run of the same code path (minutes, not comparable to the paper)")
     rr.add_argument("--out", help="output folder (default runs/reproduce-<name>-<timestamp>)")
     rr.add_argument("--data-dir", help="folder holding mnist-t10k/, sst2/, agnews/ (default ../shared/data)")
@@ -136,7 +138,8 @@ def cmd_run(a) -> int:
     summary = Experiment(prepared, out, resume=a.resume, progress=not a.quiet).run()
     acc = summary.get("final_accuracy")
     mb = (summary["bytes_up"] + summary["bytes_down"]) / 1e6
-    line = f"{summary['algorithm']} on {summary['dataset']}: {summary['rounds_completed']} rounds, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"-> {out}"
+    done = f"{summary['rounds_completed']} rounds" if summary["status"] == "completed" else f"{summary['status'].upper()} after {summary['rounds_completed']} of {summary['rounds']} rounds"  # a failed run's accuracy is not a result
+    line = f"{summary['algorithm']} on {summary['dataset']}: {done}, accuracy {acc:.4f}, {mb:.3f} MB total -> {out}" if acc is not None else f"{done} -> {out}"
     print(line)
     if summary["status"] != "completed":
         see = f" (see {out / 'errors.log'})" if (out / "errors.log").is_file() else ""
@@ -145,7 +148,24 @@ def cmd_run(a) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same orderly stop as Ctrl-C (the checkpoint stays the last one
+    written), so a process asked to end always ends, whatever library is running."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    from featherfl.checks import bound_network_waits
+
+    bound_network_waits()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     argv = sys.argv[1:] if argv is None else list(argv)
     p = _parser(help_requested=not argv or "-h" in argv or "--help" in argv)
     a = p.parse_args(argv)
@@ -155,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     from featherfl.runfolder import CheckpointError
 
     try:
+        if isinstance(getattr(a, "out", None), str) and not a.out.strip():  # --out "$UNSET": never a silent default
+            raise ConfigError("--out is empty (an unset shell variable?); name the folder, e.g. --out runs/mine")
         if a.command == "run":
             return cmd_run(a)
         if a.command == "report":
@@ -197,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as e:
         print(f"featherfl: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("featherfl: interrupted; resume with --resume --out RUN_DIR", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"featherfl: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; resume with --resume --out RUN_DIR", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except (Exception, SystemExit) as e:  # never a bare traceback, never exit 0 on a failure
         from featherfl.runfolder import one_line_failure
 

@@ -208,7 +208,7 @@ def read_config_file(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"config file {path} is not a file")
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8-sig")  # -sig: a BOM from a Windows editor is not a TOML error
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
     except OSError as e:
@@ -221,6 +221,8 @@ class Config:
     def __init__(self, values: dict[str, Any], schema: dict[str, Field]):
         self._v = values
         self.schema = schema
+        #: keys the user set (file, --set, base); the rest are defaults a feature may adapt
+        self.explicit: frozenset = frozenset(values)
 
     def __getitem__(self, key: str) -> Any:
         return self._v[key]

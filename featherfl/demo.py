@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from featherfl import algorithms
+from featherfl.config import ConfigError
 from featherfl.schema import build_config
 from featherfl.experiment import Experiment, prepare
 from featherfl.report import format_table, plot_compare, table_rows
@@ -61,7 +62,10 @@ def run_demo(out: Path | None = None, quick: bool = False, seed: int = 0, quiet:
     from featherfl.runfolder import check_out_dir
 
     out = Path(out) if out else Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    check_out_dir(out)
+    unknown = sorted(set(only or []) - {m.label for m in METHODS})
+    if unknown:
+        raise ConfigError(f"demo --only {unknown[0]!r}: no such method label; expected one of {', '.join(m.label for m in METHODS)}")
+    check_out_dir(out, fresh_only=True)  # demo has no --resume or --overwrite to suggest
     chosen = [m for m in METHODS if not only or m.label in only]
     plans = []
     for m in chosen:

@@ -108,22 +108,26 @@ def prepare(cfg: Config) -> Prepared:
     if cfg["engine.threads"]:
         torch.set_num_threads(cfg["engine.threads"])
     alg_cls = get_algorithm(cfg["algorithm"])
-    alg_cls.validate(cfg)
     import featherfl.devices as devices
     import featherfl.secagg as secagg
     import featherfl.tracking as tracking
 
+    cfg, chosen = secagg.adapt(cfg, alg_cls)  # defaults secure aggregation cannot use, changed and said
+    alg_cls.validate(cfg)
+
     secagg.validate(cfg, alg_cls)
 
     tracking.check(cfg)
+    checks.check_reachable(cfg)  # MLflow server, Ray cluster: one line within seconds, not a hang
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
     ds, parts, info, ctx = _data_and_context(cfg)
+    checks.check_setup_memory(cfg, ds.input_shape, ds.num_classes)  # estimates before the method allocates
     if checks.is_user_model(cfg["model.name"]):
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
-    ctx.info["warnings"] = robustness_warnings(cfg)
+    ctx.info["warnings"] = chosen + robustness_warnings(cfg) + checks.client_work_warning(cfg)
     if device.type != "cpu" and alg_cls.runs_on_cpu_only:
         ctx.info["warnings"].append(f"{cfg['algorithm']} runs on the cpu whatever engine.device says ({device}): its clients' and server's arithmetic must agree bit for bit")
     ctx.info["device"] = str(ctx.device)
@@ -272,6 +276,7 @@ class Experiment:
             from tqdm import tqdm
 
             bar = tqdm(total=rounds, initial=self.start_round - 1, desc=f"{self.cfg['algorithm']}", unit="round", leave=True, dynamic_ncols=True)
+            self.engine.on_client = lambda r, done, n: bar.set_postfix_str(f"round {r}: client {done}/{n}")  # long rounds show life
         try:
             stopped = None
             failed = None

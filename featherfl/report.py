@@ -49,17 +49,62 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
             raise ConfigError(f"{mp} line {i} is not valid JSON ({e.msg})") from None
         if not isinstance(row, dict) or any(not isinstance(row.get(k), t) or isinstance(row.get(k), bool) for k, t in _ROW_FIELDS.items()):
             raise ConfigError(f"{mp} line {i} is not a featherfl metrics row (needs {', '.join(_ROW_FIELDS)})")
-        acc = row.get("accuracy")
-        if acc is not None and not isinstance(acc, (int, float)):
-            raise ConfigError(f"{mp} line {i}: accuracy is not a number")
+        problem = _row_problem(row)
+        if problem:
+            raise ConfigError(f"{mp} line {i}: {problem}; not what a featherfl run writes")
         metrics.append(row)
-    summary = _read_json_file(sp) if sp.exists() else {"algorithm": run_dir.name, "rounds_completed": len(metrics)}
+    summary = _read_json_file(sp) if sp.exists() else _incomplete_summary(run_dir, metrics)
     if not isinstance(summary, dict):
         raise ConfigError(f"{sp} is not a featherfl summary (not a JSON object)")
     for k in ("bytes_up", "bytes_down", "clients"):
-        if k in summary and (not isinstance(summary[k], (int, float)) or isinstance(summary[k], bool)):
-            raise ConfigError(f"{sp}: {k} is not a number")
+        if k in summary and (not isinstance(summary[k], (int, float)) or isinstance(summary[k], bool) or summary[k] < 0):
+            raise ConfigError(f"{sp}: {k} is not a non-negative number")
+    done = summary.get("rounds_completed")
+    if isinstance(done, int) and done != len(metrics):
+        raise ConfigError(f"{sp} says {done} rounds completed but {mp} holds {len(metrics)}; the folder was altered or truncated")
     return summary, metrics
+
+
+def _row_problem(row: dict) -> str | None:
+    """What makes a metrics row impossible (NaN or out-of-range accuracy, negative bytes), or None."""
+    import math
+
+    acc = row.get("accuracy")
+    if acc is not None and (not isinstance(acc, (int, float)) or isinstance(acc, bool) or not math.isfinite(acc) or not 0 <= acc <= 1):
+        return f"accuracy {acc!r} is not a number in [0, 1]"
+    loss = row.get("loss")
+    if loss is not None and (not isinstance(loss, (int, float)) or not math.isfinite(loss)):
+        return f"loss {loss!r} is not a finite number"
+    negative = next((k for k in _ROW_FIELDS if row[k] < 0), None)
+    if negative:
+        return f"{negative} is negative ({row[negative]})"
+    return None
+
+
+def _incomplete_summary(run_dir: Path, metrics: list[dict]) -> dict:
+    """A summary for a run that never wrote one (killed, or still running): what it is comes from
+    its ``config.toml``, how far it got from ``metrics.jsonl``, and the reason names what to do."""
+    import tomllib
+
+    cfg = {}
+    try:
+        cfg = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        pass
+    last = metrics[-1]["round"] if metrics else 0
+    if (run_dir / "checkpoint.pt").is_file():
+        fix = f"continue it with featherfl run --resume --out {run_dir}"
+    else:
+        fix = f"nothing to resume; start it again with featherfl run --overwrite --out {run_dir}"
+    where = f"its last round was {last}" if last else "it finished no round"
+    return {
+        "algorithm": cfg.get("algorithm"),
+        "dataset": cfg.get("dataset"),
+        "clients": cfg.get("clients") if isinstance(cfg.get("clients"), int) and cfg.get("clients") > 0 else None,
+        "rounds_completed": len(metrics),
+        "status": "incomplete",
+        "reason": f"no summary.json (killed, or still running); {where}; {fix}",
+    }
 
 
 def _plt():
@@ -82,8 +127,32 @@ def _figure():
 
 
 def plot_run(run_dir: Path) -> list[Path]:
+    """Write the run's plots; where they cannot be written (a read-only folder, ``plots`` a file
+    or a link out of the folder), say so on stderr and go on: plots never fail a run."""
+    import sys
+
+    paths, problem = write_plots(run_dir)
+    if problem:
+        print(f"featherfl: warning: {problem}", file=sys.stderr)
+    return paths
+
+
+def write_plots(run_dir: Path) -> tuple[list[Path], str | None]:
+    """The plots written and, where they could not be, why (one line)."""
     run_dir = Path(run_dir)
     summary, metrics = load_run(run_dir)
+    folder = run_dir / "plots"
+    if folder.is_symlink():
+        return [], f"plots not written: {folder} is a link, and featherfl never writes through a link out of a run folder"
+    if folder.exists() and not folder.is_dir():
+        return [], f"plots not written: {folder} is a file, not a folder"
+    try:
+        return _draw(run_dir, summary, metrics), None
+    except OSError as e:
+        return [], f"plots not written to {folder}: {e.strerror or e}"
+
+
+def _draw(run_dir: Path, summary: dict, metrics: list[dict]) -> list[Path]:
     pts = [m for m in metrics if m.get("accuracy") is not None]
     (run_dir / "plots").mkdir(exist_ok=True)
     if not pts:
@@ -115,21 +184,23 @@ def table_rows(run_dirs: list[Path]) -> list[dict]:
     rows = []
     for d in run_dirs:
         s, m = load_run(d)
-        clients = s.get("clients") or 1
-        up = s.get("bytes_up", sum(r["bytes_up"] for r in m))
-        down = s.get("bytes_down", sum(r["bytes_down"] for r in m))
+        clients = s.get("clients")
+        # figures from metrics.jsonl, the per-round record, never from summary.json's copies
+        up = sum(r["bytes_up"] for r in m)
+        down = sum(r["bytes_down"] for r in m)
+        evaluated = [r["accuracy"] for r in m if r.get("accuracy") is not None]
         rows.append(
             {
                 "run": Path(d).name,
                 "algorithm": s.get("algorithm"),
                 "dataset": s.get("dataset"),
-                "status": s.get("status", "stopped" if s.get("stopped") else "completed" if "final_accuracy" in s else "running"),
+                "status": s.get("status", "stopped" if s.get("stopped") else "completed"),
                 "_reason": s.get("reason", s.get("stopped")),
-                "rounds": s.get("rounds_completed", len(m)),
-                "final_acc": s.get("final_accuracy"),
-                "best_acc": s.get("best_accuracy"),
-                "MB_up/client": up / clients / 1e6,
-                "MB_down/client": down / clients / 1e6,
+                "rounds": len(m),
+                "final_acc": evaluated[-1] if evaluated else None,
+                "best_acc": max(evaluated) if evaluated else None,
+                "MB_up/client": up / clients / 1e6 if clients else None,
+                "MB_down/client": down / clients / 1e6 if clients else None,
                 "bytes_vs_fedavg": None,
                 "client_compute": s.get("client_compute"),
                 "wall_s": s.get("wall_seconds"),
@@ -185,13 +256,20 @@ def client_table(run_dir: Path) -> str:
 
 
 def report(run_dir: Path, fmt: str = "text") -> str:
-    plot_run(run_dir)
-    text = format_table(table_rows([run_dir]), fmt)
+    """The run's table (always), and its plots where they can be written; otherwise the text says
+    why they were not (text format) or stderr does (the other formats stay machine-readable)."""
+    import sys
+
+    rows = table_rows([run_dir])
+    _, problem = write_plots(run_dir)
+    text = format_table(rows, fmt)
     if fmt == "text":
-        row = table_rows([run_dir])[0]
+        row = rows[0]
         if row["status"] != "completed" and row["_reason"]:
             text += f"\n\nrun {row['status']}: {row['_reason']}"
-        text += "\n\n" + client_table(run_dir) + f"\n\nplots: {Path(run_dir) / 'plots'}"
+        text += "\n\n" + client_table(run_dir) + ("\n\n" + problem if problem else f"\n\nplots: {Path(run_dir) / 'plots'}")
+    elif problem:
+        print(f"featherfl: warning: {problem}", file=sys.stderr)
     return text
 
 
@@ -227,7 +305,7 @@ def plot_compare(run_dirs: list[Path], out_png: Path) -> Path:
     for d in run_dirs:
         s, m = load_run(d)
         pts = [r for r in m if r.get("accuracy") is not None]
-        n = s.get("clients") or 1
+        n = s.get("clients") or 1  # an incomplete run without config.toml: totals, not per client
         xs = [(r["cumulative_bytes_up"] + r["cumulative_bytes_down"]) / n / 1e6 for r in pts]
         ax.plot(xs, [r["accuracy"] for r in pts], marker=".", label=s.get("label", s.get("algorithm", Path(d).name)))
     ax.set_xscale("symlog", linthresh=0.01)

@@ -30,35 +30,88 @@ RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "clients.json", "ch
 RUN_DIRS = ("plots",)
 
 
-def check_out_dir(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+def check_out_dir(out: Path, resume: bool = False, overwrite: bool = False, flag: str = "--out", fresh_only: bool = False) -> None:
     """Refuse, before anything is written, an ``--out`` that cannot or must not hold this run.
 
-    A file (or a path under a file), an unwritable place, a folder that already holds
-    something (unless ``--overwrite``, or ``--resume`` of the run it holds), and a
-    ``--resume`` of a folder without a checkpoint are all ConfigErrors naming the path.
+    An empty path (an unset shell variable), a name or path too long for the file system, a
+    dangling link or a link loop, a file (or a path under a file), a place where nothing can
+    be created (read-only, ``/proc``), a folder that already holds something (unless
+    ``--overwrite``, or ``--resume`` of the run it holds), and a ``--resume`` of a folder
+    without a checkpoint are all ConfigErrors naming the path and the fix that works.
+    ``fresh_only``: the command has neither ``--resume`` nor ``--overwrite`` (``reproduce``),
+    so the only fix it may name is another folder.
     """
     from featherfl.config import ConfigError
 
+    if not str(out).strip():
+        raise ConfigError(f"{flag} is empty (an unset shell variable?); name the run folder, e.g. {flag} runs/mine")
+    try:
+        _check_out_path(Path(out), flag)
+    except OSError as e:  # whatever the checks themselves meet: one line, never a traceback
+        raise ConfigError(f"{flag} {out}: {e.strerror or e}") from None
     out = Path(out)
-    for parent in [out, *out.parents]:
-        if parent.exists() and not parent.is_dir():
-            what = "is a file" if parent == out else f"is under {parent}, which is a file"
-            raise ConfigError(f"--out {out} {what}; choose a folder")
-        if parent.exists():
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise ConfigError(f"--out {out}: {parent} is not writable")
-            break
+    ck = out / "checkpoint.pt"
     if resume:
-        if not (out / "checkpoint.pt").is_file():
+        if ck.exists() and not ck.is_file():
+            raise ConfigError(f"--resume: {ck} is not a file (a folder?); move it away, or pass --overwrite without --resume to start the run again")
+        if not ck.is_file():
+            if (out / "config.toml").is_file():
+                raise ConfigError(f"--resume: {out} holds a run that stopped before its first checkpoint, so there is nothing to continue; pass --overwrite (without --resume) to start it again")
             raise ConfigError(f"--resume: {out} holds no checkpoint.pt; there is no run to continue (drop --resume to start one)")
         return
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            held = "a run" if (out / "config.toml").exists() or (out / "checkpoint.pt").exists() else "files"
-            raise ConfigError(f"--out {out} already holds {held}; pass --resume to continue it, --overwrite to replace it, or choose another folder")
+            if fresh_only:
+                raise ConfigError(f"{flag} {out} already holds files; this command writes a fresh folder: choose another {flag}, or remove this one")
+            if (out / "config.toml").exists() and not ck.is_file():
+                raise ConfigError(f"{flag} {out} holds a run that stopped before its first checkpoint (nothing to resume); pass --overwrite to start it again, or choose another folder")
+            held = "a run" if (out / "config.toml").exists() or ck.exists() else "files"
+            raise ConfigError(f"{flag} {out} already holds {held}; pass --resume to continue it, --overwrite to replace it, or choose another folder")
         unknown = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES + RUN_DIRS and not p.name.startswith("."))
         if unknown:
             raise ConfigError(f"--overwrite: {out} holds files that are not a run's ({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''}); refusing to delete them")
+
+
+def _check_out_path(out: Path, flag: str) -> None:
+    """The path itself: lengths, links, files in the way, and whether the nearest existing
+    folder lets a folder be created in it (probed with a temporary folder, removed at once)."""
+    import tempfile
+
+    from featherfl.config import ConfigError
+
+    name_max = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    path_max = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+    long = next((part for part in out.parts if len(os.fsencode(part)) > name_max), None)
+    if long:
+        raise ConfigError(f"{flag} {out}: the name {long[:40]}... is {len(os.fsencode(long))} bytes, over the file system's limit of {name_max}; choose a shorter name")
+    if len(os.fsencode(str(out.absolute()))) >= path_max:
+        raise ConfigError(f"{flag}: the path is {len(os.fsencode(str(out.absolute())))} bytes, over the file system's limit of {path_max}; choose a shorter path")
+    for parent in [out, *out.parents]:
+        if parent.is_symlink() and not parent.exists():
+            what = "a link loop" if _loops(parent) else f"a link to {os.readlink(parent)}, which does not exist"
+            raise ConfigError(f"{flag} {out}: {parent} is {what}; remove the link or choose another folder")
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == out else f"is under {parent}, which is a file"
+            raise ConfigError(f"{flag} {out} {what}; choose a folder")
+        if parent.exists():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{flag} {out}: {parent} is not writable")
+            if parent != out:
+                try:
+                    os.rmdir(tempfile.mkdtemp(prefix=".featherfl-probe-", dir=parent))
+                except OSError as e:
+                    raise ConfigError(f"{flag} {out}: no folder can be created in {parent} ({e.strerror}); choose another place") from None
+            break
+
+
+def _loops(p: Path) -> bool:
+    try:
+        p.resolve(strict=True)
+    except RuntimeError:
+        return True
+    except OSError as e:
+        return e.errno == 40  # ELOOP
+    return False
 
 
 def check_output_file(path: Path, flag: str = "--out") -> None:
@@ -79,23 +132,36 @@ def check_output_file(path: Path, flag: str = "--out") -> None:
 
 
 def clear_run_folder(out: Path) -> None:
-    """Remove a previous run's files (``--overwrite``), after :func:`check_out_dir` allowed it."""
+    """Remove a previous run's files (``--overwrite``), after :func:`check_out_dir` allowed it.
+
+    A link among them is removed, never followed: a ``plots`` link to a user's folder
+    elsewhere must not have that folder emptied or written into."""
     import shutil
 
     for name in RUN_FILES:
         (Path(out) / name).unlink(missing_ok=True)
     for name in RUN_DIRS:
-        shutil.rmtree(Path(out) / name, ignore_errors=True)
+        p = Path(out) / name
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.exists():
+            shutil.rmtree(p)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file, fsync, rename. When anything
+    fails (a full disk), the temporary file is removed and the old ``path`` is untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

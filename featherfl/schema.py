@@ -88,7 +88,9 @@ def build_config(
     _check_method_sections(explicit, values, schema)
     quick_caps(values)
     check_core(values)
-    return Config(values, schema)
+    cfg = Config(values, schema)
+    cfg.explicit = frozenset(explicit)  # a feature may adapt only what the user left at its default
+    return cfg
 
 
 def _check_method_sections(keys: list[str], values: dict[str, Any], schema: dict[str, Field]) -> None:

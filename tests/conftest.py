@@ -8,6 +8,25 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """A test that registers a plug-in (a dotted path, a Python model or dataset) must not change
+    the names every later test sees, e.g. the generated config reference."""
+    import featherfl.data.sources  # noqa: F401  (the built-in sources register on import)
+    from featherfl import models as model_package
+    from featherfl.algorithms.registry import REGISTRY as algorithms
+    from featherfl.data.dataset import SOURCES as sources
+    from featherfl.models.registry import REGISTRY as models
+
+    model_package._load_builtin()  # built-ins register once per process: keep them in the snapshot
+
+    saved = [(r, dict(r)) for r in (algorithms, sources, models)]
+    yield
+    for registry, before in saved:
+        registry.clear()
+        registry.update(before)
+
+
 @pytest.fixture
 def cfg_factory():
     from featherfl.schema import build_config

@@ -55,11 +55,12 @@ def test_bad_model_or_data_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "m").exists() and not (tmp_path / "d").exists()
 
 
-def test_the_documented_example_runs(tmp_path):
+def test_the_documented_example_runs(tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "python.md").read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
-    exec(compile(code, "docs/python.md", "exec"), {"OUT": tmp_path})
-    assert (tmp_path / "mine" / "summary.json").exists()
+    code = re.findall(r"```python\n(.*?)```", doc, flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)  # the page writes under runs/python, relative to where it runs
+    exec(compile(code, "docs/python.md", "exec"), {})
+    assert (tmp_path / "runs" / "python" / "mine" / "summary.json").exists()

@@ -7,15 +7,13 @@ import pytest
 
 import featherfl
 from featherfl import cli
+from support.registries import own_registries  # noqa: F401  (fixture)
 from featherfl.config import ConfigError
 
 
 @pytest.fixture(autouse=True)
-def _own_registries(monkeypatch):
-    """Arrays passed to featherfl.run join the source registry; restore it afterwards."""
-    from featherfl.data import sources
-
-    monkeypatch.setattr(sources, "_SOURCES", dict(sources._SOURCES))
+def _registries(own_registries):
+    """Arrays passed to featherfl.run join the source registry; it is restored afterwards."""
 
 
 def _arrays(y_train=None, y_test=None, x_scale=1.0, n=60):

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from featherfl import cli
+from support.registries import own_registries  # noqa: F401  (fixture)
 
 PLUGIN = '''
 import sys
@@ -69,15 +70,7 @@ def good(input_shape, num_classes):
 
 
 @pytest.fixture()
-def plugin(tmp_path, monkeypatch):
-    """The plug-in module on sys.path; the registries it joins are restored afterwards, so
-    other tests' lists of model and dataset names do not change."""
-    from featherfl import models
-    from featherfl.data import sources
-
-    models._load_builtin()
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
-    monkeypatch.setattr(sources, "_SOURCES", dict(sources._SOURCES))
+def plugin(tmp_path, monkeypatch, own_registries):
     (tmp_path / "loud_plugin.py").write_text(PLUGIN)
     (tmp_path / "loud_exit_on_import.py").write_text("import sys\nsys.exit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))

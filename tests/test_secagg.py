@@ -279,9 +279,9 @@ def test_dropouts_in_a_run_are_counted_and_too_many_skip_the_round(tmp_path):
     "overrides,message",
     [
         ([("algorithm", "fedavg"), ("fedavg.weighting", "samples"), ("fedavg.aggregation", "median")], "needs every client's own values"),
-        ([("algorithm", "fedavg")], "capped needs every client's claimed count"),
+        ([("algorithm", "fedavg"), ("fedavg.weighting", "capped")], "capped needs every client's claimed count"),  # explicit: refused, not adapted
         ([("algorithm", "baffle"), ("baffle.weighting", "uniform"), ("baffle.directions", "per-client")], "per-client directions"),
-        ([("algorithm", "baffle"), ("baffle.weighting", "uniform"), ("baffle.mode", "fedavg")], "shared-all"),
+        ([("algorithm", "baffle"), ("baffle.weighting", "uniform"), ("baffle.mode", "fedavg"), ("baffle.directions", "shared")], "shared-all"),
         ([("algorithm", "fedavg"), ("fedavg.weighting", "uniform"), ("clients", 2)], "at least 3"),
         ([("algorithm", "fd"), ("secagg.ring_bits", 32), ("secagg.fraction_bits", 30)], "no integer range"),
     ],

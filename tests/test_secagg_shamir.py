@@ -163,3 +163,14 @@ def test_the_low_order_key_check_agrees_with_a_key_exchange():
         verdicts.append(crypto.valid_public(pk))
         assert crypto.valid_public(pk) == exchange_works(pk), u
     assert verdicts.count(False) >= 10 and verdicts.count(True) >= 200
+
+
+def test_32_bit_words_where_range_and_precision_allow_and_a_refusal_otherwise():
+    assert crypto.words_for(100, 1.0, 1e-4) == (32, 14)  # 100 x 1 <= 2^(31-14)
+    assert crypto.words_for(100, 2000.0, 1e-4) == (64, 14)  # 100 x 2000 > 2^17: 64-bit words
+    assert crypto.words_for(1000, 32.0, 2**-16) == (32, 16)  # 32,000 <= 0.999 x 2^15
+    assert crypto.words_for(1000, 33.0, 2**-16) == (64, 16)  # 33,000 > 2^15
+    bits, f = crypto.words_for(300, 50.0, 1e-3)
+    assert 50.0 <= crypto.bound_for(300, f, bits) and 2.0**-f <= 1e-3
+    with pytest.raises(ValueError, match="more than 64-bit"):
+        crypto.words_for(10**6, 1e9, 1e-9)

@@ -352,6 +352,13 @@ class BaffleMean(WeightedMean):
     step linear, so that the mean of the scalars replays to the mean of the trajectories."""
 
     @classmethod
+    def compatible_defaults(cls, cfg: Config, name: str) -> dict:
+        chosen = super().compatible_defaults(cfg, name)
+        if cfg["baffle.mode"] == "fedavg" and cfg["baffle.directions"] != "shared-all":
+            chosen["baffle.directions"] = "shared-all"
+        return chosen
+
+    @classmethod
     def check(cls, cfg: Config, name: str) -> None:
         super().check(cfg, name)
         if cfg["baffle.mode"] == "fedsgd" and cfg["baffle.directions"] == "per-client":

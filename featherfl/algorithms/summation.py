@@ -46,6 +46,12 @@ class Summation:
         self.server = server
 
     @classmethod
+    def compatible_defaults(cls, cfg: Config, name: str) -> dict:
+        """Keys whose default a sum cannot serve, with the value to use instead where the user
+        left them at the default (secure aggregation chooses these, and says so)."""
+        return {}
+
+    @classmethod
     def check(cls, cfg: Config, name: str) -> None:
         """One-line ConfigErrors for the settings a sum cannot serve."""
         rule = cfg.section(name).get("aggregation", "mean")
@@ -114,6 +120,12 @@ class WeightedMean(Summation):
     def __init__(self, ctx, name: str, server=None):
         super().__init__(ctx, name, server)
         self.sent: dict[int, Payload] = {}
+
+    @classmethod
+    def compatible_defaults(cls, cfg: Config, name: str) -> dict:
+        """``capped`` needs each claim's median, hidden by the sum; ``uniform`` keeps every
+        client's weight bounded as capped does."""
+        return {f"{name}.weighting": "uniform"} if cfg.section(name).get("weighting") == "capped" else {}
 
     @classmethod
     def check(cls, cfg: Config, name: str) -> None:

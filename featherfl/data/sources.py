@@ -62,6 +62,9 @@ def _digits(cfg) -> Dataset:
 def _synthetic(cfg) -> Dataset:
     """Ten Gaussian class clusters shaped as 1x8x8 images; fully determined by the run seed."""
     n = cfg["data.synthetic_samples"]
+    from featherfl.checks import refuse_if_too_big, synthetic_bytes
+
+    refuse_if_too_big(synthetic_bytes(n), f"data.synthetic_samples={n:,}")  # before the tensors exist
     g = torch.Generator().manual_seed(1_000_003 + cfg["seed"])
     centers = torch.rand(10, 1, 8, 8, generator=g)
     y = torch.arange(n) % 10

@@ -106,6 +106,7 @@ class Engine(ABC):
         self.run_id = run_id
         self.max_bytes = int(cfg["engine.max_payload_mb"] * 2**20)
         self.training_exchange = False  # True while ``_execute`` runs the method's exchange of a round
+        self.on_client = None  # progress: called (round, clients done, clients in the exchange) where an engine can
 
     # --- where client code runs -------------------------------------------------
     @abstractmethod

@@ -41,6 +41,8 @@ class LocalEngine(ServerHeldStates, Engine):
                 out[cid] = ClientOutcome(error=f"error: {e.__class__.__name__}: {e}", seconds=time.perf_counter() - t, traceback=traceback.format_exc())
                 continue
             out[cid] = ClientOutcome(reply=reply, seconds=time.perf_counter() - t)
+            if self.on_client is not None:
+                self.on_client(rnd, len(out), len(jobs))
         return out
 
     def evaluate_clients(self, x, y):

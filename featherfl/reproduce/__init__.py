@@ -24,6 +24,11 @@ RECIPES: dict[str, str] = {
 }
 
 
+def names_help() -> str:
+    """Every recipe name, for ``featherfl reproduce --help`` (kept in step with :data:`RECIPES`)."""
+    return "one of: " + ", ".join(sorted(RECIPES))
+
+
 def get_recipe(name: str):
     """The recipe called ``name``; an unknown name is a one-line ConfigError listing the known ones."""
     if name not in RECIPES:

@@ -38,7 +38,7 @@ METHODS = {
 OPTIONS = {
     "devices": Field("list[int]", [2, 4, 6, 8, 10], "Numbers of devices M, one table row group each."),
     "local_steps": Field("int", 250, "Local iterations (batch 64) per global iteration.", min=1),
-    "iterations": Field("int", 16, "Global iterations.", min=1),
+    "iterations": Field("int", 16, "Global iterations.", min=1, max=1_000_000),  # the rounds limit, named here
     "methods": Field("list[str]", list(METHODS), "Which of FD, FD+FAug, FL, FL+FAug to run."),
 }
 
@@ -76,8 +76,11 @@ def settings(data_dir: Path, m: int, method: str, quick: bool, local_steps: int,
 
 
 def check_options(options: dict) -> None:
-    if not options["devices"] or min(options["devices"]) < 2:
-        raise ConfigError(f"reproduce fd-table1: devices must be numbers >= 2, got {options['devices']}")
+    from featherfl.config import CORE_SCHEMA
+
+    most = int(CORE_SCHEMA["clients"].max)  # each device is one client of a run: say so here, not as 'clients' later
+    if not options["devices"] or min(options["devices"]) < 2 or max(options["devices"]) > most:
+        raise ConfigError(f"reproduce fd-table1: devices must be numbers from 2 to {most:,}, got {options['devices']}")
     unknown = [x for x in options["methods"] if x not in METHODS]
     if unknown or not options["methods"]:
         raise ConfigError(f"reproduce fd-table1: methods must be some of {', '.join(METHODS)}, got {options['methods']}")

@@ -38,7 +38,7 @@ def cmd_reproduce(name: str, quick: bool = False, out: str | None = None, data_d
     folder = Path(out) if out else Path("runs") / f"reproduce-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     from featherfl.runfolder import check_out_dir
 
-    check_out_dir(folder)
+    check_out_dir(folder, fresh_only=True)  # reproduce has no --resume or --overwrite to suggest
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -29,6 +29,27 @@ def fraction_bits(cfg: Config) -> int:
     return cfg["secagg.fraction_bits"] or cfg["secagg.ring_bits"] // 2
 
 
+def adapt(cfg: Config, method) -> tuple[Config, list[str]]:
+    """The config with the settings a sum needs, where the user left them at their defaults,
+    and one note per change (printed, and kept in ``summary.json`` and ``config.toml``).
+
+    ``--set secagg.protocol=secagg+`` alone must work: the method's summation names the
+    defaults it cannot serve (``Summation.compatible_defaults``: e.g. ``weighting = capped``,
+    whose median claim the sum hides). A setting the user chose explicitly is never changed:
+    :func:`validate` refuses it with a one-line message naming the fix.
+    """
+    if not enabled(cfg) or method.summation is None:
+        return cfg, []
+    chosen = {k: v for k, v in method.summation.compatible_defaults(cfg, method.name).items() if k not in cfg.explicit}
+    if not chosen:
+        return cfg, []
+    explicit = cfg.explicit
+    adapted = cfg.replace(**chosen)
+    adapted.explicit = explicit | set(chosen)  # recorded in config.toml from now on, so a resume keeps them
+    notes = [f"secagg.protocol={cfg['secagg.protocol']}: {k} = {v} chosen (the default {cfg[k]} cannot work under secure aggregation; set {k} to choose another)" for k, v in chosen.items()]
+    return adapted, notes
+
+
 def validate(cfg: Config, method) -> None:
     """Config-time checks (exit 2): the method's declaration, the participant count, the extra.
     ``method`` is the configured ``Algorithm`` class."""

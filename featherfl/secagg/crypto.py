@@ -18,6 +18,7 @@ integer arithmetic (so a round's secrets are rebuilt together, not one library c
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 import os
 
@@ -300,3 +301,19 @@ def error_bound(participants: int, fraction_bits: int) -> float:
     """Largest difference between the decoded sum and the true sum of in-range values:
     each client's rounding is at most half a step, 2^-(f+1)."""
     return participants * 2.0 ** -(fraction_bits + 1)
+
+
+def words_for(participants: int, max_abs: float, resolution: float) -> tuple[int, int]:
+    """(ring bits, fraction bits): the smallest ring, 32 before 64 bits, whose words hold
+    ``participants`` values of at most ``max_abs`` each with a step of at most ``resolution``.
+
+    The step is 2^-f with f = ceil(log2(1 / resolution)); the sum of n values fits while
+    n x max_abs <= 2^(b-1-f) (``bound_for``). Raises ``ValueError`` naming what does not fit when no
+    ring does: the check that refuses a declared range and precision 64-bit words cannot carry."""
+    if max_abs <= 0 or resolution <= 0:
+        raise ValueError("the declared range and resolution must be positive")
+    f = max(0, math.ceil(-math.log2(resolution)))
+    for bits in (32, 64):
+        if f <= bits - 8 and max_abs <= bound_for(participants, f, bits):
+            return bits, f
+    raise ValueError(f"{participants} values of up to {max_abs:g} at a step of {resolution:g} need more than 64-bit words")

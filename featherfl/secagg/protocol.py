@@ -410,7 +410,7 @@ class ServerRound:
     unmask_sent: dict[int, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)  # cid -> (survivors, dropped, senders)
     reveals: dict[int, RevealUp] = field(default_factory=dict)
     bad_share_clients: set = field(default_factory=set)
-    seconds: dict[str, float] = field(default_factory=dict)  # where unmask_sum's time went
+    seconds: dict[str, float] = field(default_factory=dict)  # where unmask_sum's CPU time went
 
     # stage 1: advertise
     def advertise(self) -> dict[int, Payload]:
@@ -544,13 +544,13 @@ class ServerRound:
         al. 2017, section 4, Unmasking)."""
         if set(masked) != set(self.u3):
             raise Skip("masked inputs do not match the survivors the unmasking step was run for")
-        clock = time.perf_counter()
+        clock = time.process_time()
         first = next(iter(masked.values()))
         n, bits = len(first), first.dtype.itemsize * 8
         total = np.zeros(n, dtype=first.dtype)
         for c in self.u3:
             np.add(total, masked[c], out=total)
-        now = time.perf_counter()
+        now = time.process_time()
         self.seconds["sum"], clock = now - clock, now
 
         s3 = set(self.u3)
@@ -567,7 +567,7 @@ class ServerRound:
         # All shares at once: honest shares lie on one polynomial of degree t - 1, so the
         # interpolant through all of them gives the secret; a single wrong one changes it.
         secrets = dict(zip(wanted, crypto.combine_many(groups)))
-        now = time.perf_counter()
+        now = time.process_time()
         self.seconds["shamir"], clock = now - clock, now
 
         def check_b(v):
@@ -585,7 +585,7 @@ class ServerRound:
                 xs, ys = self._points(revealed[(kind, v)])
                 holders = self.keys_sent[v]
                 secrets[(kind, v)] = self._repair(v, what, [(holders[x - 1], x, y) for x, y in zip(xs, ys)], check)
-        now = time.perf_counter()
+        now = time.process_time()
         self.seconds["check"], clock = now - clock, now
 
         # what survivor u added for dropped v, rebuilt from v's secret key and u's public key
@@ -595,10 +595,10 @@ class ServerRound:
             keys = crypto.agree_many(crypto.mask_secret(secrets[("s", v)]), [self.keys[u][1] for u in us], [mask_context(self.run, self.rnd, u, v) for u in us])
             for u, key in zip(us, keys):
                 (plus if u < v else minus).append(key)
-        now = time.perf_counter()
+        now = time.process_time()
         self.seconds["agree"], clock = now - clock, now
         total = total - crypto.keystream_sum(plus, n, bits)
         if minus:
             total = total + crypto.keystream_sum(minus, n, bits)
-        self.seconds["masks"] = time.perf_counter() - clock
+        self.seconds["masks"] = time.process_time() - clock
         return total

@@ -28,7 +28,9 @@ class Outcome:
     bytes_down: dict[int, int] = field(default_factory=dict)
     client_seconds: float = 0.0
     server_seconds: float = 0.0
-    server_stages: dict[str, float] = field(default_factory=dict)  # server seconds by step
+    server_stages: dict[str, float] = field(default_factory=dict)  # server CPU seconds by step
+    server_cpu_seconds: float = 0.0  # the server's CPU time (this process's): what a shared machine's load does not inflate
+    client_stages: dict[str, float] = field(default_factory=dict)  # all clients' seconds by message answered
 
 
 def run_round(
@@ -65,21 +67,25 @@ def run_round(
             got = wire.decode(data, specs, round=rnd, run=run)
             reply = answer(c, got)
             up = wire.encode(reply, rnd, run)
-            out.client_seconds += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            out.client_seconds += spent
+            out.client_stages[msg.KIND] = out.client_stages.get(msg.KIND, 0.0) + spent
             out.bytes_up[c] += len(up)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             replies[c] = wire.decode(up, up_specs(c), round=rnd, run=run)
             spent = time.perf_counter() - t0
+            out.server_cpu_seconds += time.process_time() - c0
             out.server_seconds += spent
-            out.server_stages["decode"] = out.server_stages.get("decode", 0.0) + spent
+            out.server_stages["decode"] = out.server_stages.get("decode", 0.0) + time.process_time() - c0
         return replies
 
     def timed(fn, *a):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = fn(*a)
         spent = time.perf_counter() - t0
+        out.server_cpu_seconds += time.process_time() - c0
         out.server_seconds += spent
-        out.server_stages[fn.__name__] = out.server_stages.get(fn.__name__, 0.0) + spent
+        out.server_stages[fn.__name__] = out.server_stages.get(fn.__name__, 0.0) + time.process_time() - c0
         return r
 
     session = lambda c: protocol.ClientSession(states[c], run)  # noqa: E731
