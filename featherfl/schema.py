@@ -127,10 +127,14 @@ def reference_markdown(algorithm: str | None = None) -> str:
         "# Config reference",
         "",
         "Generated from `featherfl.config` by `featherfl config-doc`; a test keeps it in sync.",
+        "`featherfl config-doc --algorithm NAME` prints one method's keys (a `module:Class` plug-in's too).",
         "",
-        "A key in another method's section (say `baffle.k` in a FedAvg run) is an error naming the running",
-        "method when it is set with `--set` or from Python, and a one-line warning (the key is ignored)",
-        "when it comes from a config file, since one file often serves several methods' runs.",
+        "A key in another method's section set to a value other than its default (`--set baffle.k=10`",
+        "while FedAvg runs) is an **error** (exit 2) naming the running method when it is set with `--set`",
+        "or from Python, and a one-line warning (the key is ignored) when it comes from a config file,",
+        "since one file often serves several methods' runs. BAFFLE with `baffle.peft = true` also reads",
+        "the `[fedpeft]` keys.",
+        "`FEATHERFL_QUICK=N` in the environment caps `rounds` at N and `faug.gan_steps` at 100 N (docs/runs.md).",
         "",
     ]
     sections: dict[str, list[str]] = {}
