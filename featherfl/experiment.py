@@ -345,12 +345,15 @@ class Experiment:
                 if bar is not None:
                     bar.close()
                 self.engine.close()
+            try:  # before the summary, so a method's artifact that cannot be written fails the run
+                self.p.algorithm.artifacts(self.out)
+            except (Exception, SystemExit) as e:
+                failed = failed or log_crash(self.out, rnd, e)
             summary = self.summary(stopped, failed)
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
             status = summary["status"]
         finally:
             trackers.close(status)
-        self.p.algorithm.artifacts(self.out)
         if self.cfg["log.plots"]:
             from featherfl.report import plot_run
 

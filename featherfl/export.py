@@ -99,7 +99,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     from featherfl.runfolder import atomic_write_text, check_out_dir
 
     run_dir, out = Path(run_dir), Path(out)
-    check_out_dir(out)  # an empty or new folder only: an export never overwrites
+    check_out_dir(out, fresh_only=True)  # an empty or new folder only: an export never overwrites, and has no --resume to suggest
     prepared, ck = _restore(run_dir)
     cfg, ctx, alg = prepared.cfg, prepared.ctx, prepared.algorithm
     summary_path = run_dir / "summary.json"

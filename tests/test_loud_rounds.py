@@ -55,3 +55,18 @@ def test_payload_cap_below_the_update_is_refused_before_the_run(tmp_path, capsys
 def test_baffle_scalars_fit_a_small_cap(tmp_path):
     """BAFFLE's K scalars are far below a cap that FedAvg's weights exceed: no refusal."""
     assert _run(tmp_path, "algorithm=baffle", "baffle.k=4", "engine.max_payload_mb=0.001", rounds=1) == 0
+
+
+def test_an_artifact_that_cannot_be_written_fails_the_run(tmp_path, monkeypatch):
+    """A method's artifacts are written before summary.json, so their failure is the run's status,
+    not an exit 1 beside a summary that says completed."""
+    from featherfl.algorithms.base import Algorithm
+
+    def boom(self, run_dir):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(Algorithm, "artifacts", boom)
+    assert _run(tmp_path, rounds=1) == 1
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert "no space left on device" in (run / "errors.log").read_text()
