@@ -207,7 +207,7 @@ def write(path: Path, a, real: dict, sims: list[dict], e2e: list[dict], seconds:
         "# Secure aggregation: what it costs",
         "",
         f"Measured by `{cmd}` on {platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}, one torch thread, on {date} ({seconds / 60:.0f} minutes).",
-        "The machine was shared with other engineers' jobs while this ran (load average above the core count): seconds are",
+        "The machine was shared with other jobs while this ran (load average above the core count): seconds are",
         "upper bounds and noisy, server seconds are medians of repeated rounds; bytes are exact.",
         *notes,
         "",

@@ -21,7 +21,7 @@ from featherfl.schema import build_config
 from featherfl.reproduce.baffle_mnist import check as check_mnist
 from featherfl.reproduce.table import Recipe, Row
 
-#: The paper's Table 1 (test accuracy), as far as it is quoted in this project's issue tracker.
+#: The paper's Table 1 (test accuracy), as far as its figures are available offline.
 #: Columns for M = 6, 8, 10 are not available offline here: those rows carry no paper figure.
 PAPER = {
     2: {"FD": 0.7230, "FD+FAug": 0.8464, "FL": 0.8077, "FL+FAug": 0.9111},
