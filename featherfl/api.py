@@ -132,12 +132,10 @@ def _register_dataset(data) -> str:
 def complete_message(folder: Path, cfg: Config, rounds_flag: str) -> str | None:
     """One line when the run in ``folder`` already has ``cfg["rounds"]`` rounds (a resume would do
     nothing), naming how to continue it; None when there is something left to run."""
-    from featherfl.runfolder import read_jsonl
-
-    try:
-        done = len(read_jsonl(Path(folder) / "metrics.jsonl"))
-        status = json.loads((Path(folder) / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
+    try:  # the summary's count, written with the last checkpoint: metrics.jsonl may hold a line past it
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+        status, done = summary.get("status"), int(summary.get("rounds_completed", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
     if status != "completed" or done < cfg["rounds"]:
         return None
