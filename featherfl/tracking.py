@@ -91,8 +91,11 @@ class Trackers:
                 for i in range(0, len(params), 100):  # MLflow's batch limit
                     self.mlflow.log_batch(self.run_id, params=params[i : i + 100])
         except Exception as e:  # unreachable server, bad store, unknown run id: say so before the run starts
-            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
-            raise ConfigError(f"config key 'log.mlflow_uri': cannot log to {uri} ({first})") from None
+            hint = ""
+            if not uri.startswith(("http:", "https:", "sqlite:", "postgresql:", "mysql:", "databricks")):
+                # MLflow 3 refuses its file store (maintenance mode); a database store works offline
+                hint = f"; a local store that works: log.mlflow_uri = \"sqlite:///{self.out.parent.resolve() / 'mlflow.db'}\""
+            raise ConfigError(f"config key 'log.mlflow_uri': cannot log to {uri} ({_one_line(e)}){hint}") from None
 
     def started(self) -> None:
         """Called once the run folder exists: open the event writer, remember the MLflow run."""
@@ -129,8 +132,7 @@ class Trackers:
     def _give_up(self, name: str, e: Exception) -> None:
         import sys
 
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
-        print(f"featherfl: {name} logging failed and is off for the rest of the run ({first}); metrics.jsonl has every round", file=sys.stderr)
+        print(f"featherfl: {name} logging failed and is off for the rest of the run ({_one_line(e)}); metrics.jsonl has every round", file=sys.stderr)
         return None
 
     def close(self, status: str) -> None:
@@ -151,3 +153,13 @@ def _param(v) -> str:
 def _metric_name(k: str) -> str:
     # MLflow names allow letters, digits, _ - . space / ; anything else becomes '_'
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in k)
+
+
+def _one_line(e: Exception, limit: int = 400) -> str:
+    """A back end's message on one line and whole up to its first sentences: its lines joined,
+    and a cut made at a sentence end where one fits, never mid-word."""
+    text = " ".join(str(e).split()) or e.__class__.__name__
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[: cut + 1] if cut > limit // 3 else text[: text.rfind(" ", 0, limit)] + " ..."

@@ -106,3 +106,15 @@ def test_plots_are_drawn_unless_log_plots_is_off_and_report_draws_them_later(tmp
     assert not list((tmp_path / "off").glob("plots/*.png"))
     assert cli.main(["report", str(tmp_path / "off")]) == 0
     assert len(list((tmp_path / "off" / "plots").glob("*.png"))) == 2
+
+
+def test_back_end_messages_stay_whole_on_one_line():
+    """MLflow's refusal of its file store spans several sentences; the one-line error keeps them
+    whole (joined, cut only at a sentence end), never mid-sentence."""
+    from featherfl.tracking import _one_line
+
+    assert _one_line(ValueError("first line\n  second line")) == "first line second line"
+    long = "The store is in maintenance mode. " * 20
+    out = _one_line(ValueError(long))
+    assert out.endswith("mode.") and len(out) <= 400
+    assert _one_line(ValueError("")) == "ValueError"
