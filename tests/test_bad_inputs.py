@@ -159,6 +159,7 @@ def test_compare_out_into_a_missing_folder(a_run, tmp_path, capsys):
     assert not target.parent.exists()
 
 
+@pytest.mark.slow  # a text model in a fresh process: seconds
 def test_quiet_text_run_prints_only_the_result_line(tmp_path):
     """A text run under --quiet prints featherfl's one result line and nothing from transformers."""
     transformers = pytest.importorskip("transformers")

@@ -13,6 +13,9 @@ from featherfl.experiment import Experiment, prepare  # noqa: E402
 SMALL = [("rounds", 3), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200), ("engine.threads", 1), ("engine.vectorize", "off"), ("engine.fraction", 0.75), ("engine.dropout", 0.2)]
 
 
+#: every test here starts or shares a local Ray session (seconds each): `pytest -m "not slow"` skips them
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
     import torch

@@ -1,6 +1,9 @@
+import pytest
+
 from featherfl.demo import METHODS, run_demo
 
 
+@pytest.mark.slow
 def test_demo_table_and_plot(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATHERFL_CACHE", str(tmp_path / "cache"))
     out, text = run_demo(tmp_path / "demo", quick=True, quiet=True, only=["fedavg", "baffle"])

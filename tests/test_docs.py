@@ -37,7 +37,11 @@ def fake_idx_folder(root: Path, n: int = 600) -> Path:
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+#: examples whose one round still takes several seconds (MNIST-sized data, a GAN): slow
+HEAVY = {"fd_mnist", "baffle_mnist", "fd_faug_digits"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p for p in EXAMPLES], ids=[p.stem for p in EXAMPLES])
 def test_example_config_runs_one_round(path, tmp_path, monkeypatch):
     from featherfl.experiment import run_experiment
 

@@ -25,6 +25,9 @@ SMALL = [("rounds", 2), ("clients", 4), ("data.max_train", 320), ("data.max_test
 FAST = {"baffle": [("baffle.k", 20), ("baffle.downlink", "replay")], "fd": [("fd.local_steps", 20)], "fedpeft": [("fedpeft.method", "bias"), ("partition.min_samples", 5)]}
 
 
+#: every test here starts or shares a local Ray session (seconds each): `pytest -m "not slow"` skips them
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     """FedPEFT needs a pretrained backbone: a small ViT trained for one epoch on digits 0-4."""

@@ -46,6 +46,7 @@ def ray_session():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_ray_engine_runs_secagg_like_the_local_engine(tmp_path, method, ray_session):
     extra = METHODS[method] + [("engine.dropout", 0.2)]

@@ -16,6 +16,7 @@ def test_tutorial_is_stored_without_outputs():
     assert not dirty, f"strip the outputs of cells {dirty} (jupyter nbconvert --clear-output --inplace docs/tutorial.ipynb)"
 
 
+@pytest.mark.slow
 def test_tutorial_runs(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
