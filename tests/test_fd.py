@@ -20,9 +20,9 @@ from featherfl.algorithms.fd import (
 from featherfl.config import ConfigError
 from featherfl.schema import build_config
 from featherfl.experiment import Experiment, config_for_resume, prepare
+from support.rows import metric_rows
 
 L = 10
-TIMING = {"seconds", "wall_seconds"}
 SMALL = [
     ("algorithm", "fd"),
     ("dataset", "synthetic"),
@@ -53,14 +53,10 @@ def _data(cid=0, n=60, seed=0):
     return ClientData(cid, x, y, L)
 
 
-def _rows(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
-
-
 def _run(tmp_path, name, *extra):
     out = tmp_path / name
     summary = Experiment(prepare(_cfg(*extra)), out, progress=False).run()
-    return _rows(out / "metrics.jsonl"), summary
+    return metric_rows(out / "metrics.jsonl"), summary
 
 
 # --- the per-label means and the teacher --------------------------------------------------
@@ -248,7 +244,7 @@ def test_same_config_same_metrics_and_resume_is_identical(tmp_path):
     _run(tmp_path, "part", ("rounds", 2))
     cfg = config_for_resume(tmp_path / "part", [("rounds", 3)])
     Experiment(prepare(cfg), tmp_path / "part", resume=True, progress=False).run()
-    assert _rows(tmp_path / "part" / "metrics.jsonl") == full
+    assert metric_rows(tmp_path / "part" / "metrics.jsonl") == full
 
 
 # --- logit noise ----------------------------------------------------------------------------
