@@ -28,6 +28,7 @@ from featherfl.schema import build_config
 from featherfl.experiment import Experiment, config_for_resume, prepare
 from featherfl.models import flat_state
 from support.rows import metric_rows
+from support.wire_overhead import header_bytes
 
 L = 10
 TINY_GAN = [
@@ -119,7 +120,7 @@ def test_seed_upload_is_uint8_targets_plus_redundant_and_counted(tmp_path):
     assert label_counts(torch.tensor(up.labels), L).max() <= 5
     n = len(up.labels)
     assert n == 4 + 2 * 5
-    assert len(wire.encode(up)) == n * 64 + wire.header_bytes(up)  # 8 bits per pixel
+    assert len(wire.encode(up)) == n * 64 + header_bytes(up)  # 8 bits per pixel
 
 
 def test_generated_samples_make_the_device_near_uniform():
@@ -189,7 +190,7 @@ def test_faug_runs_once_as_a_first_phase(tmp_path, algorithm):
     assert {"up_samples", "down_generator"} <= set(first)
     assert "up_samples" not in second and "down_generator" not in second
     n_gen = flat_state(p.algorithm.make_client().generator).numel()
-    assert first["down_generator"] == 3 * (4 * n_gen + wire.header_bytes(GeneratorDown(torch.zeros(n_gen), p.algorithm.labels, p.algorithm.union)))
+    assert first["down_generator"] == 3 * (4 * n_gen + header_bytes(GeneratorDown(torch.zeros(n_gen), p.algorithm.labels, p.algorithm.union)))
     assert rows[0]["faug_seed_samples"] > 0 and rows[0]["faug_generated"] > 0
     assert (out / "faug_samples.png").stat().st_size > 100
     assert 0 < summary["faug_pl_device_server_mean"] <= 1

@@ -21,6 +21,7 @@ from featherfl.config import ConfigError
 from featherfl.schema import build_config
 from featherfl.experiment import Experiment, config_for_resume, prepare
 from support.rows import metric_rows
+from support.wire_overhead import header_bytes
 
 L = 10
 SMALL = [
@@ -187,8 +188,8 @@ def test_client_state_keeps_its_own_model_across_rounds():
 
 def test_bytes_per_device_are_4L2_plus_counts_plus_header(tmp_path):
     rows, _ = _run(tmp_path, "bytes")
-    header_up = wire.header_bytes(LogitsUp(torch.zeros(L, L), torch.zeros(L, dtype=torch.int32)))
-    header_down = wire.header_bytes(TeacherDown(torch.zeros(L, L), torch.zeros(L, dtype=torch.int32)))
+    header_up = header_bytes(LogitsUp(torch.zeros(L, L), torch.zeros(L, dtype=torch.int32)))
+    header_down = header_bytes(TeacherDown(torch.zeros(L, L), torch.zeros(L, dtype=torch.int32)))
     assert header_up < 200 and header_down < 200
     for row in rows:
         assert set(row["bytes_by_category"]) == {"up_logits", "down_logits"}
