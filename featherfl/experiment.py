@@ -121,13 +121,13 @@ def prepare(cfg: Config) -> Prepared:
     checks.check_reachable(cfg)  # MLflow server, Ray cluster: one line within seconds, not a hang
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
     ds, parts, info, ctx = _data_and_context(cfg)
-    checks.check_setup_memory(cfg, ds.input_shape, ds.num_classes)  # estimates before the method allocates
+    checks.check_setup_memory(cfg, alg_cls, ds.input_shape, ds.num_classes)  # estimates before the method allocates
     if checks.is_user_model(cfg["model.name"]):
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
-    ctx.info["warnings"] = chosen + robustness_warnings(cfg) + checks.client_work_warning(cfg)
+    ctx.info["warnings"] = chosen + robustness_warnings(cfg) + alg_cls.work_warnings(cfg)
     if cfg.ignored:
         ctx.info["warnings"].append(f"the config file sets {', '.join(cfg.ignored)}, for another method than {cfg['algorithm']}: ignored in this run")
     if device.type != "cpu" and alg_cls.runs_on_cpu_only:

@@ -409,6 +409,17 @@ class Baffle(Algorithm):
     }
 
     @classmethod
+    def work_warnings(cls, cfg):
+        """K perturbed forward passes per estimate, per client: say so when a round may take minutes."""
+        k = cfg["baffle.k"]
+        steps = cfg["baffle.local_steps"] if cfg["baffle.mode"] == "fedavg" else 1
+        per_client = (k + 1) * steps
+        clients = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+        if per_client * clients < 1_000_000:
+            return []
+        return [f"baffle.k={k:,}: about {per_client * clients:,} forward passes per round ({per_client:,} per client); rounds may take minutes (progress is shown per client)"]
+
+    @classmethod
     def validate(cls, cfg: Config) -> None:
         if cfg["model.norm"] == "batch" and not cfg["baffle.peft"]:
             raise ConfigError("config key 'model.norm': baffle cannot perturb BatchNorm statistics; use --set model.norm=group or model.norm=none")

@@ -405,6 +405,11 @@ class FD(Algorithm):
     }
 
     @classmethod
+    def memory_needs(cls, cfg, input_shape, num_classes):
+        """An L x L logit table per client (sums, counts and the teacher), held by the server."""
+        return [(cfg["clients"] * num_classes * num_classes * 4 * 3, f"fd with {num_classes:,} classes and {cfg['clients']:,} clients (an L x L logit table per client)")]
+
+    @classmethod
     def validate(cls, cfg) -> None:
         known = model_names()
         for name in cfg["fd.models"]:
