@@ -293,3 +293,25 @@ def test_limits_are_inclusive():
     exact = {Vec.KIND: wire.Spec(Vec, {"w": wire.TensorSpec("float32", (4,), max_elems=4, max_abs=2.0, min_value=-2.0, max_value=1.0)}, max_bytes=len(good))}
     assert torch.equal(wire.decode(good, exact).w, torch.tensor([1.0, -2.0, 0.0, 0.5]))
     assert wire.peek(wire._FIXED.pack(wire.MAGIC, wire.VERSION, 0, 0, 0) + wire._META_LEN.pack(0)) == ("", 0, 0)  # the shortest envelope
+
+
+def test_the_fast_tensor_writer_makes_safetensors_torch_bytes_for_every_wire_dtype():
+    """encode writes tensors with safetensors' numpy writer (cheaper per call): the bytes, and so the
+    ledger, must be exactly what safetensors.torch.save makes, for every dtype the wire carries."""
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "f32": torch.randn(3, 4, generator=g), "f16": torch.randn(5, generator=g).half(), "bf16": torch.randn(2, generator=g).bfloat16(),
+        "i64": torch.randint(-9, 9, (7,), generator=g), "i32": torch.arange(4, dtype=torch.int32), "u8": torch.arange(6, dtype=torch.uint8),
+        "b": torch.tensor([True, False]), "empty": torch.zeros(0), "scalar": torch.tensor(1.5),
+    }
+    for name, t in tensors.items():
+        one = {name: t}
+        assert wire._blob(one) == st_save(one), name
+    no_bf16 = {k: v for k, v in tensors.items() if k != "bf16"}
+    assert wire._blob(no_bf16) == st_save(no_bf16)
+    assert wire._blob(tensors) == st_save(tensors)  # with bfloat16: the torch writer
+    back = st_load(wire._blob(no_bf16))
+    assert all(torch.equal(back[k], v) for k, v in no_bf16.items())

@@ -88,11 +88,13 @@ class WeightsClient(ClientHalf):
         starts from its own downlink, with its own batch order (the same seeded generator as ``update``),
         step count and optimiser state."""
         runs = []
+        starts: dict[int, dict] = {}  # one per distinct downlink (a round's clients usually share one)
         for cid, down in downs.items():
-            load_flat_state(self.model, down.weights)
+            if id(down) not in starts:
+                load_flat_state(self.model, down.weights)
+                starts[id(down)] = {k: p.detach().clone() for k, p in self.model.named_parameters()}
             x, y = data[cid].x, data[cid].y
-            start = {k: p.detach().clone() for k, p in self.model.named_parameters()}
-            runs.append(vectorized.ClientRun(start, x, y, generator(self.ctx.seed, "fedavg-client", rnd, cid)))
+            runs.append(vectorized.ClientRun(starts[id(down)], x, y, generator(self.ctx.seed, "fedavg-client", rnd, cid)))
         finals: list = [None] * len(runs)
         params = sum(p.numel() for p in self.model.parameters())
         for group in vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel()):
@@ -100,8 +102,11 @@ class WeightsClient(ClientHalf):
             for i, f in zip(group, done):
                 finals[i] = f
         out: dict[int, Payload] = {}
+        loaded = None
         for (cid, down), final, run in zip(downs.items(), finals, runs):
-            load_flat_state(self.model, down.weights)
+            if down is not loaded:  # the buffers (not trained) come from the client's downlink
+                load_flat_state(self.model, down.weights)
+                loaded = down
             with torch.no_grad():
                 for k, p in self.model.named_parameters():
                     p.copy_(final[k])
@@ -123,8 +128,8 @@ class GlobalModelServer(Algorithm):
         self.aggregator = Aggregator.from_section(self.cfg.section(self.name))
 
     def configure(self, rnd, client_ids):
-        w = flat_state(self.global_model)
-        return {cid: WeightsDown(w) for cid in client_ids}
+        down = WeightsDown(flat_state(self.global_model))  # one frozen payload for all: encoded once
+        return {cid: down for cid in client_ids}
 
     def evaluate(self, x, y):
         return evaluate_model(self.global_model, x, y, self.cfg["eval.batch_size"])

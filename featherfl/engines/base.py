@@ -167,10 +167,13 @@ class Engine(ABC):
         stats.metrics.update(self._round_exchanges(rnd, "before", sampled))
         downs = self.algorithm.configure(rnd, sampled)
         jobs: dict[int, bytes] = {}
+        encoded: dict[int, bytes] = {}  # a payload object sent to many clients (one global model) is encoded once
         for cid in sampled:
             if cid not in downs:  # left out by an extra exchange (e.g. no keys from it): not contacted
                 continue
-            data = wire.encode(downs[cid], rnd, self.run_id)
+            data = encoded.get(id(downs[cid]))
+            if data is None:
+                data = encoded[id(downs[cid])] = wire.encode(downs[cid], rnd, self.run_id)
             self._record_down(rnd, cid, data, downs[cid])
             jobs[cid] = data
         gone = dropped_clients(seed, rnd, list(jobs), cfg["engine.dropout"])

@@ -28,7 +28,12 @@ def can_batch(cfg, client: ClientHalf, n_jobs: int) -> bool:
 def run_clients_batched(client: ClientHalf, rnd: int, jobs: dict[int, bytes], data: dict[int, ClientData], states: dict[int, dict], run_id: int) -> dict[int, bytes]:
     """Decode every downlink, call ``client.update_many`` once, encode every reply."""
     specs = client.downlink_specs(rnd)
-    downs = {cid: wire.decode(b, specs, round=rnd, run=run_id) for cid, b in jobs.items()}
+    decoded: dict[bytes, wire.Payload] = {}  # identical downlink bytes (one global model) are decoded and checked once
+    downs = {}
+    for cid, b in jobs.items():
+        if b not in decoded:
+            decoded[b] = wire.decode(b, specs, round=rnd, run=run_id)
+        downs[cid] = decoded[b]
     ups = client.update_many(rnd, downs, {cid: data[cid] for cid in jobs}, {cid: states[cid] for cid in jobs})
     if set(ups) != set(jobs):
         raise RuntimeError(f"update_many answered for clients {sorted(ups)}, asked for {sorted(jobs)}")
