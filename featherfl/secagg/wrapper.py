@@ -19,7 +19,7 @@ import featherfl.secagg.protocol as protocol
 import featherfl.wire as wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, ClientWrapper, Wrapper
 from featherfl.engines.base import RoundSkipped
-from featherfl.secagg import fraction_bits
+from featherfl.secagg import words
 from featherfl.seeding import derive_seed
 
 
@@ -27,15 +27,30 @@ from featherfl.seeding import derive_seed
 METHOD_STATE = "method"
 
 
+def with_counts(x: np.ndarray, counts: int, fraction_bits: int) -> np.ndarray:
+    """The summand with its trailing ``counts`` whole numbers scaled to one fixed-point step each,
+    so a count takes log2(n x max count) bits of the word, not the values' range."""
+    x = np.array(x, dtype=np.float64)
+    if counts:
+        x[-counts:] = np.rint(x[-counts:]) * 2.0**-fraction_bits
+    return x
+
+
+def counts_back(x: np.ndarray, counts: int, fraction_bits: int) -> np.ndarray:
+    """The inverse of :func:`with_counts` on a decoded sum."""
+    if counts:
+        x[-counts:] = np.rint(x[-counts:] * 2.0**fraction_bits)
+    return x
+
+
 class SecAggClient(ClientWrapper):
     """The device side: answers the protocol's messages and masks the method's reply, summed as
     the method's declaration (``adapter``, an ``Algorithm.summation``) says."""
 
-    def __init__(self, inner: ClientHalf, adapter):
+    def __init__(self, inner: ClientHalf, adapter, ring_bits: int, fraction_bits: int):
         super().__init__(inner)
         self.adapter = adapter
-        self.fraction_bits = fraction_bits(inner.ctx.cfg)
-        self.ring_bits = inner.ctx.cfg["secagg.ring_bits"]
+        self.ring_bits, self.fraction_bits = ring_bits, fraction_bits
 
     def downlink_specs(self, rnd):
         """The protocol's messages, and in the clear what the wrapped client accepts: a setup
@@ -65,9 +80,11 @@ class SecAggClient(ClientWrapper):
 
     def _mask(self, rnd: int, env: protocol.Envelope, inner_down: wire.Payload, reply: wire.Payload, state: dict) -> protocol.MaskedUp:
         x, clear = self.adapter.summand(rnd, reply, inner_down, state)
+        x = with_counts(x, self.adapter.count_entries(), self.fraction_bits)
         bound = crypto.bound_for(env.participants, self.fraction_bits, self.ring_bits)
-        clipped = float(np.count_nonzero(np.abs(x) > bound))
-        y, _ = protocol.ClientSession(state, self.ctx.run_id).mask(rnd, env, np.concatenate([x, [clipped]]), self.fraction_bits, self.ring_bits)
+        clipped = min(np.count_nonzero(np.abs(x) > bound), int(bound * 2.0**self.fraction_bits))
+        x = np.concatenate([x, [clipped * 2.0**-self.fraction_bits]])
+        y, _ = protocol.ClientSession(state, self.ctx.run_id).mask(rnd, env, x, self.fraction_bits, self.ring_bits)
         return protocol.MaskedUp(torch.from_numpy(y.view(crypto.RINGS[self.ring_bits][1]).copy()), clear)
 
     def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
@@ -93,13 +110,15 @@ class SecAgg(Wrapper):
         super().__init__(inner)
         self.opts = self.cfg.section("secagg")
         self.adapter = inner.summation(self.ctx, inner.name, server=inner)
+        self.ring_bits, self.fraction_bits = words(self.cfg, inner.summation, inner.name)
         self.round: protocol.ServerRound | None = None
         self.sent_downs: dict[int, wire.Payload] = {}
 
     @classmethod
     def wrap_client(cls, client, method):
         """The device side around ``client``, with the method's declaration built from the client's context alone."""
-        return SecAggClient(client, method.summation(client.ctx, method.name))
+        summation = client.summation_around(method.summation)
+        return SecAggClient(client, summation(client.ctx, method.name), *words(client.ctx.cfg, summation, method.name))
 
     # --- the protocol's exchanges ---
     def round_configure(self, rnd, stage, client_ids):
@@ -155,17 +174,17 @@ class SecAgg(Wrapper):
         return out
 
     def uplink_specs(self, rnd, cid):
-        return protocol.masked_up_spec(self.adapter.dim(rnd, cid) + 1, self.adapter.clear_len(), self.opts["ring_bits"])
+        return protocol.masked_up_spec(self.adapter.dim(rnd, cid) + 1, self.adapter.clear_len(), self.ring_bits)
 
     def aggregate(self, rnd, replies):
         r = self.round
-        unsigned = crypto.RINGS[self.opts["ring_bits"]][0]
+        unsigned = crypto.RINGS[self.ring_bits][0]
         masked = {c: replies[c].y.numpy().view(unsigned) for c in sorted(replies)}
         try:
             total = r.unmask_sum(masked)
         except protocol.Skip as e:
             raise RoundSkipped(f"secagg: {e}") from None
-        x = crypto.decode_fixed(total, fraction_bits(self.cfg))
+        x = counts_back(crypto.decode_fixed(total, self.fraction_bits), self.adapter.count_entries() + 1, self.fraction_bits)
         metrics = self.adapter.finish(rnd, x[:-1], {c: list(replies[c].clear) for c in replies}, sorted(replies))
         metrics.update(
             {
@@ -181,7 +200,7 @@ class SecAgg(Wrapper):
         return metrics
 
     def summary_extra(self) -> dict:
-        return {**self.inner.summary_extra(), "secagg": self.cfg["secagg.protocol"]}
+        return {**self.inner.summary_extra(), "secagg": self.cfg["secagg.protocol"], "secagg_words": f"{self.ring_bits}-bit, {self.fraction_bits} fraction bits"}
 
     def state_dict(self) -> dict:
         out = self.inner.state_dict()
