@@ -67,6 +67,10 @@ class Summation:
         self.name = name
         self.opts = ctx.cfg.section(name)
         self.server = server
+        #: client side, set by secure aggregation before ``summand``: the client's id and the
+        #: round's public parameters (``round_params``)
+        self.cid = -1
+        self.params: list[float] = []
 
     @classmethod
     def compatible_defaults(cls, cfg: Config, name: str) -> dict:
@@ -113,6 +117,11 @@ class Summation:
 
     def dim(self, rnd: int, cid: int) -> int:
         raise NotImplementedError
+
+    def round_params(self, rnd: int) -> list[float]:
+        """Public numbers every client of the round needs to form its summand (e.g. a shared
+        quantisation scale); they travel with the masking set."""
+        return []
 
     def clear_len(self) -> int:
         return 0

@@ -70,7 +70,7 @@ class SecAggClient(ClientWrapper):
         inner_down = self._open(rnd, down, state)
         # the method keeps its own state apart from the protocol's (some methods reset theirs)
         reply = self.inner.update(rnd, inner_down, data, state.setdefault(METHOD_STATE, {}))
-        return self._mask(rnd, down, inner_down, reply, state)
+        return self._mask(rnd, data.cid, down, inner_down, reply, state)
 
     def _open(self, rnd: int, env: protocol.Envelope, state: dict) -> wire.Payload:
         """The method's downlink out of the envelope, validated against the method's own specs."""
@@ -78,7 +78,8 @@ class SecAggClient(ClientWrapper):
         inner_down = wire.decode(bytes(env.inner.numpy().tobytes()), specs, round=rnd, run=self.ctx.run_id)
         return self.adapter.client_down(inner_down, state)
 
-    def _mask(self, rnd: int, env: protocol.Envelope, inner_down: wire.Payload, reply: wire.Payload, state: dict) -> protocol.MaskedUp:
+    def _mask(self, rnd: int, cid: int, env: protocol.Envelope, inner_down: wire.Payload, reply: wire.Payload, state: dict) -> protocol.MaskedUp:
+        self.adapter.cid, self.adapter.params = cid, list(env.params)
         x, clear = self.adapter.summand(rnd, reply, inner_down, state)
         x = with_counts(x, self.adapter.count_entries(), self.fraction_bits)
         bound = crypto.bound_for(env.participants, self.fraction_bits, self.ring_bits)
@@ -96,7 +97,7 @@ class SecAggClient(ClientWrapper):
             inner_downs = {c: self._open(rnd, env, states[c]) for c, env in envs.items()}
             replies = self.inner.update_many(rnd, inner_downs, {c: data[c] for c in envs}, {c: states[c].setdefault(METHOD_STATE, {}) for c in envs})
             for c, env in envs.items():
-                out[c] = self._mask(rnd, env, inner_downs[c], replies[c], states[c])
+                out[c] = self._mask(rnd, c, env, inner_downs[c], replies[c], states[c])
         return out
 
     def evaluate(self, state, x, y):
@@ -167,10 +168,11 @@ class SecAgg(Wrapper):
         if r is None or r.rnd != rnd or not r.u2:
             return {}
         downs = self.adapter.configure(rnd, r.u2)
+        params = self.adapter.round_params(rnd)
         out = {}
         for c in r.u2:
             data = wire.encode(downs[c], rnd, self.ctx.run_id)
-            out[c] = protocol.Envelope(torch.frombuffer(bytearray(data), dtype=torch.uint8), downs[c].CATEGORY, r.masking_set(c), len(r.u2))
+            out[c] = protocol.Envelope(torch.frombuffer(bytearray(data), dtype=torch.uint8), downs[c].CATEGORY, r.masking_set(c), len(r.u2), params)
         return out
 
     def uplink_specs(self, rnd, cid):
