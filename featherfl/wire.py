@@ -43,6 +43,7 @@ _DTYPES = {
     "int64": torch.int64,
     "int32": torch.int32,
     "int16": torch.int16,
+    "int8": torch.int8,
     "uint8": torch.uint8,
     "bool": torch.bool,
 }

@@ -44,13 +44,13 @@ def _replies(overrides):
 def test_qsgd_under_secagg_is_the_sum_of_levels_at_the_shared_scale(tmp_path):
     over = SECAGG + [("compress.method", "qsgd"), ("compress.bits", 4)]
     p, summary = _run_one_round(tmp_path, over)
-    assert summary["secagg_words"] == "16-bit, 0 fraction bits"  # 5 clients x 7 levels: whole numbers
+    assert summary["secagg_words"] == "8-bit, 0 fraction bits"  # 5 clients x 7 levels: whole numbers up to 35
     masked = _model(p.algorithm)
 
     q, client, downs, replies = _replies(over)
     server = q.algorithm.adapter
     scales = server.round_params(1)
-    assert scales == [2.0**-4] * len(scales)  # compress.shared_scale, one per layer
+    assert scales == [2.0**-2] * len(scales)  # compress.shared_scale, one per layer
     total = 0
     for c, reply in replies.items():
         client.adapter.cid, client.adapter.params = c, scales
@@ -118,7 +118,7 @@ def test_the_shared_scale_follows_the_largest_client_on_a_power_of_two_grid():
     hist = np.zeros(CELLS)
     hist[[cell(0.001, c), cell(0.004, c)]] = [3, 2]  # five clients' largest |x|
     nxt = next_scale(c, hist)
-    assert nxt >= 0.004 and nxt < 0.008  # the top of the highest occupied cell: nobody clipped
+    assert nxt >= 0.008 and nxt < 0.016  # twice the top of the highest occupied cell: nobody clipped, room to grow
     hist[:] = 0
     hist[-1] = 1  # someone far above the grid: grow by its span
     assert next_scale(c, hist) == c * 8

@@ -13,7 +13,7 @@ half.
   if anything), ``summand`` (the vector to add up, and cleartext values whose maximum the server
   may see);
 - both: ``value_range`` (the declared range and precision of what is summed, from which secure
-  aggregation picks its word size: 16, 32 or 64 bits) and ``count_entries`` (how many trailing
+  aggregation picks its word size: 8, 16, 32 or 64 bits) and ``count_entries`` (how many trailing
   entries of the summand are whole counts, which travel as integers, one step each);
 - server: ``configure`` (the downlink), ``dim`` and ``clear_len`` (the masked upload's shape),
   ``finish`` (the round, from the summed vector), ``state_dict`` / ``load_state_dict``.

@@ -20,7 +20,7 @@ COMPRESS_CONFIG = {
     "compress.error_feedback": Field("str", "auto", "Clients keep what compression dropped and add it to their next update: auto (on for the biased topk, sign, powersgd), on, off.", choices=("auto", "on", "off")),
     "compress.sign_aggregation": Field("str", "mean", "sign: the server's rule: mean (the method's own aggregation of the decoded scaled signs) or vote (each entry moves by the majority sign, scaled by the mean magnitude).", choices=("mean", "vote")),
     "compress.downlink": Field("str", "none", "Compress the server-to-client weights too: none, or same (the uplink's codec on the difference between the server's model and the clients' replica, with the server's own error feedback).", choices=("none", "same")),
-    "compress.shared_scale": Field("float", 2.0**-4, "qsgd under secure aggregation: the first round's per-layer scale C every client quantises against (levels of x / C); later rounds take it from the previous round's summed histogram of magnitudes (docs/compression.md).", min=0.0, min_exclusive=True),
+    "compress.shared_scale": Field("float", 2.0**-2, "qsgd under secure aggregation: the first round's per-layer scale C every client quantises against (levels of x / C); later rounds take it from the previous round's summed histogram of magnitudes (docs/compression.md).", min=0.0, min_exclusive=True),
     "compress.values": Field("str", "float32", "topk, randk, powersgd: the sent values' type (float16 halves them).", choices=("float32", "float16")),
 }
 

@@ -15,14 +15,16 @@ of something the server can use. Two do:
   (a power of two the server sends with the masking set): level = stochastic rounding of
   s x clip(x / C_l, -1, 1), s = 2^(bits-1) - 1, unbiased for |x| <= C_l. The masked vector holds
   only whole numbers (levels times the client's weight, counts), so the words need only hold
-  n x s x max weight: 16-bit words for 4-bit QSGD up to about 4,600 clients per round. The
+  n x s x max weight: for 4-bit QSGD (s = 7) 8-bit words up to 18 clients per round and
+  16-bit words up to about 4,600. The
   server's sum of levels times C_l / s is the sum of the dequantised updates.
 
   The scale follows the updates from round to round without revealing any one client's:
   each client also adds a one-hot histogram, per layer, of where its largest |x| lies on a
   power-of-two grid around C_l (2^-12 C_l ... 2^2 C_l, and above). The server learns only how
   many clients fall in each cell, and sets the next round's C_l to the top of the highest
-  occupied cell, so no client of the last round would have been clipped. The first round uses
+  occupied cell, times two (one cell of headroom, so updates that grow a little from one round
+  to the next are not clipped). The first round uses
   ``compress.shared_scale``. A client whose update exceeds C_l anyway is clipped (counted in
   ``compress_clipped_clients``; with error feedback what was clipped stays in its residual).
 
@@ -44,6 +46,8 @@ from featherfl.seeding import derive_seed
 #: the power-of-two grid of the scale histogram: cell j holds max|x| <= C 2^(j - GRID_LOW)
 GRID_LOW, GRID_HIGH = 12, 2
 CELLS = GRID_LOW + GRID_HIGH + 2  # the last cell: above C 2^GRID_HIGH
+#: cells of headroom above the highest occupied one in the next round's scale
+HEADROOM = 1
 #: ``count_entries`` of a vector of whole numbers only: more than any vector's length
 EVERY = 1 << 40
 #: this feature's client state under summation: the error-feedback residual
@@ -228,12 +232,14 @@ def cell(top: float, scale: float) -> int:
 
 
 def next_scale(scale: float, hist: np.ndarray) -> float:
-    """The top of the highest occupied cell (grown by the grid's span when some client was above it)."""
+    """Twice the top of the highest occupied cell (one cell of headroom: updates that grow a
+    little from one round to the next are not clipped); grown by the grid's span when some
+    client was above it."""
     occupied = np.flatnonzero(np.rint(hist) > 0)
     if occupied.size == 0:
         return scale
     j = int(occupied[-1])
-    return float(scale * 2.0 ** (j - GRID_LOW)) if j < CELLS - 1 else float(scale * 2.0 ** (GRID_HIGH + 1))
+    return float(scale * 2.0 ** (j - GRID_LOW + HEADROOM)) if j < CELLS - 1 else float(scale * 2.0 ** (GRID_HIGH + 1))
 
 
 SUMMED = {"randk": SummedRandK, "qsgd": SummedQSGD}

@@ -15,7 +15,7 @@ SECAGG_CONFIG = {
     "secagg.protocol": Field("str", "off", "Secure aggregation: off, or secagg+ (the server learns only the sum of the round's uploads; docs/security.md).", choices=("off", "secagg+")),
     "secagg.neighbours": Field("int", 0, "secagg+: neighbours k each client shares its secrets with (0 = max(16, 4 ceil(log2 n)): everyone in rounds of up to 21 clients).", min=0),
     "secagg.threshold": Field("float", 0.5, "secagg+: shares needed to rebuild a secret, t = floor(threshold x k) + 1 (> k/2); a client's mask is removable while fewer than k - t + 1 of its neighbours drop.", min=0.5, max=1.0),
-    "secagg.ring_bits": Field("int", 0, "secagg+: masked values are words of Z_2^b: 0 = the smallest of 16, 32, 64 that holds the sum of the method's declared range at its declared precision for the round's n clients (64 where the method declares none); 16, 32 or 64 to choose (refused when it cannot hold the declared range).", choices=(0, 16, 32, 64)),
+    "secagg.ring_bits": Field("int", 0, "secagg+: masked values are words of Z_2^b: 0 = the smallest of 8, 16, 32, 64 bits that holds the sum of the method's declared range at its declared precision for the round's n clients (64 where the method declares none); or 8, 16, 32, 64 to choose (refused when it cannot hold the declared range).", choices=(0, 8, 16, 32, 64)),
     "secagg.fraction_bits": Field("int", 0, "secagg+: fixed-point fraction bits f (0 = the method's declared precision, or half the ring where it declares none): each value is rounded to a multiple of 2^-f (error of the sum <= n 2^-(f+1)) and clipped to 2^(b-1-f) / n for n participants (counted in secagg_clipped_values).", min=0, max=56),
     "secagg.dropout": Field("float", 0.0, "Experiments: share of clients that vanish after uploading their masked input, before the unmasking step.", min=0.0, max=0.99),
 }
@@ -52,7 +52,7 @@ def words(cfg: Config, summation, name: str) -> tuple[int, int]:
             raise ConfigError(f"config key 'secagg.fraction_bits': {f} leaves no integer range in a {bits}-bit ring; expected <= {bits - 8}")
         return bits, f
     what = f"{n} clients' {name} uploads (values up to {declared.max_abs:g} at a step of {declared.resolution:g}" + (f", counts up to {declared.max_count})" if declared.max_count else ")")
-    rings = (bits,) if bits else (16, 32, 64)
+    rings = (bits,) if bits else (8, 16, 32, 64)
     if f > max(rings) - 8:
         raise ConfigError(f"config key 'secagg.fraction_bits': {f} leaves no integer range in a {max(rings)}-bit ring; expected <= {max(rings) - 8}")
     try:
@@ -61,7 +61,7 @@ def words(cfg: Config, summation, name: str) -> tuple[int, int]:
         pass
     if f and _fits(n, declared, declared.resolution, rings):
         raise ConfigError(f"config key 'secagg.fraction_bits': {f} fraction bits leave {'no ring' if not bits else f'{bits}-bit words'} room for the sum of {what}; use fewer, or secagg.fraction_bits=0 (the declared precision)")
-    if bits and _fits(n, declared, declared.resolution, (16, 32, 64)):
+    if bits and _fits(n, declared, declared.resolution, (8, 16, 32, 64)):
         raise ConfigError(f"config key 'secagg.ring_bits': {bits}-bit words cannot hold the sum of {what}; use secagg.ring_bits=0 (the smallest ring that holds it) or a larger one")
     raise ConfigError(f"config key 'secagg.protocol': 64-bit words cannot hold the sum of {what}; use fewer clients per round")
 

@@ -10,7 +10,7 @@ integer arithmetic (so a round's secrets are rebuilt together, not one library c
 - Shamir secret sharing over GF(2^127 - 1): 16-byte shares of 127-bit seeds.
 - Mask generator: AES-256 in counter mode keyed by a 32-byte key, read as little-endian words: a
   standard PRG, identical on every party for the same key.
-- Fixed-point encoding into Z_{2^b}, b = 16, 32 or 64 (``secagg.ring_bits``; numpy's unsigned
+- Fixed-point encoding into Z_{2^b}, b = 8, 16, 32 or 64 (``secagg.ring_bits``; numpy's unsigned
   arithmetic wraps modulo 2^b by definition): a real value x becomes round(x * 2^f) in two's
   complement.
 """
@@ -236,11 +236,11 @@ COMMIT_BYTES = 16
 # --- masks and fixed point -------------------------------------------------------------------------
 
 
-RINGS = {16: (np.uint16, np.int16), 32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
+RINGS = {8: (np.uint8, np.int8), 16: (np.uint16, np.int16), 32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
 
 
 def prg(seed: bytes, n: int, bits: int = 64) -> np.ndarray:
-    """n words of ``bits`` bits (16, 32 or 64) of AES-256-CTR keystream under ``seed`` (32 bytes)."""
+    """n words of ``bits`` bits (8, 16, 32 or 64) of AES-256-CTR keystream under ``seed`` (32 bytes)."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     unsigned = RINGS[bits][0]
@@ -303,7 +303,7 @@ def error_bound(participants: int, fraction_bits: int) -> float:
     return participants * 2.0 ** -(fraction_bits + 1)
 
 
-def words_for(participants: int, max_abs: float, resolution: float, max_count: int = 0, rings: tuple[int, ...] = (16, 32, 64)) -> tuple[int, int]:
+def words_for(participants: int, max_abs: float, resolution: float, max_count: int = 0, rings: tuple[int, ...] = (8, 16, 32, 64)) -> tuple[int, int]:
     """(ring bits, fraction bits): the smallest ring of ``rings`` whose words hold ``participants``
     values of at most ``max_abs`` each with a step of at most ``resolution``, and beside them
     counts of at most ``max_count`` each (counts travel as whole numbers, one step each).
