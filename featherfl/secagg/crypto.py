@@ -163,16 +163,23 @@ def share_many(secrets: list[int], threshold: int, num: int) -> list[list[int]]:
     i + 1, the value at x = i + 1 of a random polynomial of degree t - 1 whose constant term is the
     secret."""
     polys = [[s] + [random_element() for _ in range(threshold - 1)] for s in secrets]
-    out = []
-    for x in range(1, num + 1):
-        row = []
-        for coeffs in polys:
-            y = 0
-            for c in reversed(coeffs):  # Horner
-                y = (y * x + c) % FIELD_PRIME
-            row.append(y)
-        out.append(row)
-    return out
+    p = FIELD_PRIME
+    return [[sum(map(operator.mul, coeffs, powers)) % p for coeffs in polys] for powers in _powers(threshold, num)]
+
+
+_POWERS: dict[tuple[int, int], list[list[int]]] = {}
+
+
+def _powers(threshold: int, num: int) -> list[list[int]]:
+    """x^0 .. x^(t-1) mod P for x = 1..num (the Vandermonde rows every client of a round shares):
+    a share is then one dot product, reduced once."""
+    got = _POWERS.get((threshold, num))
+    if got is None:
+        got = [[pow(x, j, FIELD_PRIME) for j in range(threshold)] for x in range(1, num + 1)]
+        if len(_POWERS) > 64:
+            _POWERS.clear()
+        _POWERS[(threshold, num)] = got
+    return got
 
 
 _LAGRANGE: dict[tuple[int, ...], tuple[int, ...]] = {}
