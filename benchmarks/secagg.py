@@ -158,7 +158,19 @@ def profile_end_to_end(method: str, n: int, out: Path) -> dict:
         groups[label] += tottime
         if "exchange" in func and "x25519" in key.lower():
             calls["X25519 key agreement (2k per client)"] += ncalls
-    return {"groups": groups, "exchanges": calls["X25519 key agreement (2k per client)"]}
+    return {"groups": groups, "exchanges": calls["X25519 key agreement (2k per client)"], "exchange_us": exchange_microseconds()}
+
+
+def exchange_microseconds(count: int = 5000) -> float:
+    """CPU microseconds of one X25519 agreement through ``cryptography`` on this machine, outside any profiler."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    sk = X25519PrivateKey.generate()
+    publics = [X25519PrivateKey.generate().public_key() for _ in range(count)]
+    c0 = time.process_time()
+    for pk in publics:
+        sk.exchange(pk)
+    return (time.process_time() - c0) / count * 1e6
 
 
 def real_runs(runs: Path) -> dict:
@@ -369,6 +381,18 @@ def write(path: Path, a, real: dict, sims: list[dict], e2e: list[dict], seconds:
             ]
             for label, v in sorted(g.items(), key=lambda kv: -kv[1]):
                 L.append(f"| {label} | {v:.2f} | {v / total:.0%} |")
+            us = r["profile"].get("exchange_us")
+            if us:
+                floor = r["profile"]["exchanges"] * us * 1e-6
+                p = r["plain"]
+                L += [
+                    "",
+                    f"One X25519 agreement takes {us:.0f} CPU microseconds here (measured in the same run, outside the profiler), so the",
+                    f"{r['profile']['exchanges']:,} agreements alone cost {floor:.2f} CPU s: against the plain round's {p['cpu']:.2f} CPU s they put the",
+                    f"CPU ratio at {(p['cpu'] + floor) / p['cpu']:.2f} or more even if every other step of the protocol were free. The agreements are the",
+                    "protocol's (SecAgg+: a key for the shares' encryption and one for the pairwise masks, per neighbour, at each end),",
+                    "and in a deployment each device runs its own 2k in parallel with the others.",
+                ]
     if e2e:
         L += [
             "",
@@ -424,7 +448,8 @@ def write(path: Path, a, real: dict, sims: list[dict], e2e: list[dict], seconds:
     for r in e2e:
         if r["method"] == "fd" and r["n"] == 300:
             w, u = r["secagg"]["wall"] / r["plain"]["wall"], r["secagg"]["up"] / r["plain"]["up"]
-            L.append(f"- End to end at 300 clients, FD, one run each on the shared machine: wall time {w:.2f}x (goal <= 1.3: {'met' if w <= 1.3 else 'not met'}; the clients' protocol work runs serially here, see above), uplink {u:.2f}x (goal <= 8x: {'met' if u <= 8 else 'not met'}).")
+            cpu = f", CPU time {r['secagg']['cpu'] / r['plain']['cpu']:.2f}x" if "cpu" in r["plain"] else ""
+            L.append(f"- End to end at 300 clients, FD, one run each on the shared machine: wall time {w:.2f}x{cpu} (goal <= 1.3: {'met' if w <= 1.3 else 'not met'}; every client's protocol work runs serially in this one process, and its X25519 agreements alone exceed the goal's margin, see above), uplink {u:.2f}x (goal <= 8x: {'met' if u <= 8 else 'not met'}).")
     L.append(
         "- Word size: each method declares the range and precision of what it sums (`Summation.value_range`), and"
         " `secagg.ring_bits = 0` (the default) takes the smallest ring that holds the round's sum: 32-bit words for"
