@@ -44,7 +44,7 @@ from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.baffle_replay import MAX_DIFF, MAX_SAMPLES, SEED_MAX, ReplayLog, RoundEntry, SyncDown, catch_up, fingerprint, sync_state
 from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
-from featherfl.algorithms.summation import WeightedMean
+from featherfl.algorithms.summation import Range, WeightedMean, max_weight
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, torch_optimizer
 from featherfl.config import Config, ConfigError, Field, Options
@@ -366,6 +366,15 @@ class BaffleMean(WeightedMean):
                 raise ConfigError("config key 'baffle.directions': fedavg mode with secure aggregation needs shared-all (every client the same directions, so the sum of the scalars replays to the sum of the trajectories)")
             if cfg["baffle.local_optimizer"] != "sgd" or cfg["baffle.clip"] > 0:
                 raise ConfigError("config key 'baffle.local_optimizer': fedavg mode with secure aggregation needs a linear client step (local_optimizer = sgd, clip = 0), so the averaged scalars replay to the averaged weights")
+
+    @classmethod
+    def value_range(cls, cfg: Config, name: str) -> Range | None:
+        """A loss difference is sigma times a directional derivative (plus O(sigma^2)): declared
+        as at most sigma 2^12 in magnitude, needed to sigma 2^-8, an error of at most 2^-9 in each
+        directional derivative the server rebuilds, far below the spread of the K directions."""
+        w = max_weight(cfg.section(name))
+        sigma = cfg["baffle.sigma"]
+        return None if w is None else Range(w * sigma * 2.0**12, sigma * 2.0**-8, w)
 
     def replies_for(self, mean, participants):
         """The replay log records who took part: the mean stands for every participant."""

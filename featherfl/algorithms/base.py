@@ -132,6 +132,11 @@ class ClientHalf(ABC):
         """Whether ``update_many`` (a round's clients trained as one batched computation) serves now."""
         return False
 
+    def summation_around(self, summation: type | None) -> type | None:
+        """The ``Algorithm.summation`` a sum of this client's replies follows: the method's own, or
+        a feature's around it (a wrapper that changes what the reply holds, e.g. compression)."""
+        return summation
+
 
 class ClientWrapper(ClientHalf):
     """A client half around another one: a cross-cutting feature's device side (FAug's setup,
@@ -149,6 +154,9 @@ class ClientWrapper(ClientHalf):
 
     def downlink_specs(self, rnd: int) -> dict[str, Spec]:
         return self.inner.downlink_specs(rnd)
+
+    def summation_around(self, summation):
+        return self.inner.summation_around(summation)
 
     def update(self, rnd: int, down: Payload, data: ClientData, state: dict) -> Payload:
         return self.inner.update(rnd, down, data, state)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields, combine
 from featherfl.algorithms import vectorized
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
-from featherfl.algorithms.summation import Summation, SumStateError
+from featherfl.algorithms.summation import UPDATE_STEP, Range, Summation, SumStateError
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
 from featherfl.config import ConfigError, Field
@@ -329,6 +329,19 @@ class FDSums(Summation):
         self.holders = torch.zeros(self.L, dtype=torch.int32)
         self.from_round = 0
         self.included: set[int] = set()
+
+    @classmethod
+    def value_range(cls, cfg, name: str) -> Range | None:
+        """Softmax outputs lie in [0, 1]; the label flags are counts of one. With
+        ``fd.logit_noise`` the uploads carry Gaussian noise, which has no bound: none declared."""
+        return None if cfg["fd.logit_noise"] > 0 else Range(1.0, UPDATE_STEP, 1)
+
+    @classmethod
+    def undeclared_reason(cls, cfg, name: str) -> str:
+        return "fd.logit_noise > 0: Gaussian noise on every upload has no bound"
+
+    def count_entries(self) -> int:
+        return self.L
 
     # client side ---------------------------------------------------------------------------
     def client_down_specs(self, specs: dict[str, Spec]) -> dict[str, Spec]:

@@ -26,7 +26,7 @@ import torch
 
 from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
-from featherfl.algorithms.summation import WeightedMean, split
+from featherfl.algorithms.summation import UPDATE_STEP, Range, WeightedMean, split
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import ConfigError, Field
@@ -213,6 +213,17 @@ class PeftMean(WeightedMean):
         if norm > clip:
             v = v * (clip / norm)
         return np.concatenate([v.numpy(), [1.0, 1.0 if norm > clip else 0.0]]), clear
+
+    @classmethod
+    def value_range(cls, cfg, name):
+        """Under client-level DP every coordinate of a clipped update is at most ``dp_clip``."""
+        o = cfg.section(name)
+        if o["dp"] == "client":
+            return Range(o["dp_clip"], o["dp_clip"] * UPDATE_STEP, 1)
+        return super().value_range(cfg, name)
+
+    def count_entries(self):
+        return 2 if self.dp_client else 1
 
     def dim(self, rnd, cid):
         return self.update_dim(rnd, cid) + (2 if self.dp_client else 1)

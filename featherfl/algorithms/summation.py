@@ -12,6 +12,9 @@ half.
 - client: ``client_down_specs`` / ``client_down`` (what the method's client receives instead,
   if anything), ``summand`` (the vector to add up, and cleartext values whose maximum the server
   may see);
+- both: ``value_range`` (the declared range and precision of what is summed, from which secure
+  aggregation picks its word size: 8, 16, 32 or 64 bits) and ``count_entries`` (how many trailing
+  entries of the summand are whole counts, which travel as integers, one step each);
 - server: ``configure`` (the downlink), ``dim`` and ``clear_len`` (the masked upload's shape),
   ``finish`` (the round, from the summed vector), ``state_dict`` / ``load_state_dict``.
 
@@ -25,11 +28,31 @@ always uses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from featherfl.config import Config, ConfigError
 from featherfl.wire import Payload, Spec
+
+#: the largest |update| per coordinate a WeightedMean declares (weights moved, or a gradient, in
+#: one round): beyond it a value is clipped and counted (``secagg_clipped_values``)
+UPDATE_BOUND = 16.0
+#: the precision it declares: the mean's rounding error is at most half of it, 2^-17 ~ 7.6e-6 per
+#: coordinate, below the spread of the clients' own updates at any learning rate used here
+UPDATE_STEP = 2.0**-16
+
+
+@dataclass(frozen=True)
+class Range:
+    """What a method declares about each value of its summand: at most ``max_abs`` in magnitude,
+    needed to a step of ``resolution``; the trailing ``count_entries`` are whole numbers of at
+    most ``max_count`` (a weight, a count of clients)."""
+
+    max_abs: float
+    resolution: float
+    max_count: int = 0
 
 
 class SumStateError(RuntimeError):
@@ -44,6 +67,10 @@ class Summation:
         self.name = name
         self.opts = ctx.cfg.section(name)
         self.server = server
+        #: client side, set by secure aggregation before ``summand``: the client's id and the
+        #: round's public parameters (``round_params``)
+        self.cid = -1
+        self.params: list[float] = []
 
     @classmethod
     def compatible_defaults(cls, cfg: Config, name: str) -> dict:
@@ -59,6 +86,20 @@ class Summation:
             raise ConfigError(
                 f"config key '{name}.aggregation': {rule} needs every client's own values, which secure aggregation hides from the server; use mean with secagg.protocol={cfg['secagg.protocol']}"
             )
+
+    @classmethod
+    def value_range(cls, cfg: Config, name: str) -> Range | None:
+        """The declared range and precision of the summand (None: none declared, 64-bit words)."""
+        return None
+
+    @classmethod
+    def undeclared_reason(cls, cfg: Config, name: str) -> str:
+        """Why ``value_range`` is None for this config (one clause)."""
+        return "no range declared"
+
+    def count_entries(self) -> int:
+        """How many trailing entries of ``summand`` are whole counts (weights, flags)."""
+        return 0
 
     # client side ---------------------------------------------------------------------------
     def client_down_specs(self, specs: dict[str, Spec]) -> dict[str, Spec]:
@@ -77,6 +118,11 @@ class Summation:
     def dim(self, rnd: int, cid: int) -> int:
         raise NotImplementedError
 
+    def round_params(self, rnd: int) -> list[float]:
+        """Public numbers every client of the round needs to form its summand (e.g. a shared
+        quantisation scale); they travel with the masking set."""
+        return []
+
     def clear_len(self) -> int:
         return 0
 
@@ -89,6 +135,13 @@ class Summation:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def max_weight(opts: dict) -> int | None:
+    """The largest weight ``client_weight`` can give (None: as large as a client's claim)."""
+    if opts.get("weighting", "uniform") == "uniform":
+        return 1
+    return int(opts["max_samples"]) if opts.get("max_samples") else None
 
 
 def client_weight(opts: dict, num_samples: int) -> float:
@@ -135,6 +188,19 @@ class WeightedMean(Summation):
                 f"config key '{name}.weighting': capped needs every client's claimed count (the round's median), which secure aggregation hides; "
                 f"use --set {name}.weighting=samples (optionally with {name}.max_samples) or {name}.weighting=uniform"
             )
+
+    @classmethod
+    def value_range(cls, cfg: Config, name: str) -> Range | None:
+        """``w v`` with |v| <= ``UPDATE_BOUND`` at a step of ``UPDATE_STEP``, and the weight ``w``."""
+        w = max_weight(cfg.section(name))
+        return None if w is None else Range(w * UPDATE_BOUND, UPDATE_STEP, w)
+
+    @classmethod
+    def undeclared_reason(cls, cfg: Config, name: str) -> str:
+        return f"{name}.weighting = {cfg.section(name).get('weighting')} with no {name}.max_samples: a weight as large as a client claims"
+
+    def count_entries(self) -> int:
+        return 1
 
     # client side ---------------------------------------------------------------------------
     def update_vector(self, reply: Payload, down: Payload) -> torch.Tensor:

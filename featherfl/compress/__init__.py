@@ -20,6 +20,7 @@ COMPRESS_CONFIG = {
     "compress.error_feedback": Field("str", "auto", "Clients keep what compression dropped and add it to their next update: auto (on for the biased topk, sign, powersgd), on, off.", choices=("auto", "on", "off")),
     "compress.sign_aggregation": Field("str", "mean", "sign: the server's rule: mean (the method's own aggregation of the decoded scaled signs) or vote (each entry moves by the majority sign, scaled by the mean magnitude).", choices=("mean", "vote")),
     "compress.downlink": Field("str", "none", "Compress the server-to-client weights too: none, or same (the uplink's codec on the difference between the server's model and the clients' replica, with the server's own error feedback).", choices=("none", "same")),
+    "compress.shared_scale": Field("float", 2.0**-2, "qsgd under secure aggregation: the first round's per-layer scale C every client quantises against (levels of x / C); later rounds take it from the previous round's summed histogram of magnitudes (docs/compression.md).", min=0.0, min_exclusive=True),
     "compress.values": Field("str", "float32", "topk, randk, powersgd: the sent values' type (float16 halves them).", choices=("float32", "float16")),
 }
 
@@ -51,8 +52,15 @@ def settings(cfg: Config):
 def check(cfg: Config) -> None:
     """One-line ConfigError for a combination compression cannot serve."""
     if cfg.get("secagg.protocol", "off") != "off":
-        raise ConfigError(
-            f"config key 'compress.method': {cfg['compress.method']} cannot run under secure aggregation: the server must decode each client's own compressed update, which masking hides; use compress.method=none with secagg.protocol={cfg['secagg.protocol']}"
-        )
+        method = cfg["compress.method"]
+        why = {
+            "topk": "each client keeps its own largest entries, at indices the others do not share, so a masked sum cannot add them",
+            "sign": "each client's signs carry its own scale (and a vote needs each client's signs), so a masked sum of them is no sum of updates",
+            "powersgd": "its factors P and Q are not linear in the update, so the sum of the clients' factors is not the factors of the summed update",
+        }.get(method)
+        if why:
+            raise ConfigError(f"config key 'compress.method': {method} cannot run under secure aggregation: {why}; use randk (indices shared by every client) or qsgd (a scale shared by every client)")
+        if cfg["compress.downlink"] != "none":
+            raise ConfigError(f"config key 'compress.downlink': {cfg['compress.downlink']} is not supported under secure aggregation (the sum finishes on the method's own downlink); use compress.downlink=none")
     if cfg["compress.sign_aggregation"] == "vote" and cfg["compress.method"] != "sign":
         raise ConfigError(f"config key 'compress.sign_aggregation': vote needs compress.method=sign, not {cfg['compress.method']}")

@@ -22,6 +22,7 @@ from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, ClientW
 from featherfl.compress import settings as settings_from
 from featherfl.compress import downlink
 from featherfl.compress.codecs import Codec, Settings
+from featherfl.compress.summed import compose
 from featherfl.config import ConfigError
 from featherfl.wire import Payload, PayloadError, Spec, TensorSpec
 
@@ -52,6 +53,12 @@ def applicability(name: str, specs: dict[str, Spec], method: str) -> tuple[str, 
             f"config key 'compress.method': {name} uploads {category or 'nothing'} ({tensors or 'no tensors'}), not dense weights or gradients, so there is nothing for {method} to compress; use it with fedavg, fedsgd or fedpeft"
         )
     return kind, spec
+
+
+def summed_mode(cfg) -> bool:
+    """Whether a secure aggregation outside this wrapper sums the replies (then they travel
+    uncompressed to it, and its summation compresses them)."""
+    return cfg.get("secagg.protocol", "off") != "off"
 
 
 def model_shapes(ctx: Context) -> tuple[list, list]:
@@ -128,6 +135,12 @@ class CompressClient(ClientWrapper):
         self.codec = Codec(settings)
         self.layouts = Layouts(inner.ctx)
         self.downlink = inner.ctx.cfg["compress.downlink"] == "same"
+        #: under secure aggregation the reply goes out as it is, and the sum compresses it (``summed.py``)
+        self.summed = summed_mode(inner.ctx.cfg)
+
+    def summation_around(self, summation):
+        inner = self.inner.summation_around(summation)
+        return compose(inner, self.settings.method, Layouts) if self.summed else inner
 
     def downlink_specs(self, rnd):
         specs = self.inner.downlink_specs(rnd)
@@ -177,7 +190,7 @@ class CompressClient(ClientWrapper):
 
     def compress(self, rnd: int, cid: int, down: Payload, reply: Payload, state: dict) -> Payload:
         """The reply as sent: its update (plus the residual) compressed; the residual updated."""
-        if not _dense(reply):  # e.g. a wrapper's setup message (FAug's seeds): not an update
+        if self.summed or not _dense(reply):  # summed: compressed by the sum; FAug's seeds: not an update
             return reply
         tensors = reply.tensor_fields()
         layout = self.layouts({n: tuple(t.shape) for n, t in tensors.items()})
@@ -216,6 +229,9 @@ class Compress(Wrapper):
         self.vote = self.cfg["compress.sign_aggregation"] == "vote"
         self.sent: dict[int, Payload] = {}  # the method's own downlinks: replies are rebuilt on them
         self.broadcast = downlink.Broadcast(self.codec, self.layouts) if self.cfg["compress.downlink"] == "same" else None
+        self.summed = summed_mode(self.cfg)
+        if self.summed:
+            self.summation = compose(inner.summation, self.settings.method, Layouts)
 
     @classmethod
     def wrap_client(cls, client: ClientHalf, method) -> ClientHalf:
@@ -226,6 +242,8 @@ class Compress(Wrapper):
         return self.broadcast.configure(rnd, self.sent) if self.broadcast is not None else self.sent
 
     def uplink_specs(self, rnd, cid):
+        if self.summed:  # the method's own reply, which the sum compresses
+            return self.inner.uplink_specs(rnd, cid)
         kind, spec = applicability(self.inner.name, self.inner.uplink_specs(rnd, cid), self.settings.method)
         layout = self.layouts({n: tuple(ts.shape) for n, ts in spec.tensors.items()})
         dense = sum(int(np.prod(s)) for _, s in layout)
@@ -263,6 +281,8 @@ class Compress(Wrapper):
             raise PayloadError("bad-fields", str(e)) from None
 
     def aggregate(self, rnd, replies):
+        if self.summed:  # the method's own mean, finished from the sum
+            return self.inner.aggregate(rnd, replies)
         if self.broadcast is not None:
             self.broadcast.accepted(replies)
         rebuilt = {c: p.rebuilt for c, p in replies.items()}

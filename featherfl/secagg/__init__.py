@@ -15,8 +15,8 @@ SECAGG_CONFIG = {
     "secagg.protocol": Field("str", "off", "Secure aggregation: off, or secagg+ (the server learns only the sum of the round's uploads; docs/security.md).", choices=("off", "secagg+")),
     "secagg.neighbours": Field("int", 0, "secagg+: neighbours k each client shares its secrets with (0 = max(16, 4 ceil(log2 n)): everyone in rounds of up to 21 clients).", min=0),
     "secagg.threshold": Field("float", 0.5, "secagg+: shares needed to rebuild a secret, t = floor(threshold x k) + 1 (> k/2); a client's mask is removable while fewer than k - t + 1 of its neighbours drop.", min=0.5, max=1.0),
-    "secagg.ring_bits": Field("int", 64, "secagg+: masked values are words of Z_2^b: 64, or 32 (half the uplink, less range and precision).", choices=(32, 64)),
-    "secagg.fraction_bits": Field("int", 0, "secagg+: fixed-point fraction bits f (0 = half the ring: 32 or 16): each value is rounded to a multiple of 2^-f (error of the sum <= n 2^-(f+1)) and clipped to 2^(b-1-f) / n for n participants (counted in secagg_clipped_values).", min=0, max=56),
+    "secagg.ring_bits": Field("int", 0, "secagg+: masked values are words of Z_2^b: 0 = the smallest of 8, 16, 32, 64 bits that holds the sum of the method's declared range at its declared precision for the round's n clients (64 where the method declares none); or 8, 16, 32, 64 to choose (refused when it cannot hold the declared range).", choices=(0, 8, 16, 32, 64)),
+    "secagg.fraction_bits": Field("int", 0, "secagg+: fixed-point fraction bits f (0 = the method's declared precision, or half the ring where it declares none): each value is rounded to a multiple of 2^-f (error of the sum <= n 2^-(f+1)) and clipped to 2^(b-1-f) / n for n participants (counted in secagg_clipped_values).", min=0, max=56),
     "secagg.dropout": Field("float", 0.0, "Experiments: share of clients that vanish after uploading their masked input, before the unmasking step.", min=0.0, max=0.99),
 }
 
@@ -25,8 +25,55 @@ def enabled(cfg: Config) -> bool:
     return cfg["secagg.protocol"] != "off"
 
 
-def fraction_bits(cfg: Config) -> int:
-    return cfg["secagg.fraction_bits"] or cfg["secagg.ring_bits"] // 2
+def participants(cfg: Config) -> int:
+    """Clients per round (``engine.base.sample_clients`` samples exactly this many)."""
+    return max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+
+
+def words(cfg: Config, summation, name: str) -> tuple[int, int]:
+    """(ring bits, fraction bits) of this run's masked words.
+
+    The method declares the range and precision of what it sums (``Summation.value_range``); the
+    smallest ring that holds the sum of the round's participants at that precision is chosen
+    (``crypto.words_for``), unless ``secagg.ring_bits`` / ``secagg.fraction_bits`` say otherwise,
+    which is refused in one line when the declared range does not fit. A method that declares no
+    range gets 64-bit words with 32 fraction bits, as before declarations existed."""
+    from featherfl.secagg import crypto
+
+    bits, f = cfg["secagg.ring_bits"], cfg["secagg.fraction_bits"]
+    declared = summation.value_range(cfg, name) if summation is not None else None
+    n = participants(cfg)
+    if declared is None:
+        bits = bits or 64
+        if bits < 64:
+            raise ConfigError(f"config key 'secagg.ring_bits': {name} declares no bound on what it sums with these settings ({summation.undeclared_reason(cfg, name)}), so {bits}-bit words could wrap; use secagg.ring_bits=0 (auto) or 64")
+        f = f or bits // 2
+        if f > bits - 8:
+            raise ConfigError(f"config key 'secagg.fraction_bits': {f} leaves no integer range in a {bits}-bit ring; expected <= {bits - 8}")
+        return bits, f
+    what = f"{n} clients' {name} uploads (values up to {declared.max_abs:g} at a step of {declared.resolution:g}" + (f", counts up to {declared.max_count})" if declared.max_count else ")")
+    rings = (bits,) if bits else (8, 16, 32, 64)
+    if f > max(rings) - 8:
+        raise ConfigError(f"config key 'secagg.fraction_bits': {f} leaves no integer range in a {max(rings)}-bit ring; expected <= {max(rings) - 8}")
+    try:
+        return crypto.words_for(n, declared.max_abs, 2.0**-f if f else declared.resolution, declared.max_count, rings)
+    except ValueError:
+        pass
+    if f and _fits(n, declared, declared.resolution, rings):
+        raise ConfigError(f"config key 'secagg.fraction_bits': {f} fraction bits leave {'no ring' if not bits else f'{bits}-bit words'} room for the sum of {what}; use fewer, or secagg.fraction_bits=0 (the declared precision)")
+    if bits and _fits(n, declared, declared.resolution, (8, 16, 32, 64)):
+        raise ConfigError(f"config key 'secagg.ring_bits': {bits}-bit words cannot hold the sum of {what}; use secagg.ring_bits=0 (the smallest ring that holds it) or a larger one")
+    raise ConfigError(f"config key 'secagg.protocol': 64-bit words cannot hold the sum of {what}; use fewer clients per round")
+
+
+def _fits(n: int, declared, resolution: float, rings: tuple[int, ...]) -> bool:
+    from featherfl.secagg import crypto
+
+    try:
+        crypto.words_for(n, declared.max_abs, resolution, declared.max_count, rings)
+        return True
+    except ValueError:
+        return False
 
 
 def adapt(cfg: Config, method) -> tuple[Config, list[str]]:
@@ -58,11 +105,10 @@ def validate(cfg: Config, method) -> None:
     if method.summation is None:
         raise ConfigError(f"config key 'secagg.protocol': {cfg['algorithm']} is not supported with secure aggregation: its server needs each client's own upload, not only their sum")
     method.summation.check(cfg, method.name)
-    expected = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+    expected = participants(cfg)
     if expected < 3:
         raise ConfigError(f"config key 'secagg.protocol': {expected} clients per round; secure aggregation needs at least 3 (with 2, each learns the other's upload from the sum)")
-    if fraction_bits(cfg) > cfg["secagg.ring_bits"] - 8:
-        raise ConfigError(f"config key 'secagg.fraction_bits': {cfg['secagg.fraction_bits']} leaves no integer range in a {cfg['secagg.ring_bits']}-bit ring; expected <= {cfg['secagg.ring_bits'] - 8}")
+    words(cfg, method.summation, method.name)  # a ring that cannot hold the declared range: refused now
     try:
         import flwr.common.secure_aggregation.crypto.shamir  # noqa: F401
         import cryptography  # noqa: F401

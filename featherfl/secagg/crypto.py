@@ -10,7 +10,7 @@ integer arithmetic (so a round's secrets are rebuilt together, not one library c
 - Shamir secret sharing over GF(2^127 - 1): 16-byte shares of 127-bit seeds.
 - Mask generator: AES-256 in counter mode keyed by a 32-byte key, read as little-endian words: a
   standard PRG, identical on every party for the same key.
-- Fixed-point encoding into Z_{2^b}, b = 32 or 64 (``secagg.ring_bits``; numpy's unsigned
+- Fixed-point encoding into Z_{2^b}, b = 8, 16, 32 or 64 (``secagg.ring_bits``; numpy's unsigned
   arithmetic wraps modulo 2^b by definition): a real value x becomes round(x * 2^f) in two's
   complement.
 """
@@ -163,16 +163,23 @@ def share_many(secrets: list[int], threshold: int, num: int) -> list[list[int]]:
     i + 1, the value at x = i + 1 of a random polynomial of degree t - 1 whose constant term is the
     secret."""
     polys = [[s] + [random_element() for _ in range(threshold - 1)] for s in secrets]
-    out = []
-    for x in range(1, num + 1):
-        row = []
-        for coeffs in polys:
-            y = 0
-            for c in reversed(coeffs):  # Horner
-                y = (y * x + c) % FIELD_PRIME
-            row.append(y)
-        out.append(row)
-    return out
+    p = FIELD_PRIME
+    return [[sum(map(operator.mul, coeffs, powers)) % p for coeffs in polys] for powers in _powers(threshold, num)]
+
+
+_POWERS: dict[tuple[int, int], list[list[int]]] = {}
+
+
+def _powers(threshold: int, num: int) -> list[list[int]]:
+    """x^0 .. x^(t-1) mod P for x = 1..num (the Vandermonde rows every client of a round shares):
+    a share is then one dot product, reduced once."""
+    got = _POWERS.get((threshold, num))
+    if got is None:
+        got = [[pow(x, j, FIELD_PRIME) for j in range(threshold)] for x in range(1, num + 1)]
+        if len(_POWERS) > 64:
+            _POWERS.clear()
+        _POWERS[(threshold, num)] = got
+    return got
 
 
 _LAGRANGE: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -236,11 +243,11 @@ COMMIT_BYTES = 16
 # --- masks and fixed point -------------------------------------------------------------------------
 
 
-RINGS = {32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
+RINGS = {8: (np.uint8, np.int8), 16: (np.uint16, np.int16), 32: (np.uint32, np.int32), 64: (np.uint64, np.int64)}
 
 
 def prg(seed: bytes, n: int, bits: int = 64) -> np.ndarray:
-    """n words of ``bits`` bits (32 or 64) of AES-256-CTR keystream under ``seed`` (32 bytes)."""
+    """n words of ``bits`` bits (8, 16, 32 or 64) of AES-256-CTR keystream under ``seed`` (32 bytes)."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     unsigned = RINGS[bits][0]
@@ -303,17 +310,26 @@ def error_bound(participants: int, fraction_bits: int) -> float:
     return participants * 2.0 ** -(fraction_bits + 1)
 
 
-def words_for(participants: int, max_abs: float, resolution: float) -> tuple[int, int]:
-    """(ring bits, fraction bits): the smallest ring, 32 before 64 bits, whose words hold
-    ``participants`` values of at most ``max_abs`` each with a step of at most ``resolution``.
+def words_for(participants: int, max_abs: float, resolution: float, max_count: int = 0, rings: tuple[int, ...] = (8, 16, 32, 64)) -> tuple[int, int]:
+    """(ring bits, fraction bits): the smallest ring of ``rings`` whose words hold ``participants``
+    values of at most ``max_abs`` each with a step of at most ``resolution``, and beside them
+    counts of at most ``max_count`` each (counts travel as whole numbers, one step each).
 
-    The step is 2^-f with f = ceil(log2(1 / resolution)); the sum of n values fits while
-    n x max_abs <= 2^(b-1-f) (``bound_for``). Raises ``ValueError`` naming what does not fit when no
-    ring does: the check that refuses a declared range and precision 64-bit words cannot carry."""
+    The step is 2^-f with f = ceil(log2(1 / resolution)); a ring of b bits keeps f <= b - 8 and
+    holds the sum of n values while n x max_abs <= 2^(b-1-f) (``bound_for``). Raises
+    ``ValueError`` naming what does not fit when no ring does: the check that refuses a declared
+    range and precision the largest ring cannot carry."""
     if max_abs <= 0 or resolution <= 0:
         raise ValueError("the declared range and resolution must be positive")
-    f = max(0, math.ceil(-math.log2(resolution)))
-    for bits in (32, 64):
-        if f <= bits - 8 and max_abs <= bound_for(participants, f, bits):
+    f = max(0, math.ceil(-math.log2(resolution) - 1e-12))
+    for bits in rings:
+        if fits(participants, max_abs, f, bits, max_count):
             return bits, f
-    raise ValueError(f"{participants} values of up to {max_abs:g} at a step of {resolution:g} need more than 64-bit words")
+    raise ValueError(f"{participants} values of up to {max_abs:g} at a step of {resolution:g} need more than {max(rings)}-bit words")
+
+
+def fits(participants: int, max_abs: float, fraction_bits: int, bits: int, max_count: int = 0) -> bool:
+    """Whether ``participants`` values of at most ``max_abs`` (and counts of at most ``max_count``)
+    sum without wrapping in b-bit words with f fraction bits."""
+    bound = bound_for(participants, fraction_bits, bits)
+    return fraction_bits <= bits - 8 and max_abs <= bound and max_count * 2.0**-fraction_bits <= bound

@@ -102,6 +102,7 @@ class Envelope(Payload):
     inner_category: str
     neighbours: list
     participants: int
+    params: list = field(default_factory=list)  # the round's public parameters of the sum (e.g. shared quantisation scales)
 
     def ledger_parts(self, size: int) -> list[tuple[str, int]]:
         n = int(self.inner.numel())
@@ -151,7 +152,7 @@ def client_specs(inner_specs: dict[str, Spec]) -> dict[str, Spec]:
         Envelope.KIND: Spec(
             Envelope,
             {"inner": TensorSpec("uint8", (None,), max_elems=2**31)},
-            {"inner_category": ScalarSpec("str", max_len=64), "neighbours": _ids(big), "participants": ScalarSpec("int", 1, MAX_CLIENTS)},
+            {"inner_category": ScalarSpec("str", max_len=64), "neighbours": _ids(big), "participants": ScalarSpec("int", 1, MAX_CLIENTS), "params": ScalarSpec("list[float]", -1e30, 1e30, max_len=1 << 16)},
         ),
         UnmaskDown.KIND: Spec(UnmaskDown, {"tokens": TensorSpec("uint8", (None, TOKEN_BYTES))}, {"survivors": _ids(big), "dropped": _ids(big), "senders": _ids(big)}),
     }

@@ -19,7 +19,7 @@ import featherfl.secagg.protocol as protocol
 import featherfl.wire as wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, ClientWrapper, Wrapper
 from featherfl.engines.base import RoundSkipped
-from featherfl.secagg import fraction_bits
+from featherfl.secagg import words
 from featherfl.seeding import derive_seed
 
 
@@ -27,15 +27,30 @@ from featherfl.seeding import derive_seed
 METHOD_STATE = "method"
 
 
+def with_counts(x: np.ndarray, counts: int, fraction_bits: int) -> np.ndarray:
+    """The summand with its trailing ``counts`` whole numbers scaled to one fixed-point step each,
+    so a count takes log2(n x max count) bits of the word, not the values' range."""
+    x = np.array(x, dtype=np.float64)
+    if counts:
+        x[-counts:] = np.rint(x[-counts:]) * 2.0**-fraction_bits
+    return x
+
+
+def counts_back(x: np.ndarray, counts: int, fraction_bits: int) -> np.ndarray:
+    """The inverse of :func:`with_counts` on a decoded sum."""
+    if counts:
+        x[-counts:] = np.rint(x[-counts:] * 2.0**fraction_bits)
+    return x
+
+
 class SecAggClient(ClientWrapper):
     """The device side: answers the protocol's messages and masks the method's reply, summed as
     the method's declaration (``adapter``, an ``Algorithm.summation``) says."""
 
-    def __init__(self, inner: ClientHalf, adapter):
+    def __init__(self, inner: ClientHalf, adapter, ring_bits: int, fraction_bits: int):
         super().__init__(inner)
         self.adapter = adapter
-        self.fraction_bits = fraction_bits(inner.ctx.cfg)
-        self.ring_bits = inner.ctx.cfg["secagg.ring_bits"]
+        self.ring_bits, self.fraction_bits = ring_bits, fraction_bits
 
     def downlink_specs(self, rnd):
         """The protocol's messages, and in the clear what the wrapped client accepts: a setup
@@ -55,7 +70,7 @@ class SecAggClient(ClientWrapper):
         inner_down = self._open(rnd, down, state)
         # the method keeps its own state apart from the protocol's (some methods reset theirs)
         reply = self.inner.update(rnd, inner_down, data, state.setdefault(METHOD_STATE, {}))
-        return self._mask(rnd, down, inner_down, reply, state)
+        return self._mask(rnd, data.cid, down, inner_down, reply, state)
 
     def _open(self, rnd: int, env: protocol.Envelope, state: dict) -> wire.Payload:
         """The method's downlink out of the envelope, validated against the method's own specs."""
@@ -63,11 +78,14 @@ class SecAggClient(ClientWrapper):
         inner_down = wire.decode(bytes(env.inner.numpy().tobytes()), specs, round=rnd, run=self.ctx.run_id)
         return self.adapter.client_down(inner_down, state)
 
-    def _mask(self, rnd: int, env: protocol.Envelope, inner_down: wire.Payload, reply: wire.Payload, state: dict) -> protocol.MaskedUp:
+    def _mask(self, rnd: int, cid: int, env: protocol.Envelope, inner_down: wire.Payload, reply: wire.Payload, state: dict) -> protocol.MaskedUp:
+        self.adapter.cid, self.adapter.params = cid, list(env.params)
         x, clear = self.adapter.summand(rnd, reply, inner_down, state)
+        x = with_counts(x, self.adapter.count_entries(), self.fraction_bits)
         bound = crypto.bound_for(env.participants, self.fraction_bits, self.ring_bits)
-        clipped = float(np.count_nonzero(np.abs(x) > bound))
-        y, _ = protocol.ClientSession(state, self.ctx.run_id).mask(rnd, env, np.concatenate([x, [clipped]]), self.fraction_bits, self.ring_bits)
+        clipped = min(np.count_nonzero(np.abs(x) > bound), int(bound * 2.0**self.fraction_bits))
+        x = np.concatenate([x, [clipped * 2.0**-self.fraction_bits]])
+        y, _ = protocol.ClientSession(state, self.ctx.run_id).mask(rnd, env, x, self.fraction_bits, self.ring_bits)
         return protocol.MaskedUp(torch.from_numpy(y.view(crypto.RINGS[self.ring_bits][1]).copy()), clear)
 
     def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
@@ -79,7 +97,7 @@ class SecAggClient(ClientWrapper):
             inner_downs = {c: self._open(rnd, env, states[c]) for c, env in envs.items()}
             replies = self.inner.update_many(rnd, inner_downs, {c: data[c] for c in envs}, {c: states[c].setdefault(METHOD_STATE, {}) for c in envs})
             for c, env in envs.items():
-                out[c] = self._mask(rnd, env, inner_downs[c], replies[c], states[c])
+                out[c] = self._mask(rnd, c, env, inner_downs[c], replies[c], states[c])
         return out
 
     def evaluate(self, state, x, y):
@@ -93,13 +111,15 @@ class SecAgg(Wrapper):
         super().__init__(inner)
         self.opts = self.cfg.section("secagg")
         self.adapter = inner.summation(self.ctx, inner.name, server=inner)
+        self.ring_bits, self.fraction_bits = words(self.cfg, inner.summation, inner.name)
         self.round: protocol.ServerRound | None = None
         self.sent_downs: dict[int, wire.Payload] = {}
 
     @classmethod
     def wrap_client(cls, client, method):
         """The device side around ``client``, with the method's declaration built from the client's context alone."""
-        return SecAggClient(client, method.summation(client.ctx, method.name))
+        summation = client.summation_around(method.summation)
+        return SecAggClient(client, summation(client.ctx, method.name), *words(client.ctx.cfg, summation, method.name))
 
     # --- the protocol's exchanges ---
     def round_configure(self, rnd, stage, client_ids):
@@ -148,24 +168,25 @@ class SecAgg(Wrapper):
         if r is None or r.rnd != rnd or not r.u2:
             return {}
         downs = self.adapter.configure(rnd, r.u2)
+        params = self.adapter.round_params(rnd)
         out = {}
         for c in r.u2:
             data = wire.encode(downs[c], rnd, self.ctx.run_id)
-            out[c] = protocol.Envelope(torch.frombuffer(bytearray(data), dtype=torch.uint8), downs[c].CATEGORY, r.masking_set(c), len(r.u2))
+            out[c] = protocol.Envelope(torch.frombuffer(bytearray(data), dtype=torch.uint8), downs[c].CATEGORY, r.masking_set(c), len(r.u2), params)
         return out
 
     def uplink_specs(self, rnd, cid):
-        return protocol.masked_up_spec(self.adapter.dim(rnd, cid) + 1, self.adapter.clear_len(), self.opts["ring_bits"])
+        return protocol.masked_up_spec(self.adapter.dim(rnd, cid) + 1, self.adapter.clear_len(), self.ring_bits)
 
     def aggregate(self, rnd, replies):
         r = self.round
-        unsigned = crypto.RINGS[self.opts["ring_bits"]][0]
+        unsigned = crypto.RINGS[self.ring_bits][0]
         masked = {c: replies[c].y.numpy().view(unsigned) for c in sorted(replies)}
         try:
             total = r.unmask_sum(masked)
         except protocol.Skip as e:
             raise RoundSkipped(f"secagg: {e}") from None
-        x = crypto.decode_fixed(total, fraction_bits(self.cfg))
+        x = counts_back(crypto.decode_fixed(total, self.fraction_bits), self.adapter.count_entries() + 1, self.fraction_bits)
         metrics = self.adapter.finish(rnd, x[:-1], {c: list(replies[c].clear) for c in replies}, sorted(replies))
         metrics.update(
             {
@@ -181,7 +202,7 @@ class SecAgg(Wrapper):
         return metrics
 
     def summary_extra(self) -> dict:
-        return {**self.inner.summary_extra(), "secagg": self.cfg["secagg.protocol"]}
+        return {**self.inner.summary_extra(), "secagg": self.cfg["secagg.protocol"], "secagg_words": f"{self.ring_bits}-bit, {self.fraction_bits} fraction bits"}
 
     def state_dict(self) -> dict:
         out = self.inner.state_dict()
