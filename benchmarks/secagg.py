@@ -8,7 +8,7 @@ Parts, each measured in this run:
    from the ledger (every message encoded), seconds per round. The plain uplink per client of
    BAFFLE (K scalars), FD (L x L logits) and FedAvg (the model) does not depend on the number of
    clients, so these are the plain side of every ratio below.
-2. **Simulated rounds** at 10, 100, 1,000 and 10,000 clients per round (``featherfl.secagg.simulate``:
+2. **Simulated rounds** at 10, 100, 1,000 and 10,000 clients per round (``tests/support/secagg_simulate.py``:
    the clients' and the server's real code, every message through the wire codec, no model in
    the loop) over vectors of each method's summed length, and a 100,000-value vector at 1,000
    clients. Server seconds are the median of ``--repeats`` rounds, split by step; bytes are
@@ -33,13 +33,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
-from featherfl.secagg import crypto, protocol, simulate  # noqa: E402
+from featherfl.secagg import crypto, protocol  # noqa: E402
+from support import secagg_simulate as simulate  # noqa: E402  (tests/support: the round simulator the tests use)
 
 BASE = [("clients", 10), ("partition.name", "iid"), ("seed", 0), ("engine.threads", 1)]
 #: each method at its defaults (under secagg+ the weighting becomes uniform; the plain runs use it too, so
@@ -108,7 +110,7 @@ def simulated(n: int, dim: int, bits: int, repeats: int, f: int | None = None) -
         "steps": steps,
         "client_steps": {key: v / n * 1e3 for key, v in out.client_stages.items()},
         "max_error": float(np.abs(out.total - expected).max()) if expected is not None else None,
-        "error_bound": crypto.error_bound(n, f),
+        "error_bound": simulate.error_bound(n, f),
         "f": f,
     }
 

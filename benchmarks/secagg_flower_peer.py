@@ -1,6 +1,6 @@
 """A peer for featherfl's SecAgg+: Flower's own (``SecAggPlusWorkflow`` with ``secaggplus_mod``,
 flwr 1.41) on the same number of clients, neighbours and vector length, beside featherfl's
-protocol (``featherfl.secagg.simulate``), measured in one run.
+protocol (``tests/support/secagg_simulate.py``), measured in one run.
 
 Flower: one round of its legacy FedAvg strategy with the SecAgg+ fit workflow, in its simulation
 runtime (Ray backend, ClientApps in Ray actors), or with ``--inprocess`` driven by a ``Grid`` that
@@ -30,10 +30,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 
-from featherfl.secagg import protocol, simulate  # noqa: E402
+from featherfl.secagg import protocol  # noqa: E402
+from support import secagg_simulate as simulate  # noqa: E402  (tests/support: the round simulator the tests use)
 
 
 def _value_bytes(v) -> int:

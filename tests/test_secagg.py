@@ -1,6 +1,6 @@
 """Secure aggregation (SecAgg+): the server gets the sum and only the sum.
 
-Protocol-level tests run ``featherfl.secagg.simulate`` (the clients' and server's real code,
+Protocol-level tests run ``tests/support/secagg_simulate.py`` (the clients' and server's real code,
 every message through the wire codec); method-level tests run whole federated jobs on
 digits with and without ``secagg.protocol = secagg+`` and compare the server's state.
 """
@@ -21,7 +21,8 @@ pytest.importorskip("flwr")
 from featherfl.config import ConfigError  # noqa: E402
 from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
-from featherfl.secagg import crypto, protocol, simulate  # noqa: E402
+from featherfl.secagg import crypto, protocol  # noqa: E402
+from support import secagg_simulate as simulate  # noqa: E402
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_unmasked_sum_is_the_plain_sum_within_the_stated_bound(seeded, ring_bits
     out = simulate.run_round(v, ring_bits=ring_bits, fraction_bits=fraction_bits)
     assert out.skipped is None
     err = np.abs(out.total - sum(v.values())).max()
-    assert err <= crypto.error_bound(9, fraction_bits)
+    assert err <= simulate.error_bound(9, fraction_bits)
     assert err > 0 or fraction_bits >= 32  # 16 fraction bits must actually round
 
 
@@ -74,7 +75,7 @@ def test_dropouts_before_and_after_masking_still_unmask(seeded):
     out = simulate.run_round(v, neighbours=8, drop_before_masking={1, 2}, drop_after_masking={3, 4})
     assert out.skipped is None and out.server.t == 5
     expected = sum(v[c] for c in v if c not in (1, 2))  # 3 and 4 sent masked inputs: they count
-    assert np.abs(out.total - expected).max() <= crypto.error_bound(28, 32)
+    assert np.abs(out.total - expected).max() <= simulate.error_bound(28, 32)
 
 
 def test_too_many_dropouts_skip_the_round_with_the_reason(seeded):
@@ -97,11 +98,11 @@ def test_a_wrong_share_is_detected_named_and_the_round_still_unmasks(seeded):
     out = simulate.run_round(v, tamper_reveal={3: _flip_first})  # client 3's first sender, 0, survived: a b-share
     assert out.skipped is None
     assert out.server.bad_share_clients == {3}
-    assert np.abs(out.total - sum(v.values())).max() <= crypto.error_bound(7, 32)
+    assert np.abs(out.total - sum(v.values())).max() <= simulate.error_bound(7, 32)
     # a wrong share of a dropped client's mask key is caught the same way
     out = simulate.run_round(v, drop_before_masking={0}, tamper_reveal={5: _flip_first})  # 0 dropped: an s-share
     assert out.server.bad_share_clients == {5}
-    assert np.abs(out.total - sum(v[c] for c in v if c)).max() <= crypto.error_bound(6, 32)
+    assert np.abs(out.total - sum(v[c] for c in v if c)).max() <= simulate.error_bound(6, 32)
 
 
 def test_the_servers_view_of_one_upload_is_uniform(seeded):
@@ -328,7 +329,7 @@ def test_hostile_reveals_cannot_block_or_corrupt_the_round(seeded):
     out = simulate.run_round(v, tamper_reveal={2: one_row_short, 3: repeated_missing, 4: not_a_field_element, 5: swapped})
     assert out.skipped is None and 2 not in out.server.reveals and 3 not in out.server.reveals
     assert out.server.bad_share_clients == {4, 5}
-    assert np.abs(out.total - sum(v.values())).max() <= crypto.error_bound(11, 32)
+    assert np.abs(out.total - sum(v.values())).max() <= simulate.error_bound(11, 32)
 
 
 def test_low_order_or_copied_public_keys_are_rejected_at_the_server():

@@ -304,12 +304,6 @@ def bound_for(participants: int, fraction_bits: int, bits: int = 64) -> float:
     return float(2 ** (bits - 1 - fraction_bits)) / max(1, participants) * 0.999
 
 
-def error_bound(participants: int, fraction_bits: int) -> float:
-    """Largest difference between the decoded sum and the true sum of in-range values:
-    each client's rounding is at most half a step, 2^-(f+1)."""
-    return participants * 2.0 ** -(fraction_bits + 1)
-
-
 def words_for(participants: int, max_abs: float, resolution: float, max_count: int = 0, rings: tuple[int, ...] = (8, 16, 32, 64)) -> tuple[int, int]:
     """(ring bits, fraction bits): the smallest ring of ``rings`` whose words hold ``participants``
     values of at most ``max_abs`` each with a step of at most ``resolution``, and beside them

@@ -1,6 +1,6 @@
 """One SecAgg+ round over given vectors, in this process, every message through the wire codec.
 
-For tests and ``benchmarks/secagg.py``: the same client and server code the engines run,
+For tests and the secagg benchmarks (test-only code: it lives with the tests): the same client and server code the engines run,
 without a model in the loop, so rounds of 1,000 clients can be measured. Bytes are the
 encoded messages' lengths; seconds are split into the clients' total and the server's.
 """
@@ -121,3 +121,9 @@ def run_round(
         return out
     out.total = crypto.decode_fixed(words, fraction_bits)
     return out
+
+
+def error_bound(participants: int, fraction_bits: int) -> float:
+    """Largest difference between the decoded sum and the true sum of in-range values:
+    each client's rounding is at most half a step, 2^-(f+1)."""
+    return participants * 2.0 ** -(fraction_bits + 1)
