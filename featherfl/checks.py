@@ -9,7 +9,7 @@ ConfigError naming the model and the fix.
 
 from __future__ import annotations
 
-from featherfl.config import ConfigError
+from featherfl.config import ConfigError, cohort_size
 
 #: Rows of the training data the set-up forward pass uses.
 CHECK_BATCH = 2
@@ -244,7 +244,7 @@ def client_work_warning(cfg) -> list[str]:
     k = cfg["baffle.k"]
     steps = cfg["baffle.local_steps"] if cfg["baffle.mode"] == "fedavg" else 1
     per_client = (k + 1) * steps
-    clients = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+    clients = cohort_size(cfg)
     if per_client * clients < 1_000_000:
         return []
     return [f"baffle.k={k:,}: about {per_client * clients:,} forward passes per round ({per_client:,} per client); rounds may take minutes (progress is shown per client)"]

@@ -86,8 +86,18 @@ def validate_dataset(ds, source: str):
         raise ConfigError(f"{where}: labels reach {top} but the source declares {ds.num_classes} classes")
     for split, x in (("train", ds.train_x), ("test", ds.test_x)):
         if x.is_floating_point():
-            finite = torch.isfinite(x.float()) if x.dtype != torch.float32 else torch.isfinite(x)
-            if not bool(finite.all()):
-                row = int((~finite).reshape(len(x), -1).any(dim=1).nonzero()[0, 0])
+            row = first_nonfinite_row(x)
+            if row is not None:
                 raise ConfigError(f"{where}: {split} inputs hold NaN, infinite or float32-overflowing values (first at row {row}); clean or rescale them")
     return ds
+
+
+def first_nonfinite_row(x: torch.Tensor, rows: int = 65536) -> int | None:
+    """The first row holding a value that is not finite as float32, or None; a block of rows at a
+    time, so checking a population's training array needs no second array of its size."""
+    for i in range(0, len(x), rows):
+        block = x[i : i + rows]
+        finite = torch.isfinite(block.float()) if block.dtype != torch.float32 else torch.isfinite(block)
+        if not bool(finite.all()):
+            return i + int((~finite).reshape(len(block), -1).any(dim=1).nonzero()[0, 0])
+    return None

@@ -9,7 +9,7 @@ Threat model: docs/security.md.
 
 from __future__ import annotations
 
-from featherfl.config import Config, ConfigError, Field
+from featherfl.config import Config, ConfigError, Field, cohort_size
 
 SECAGG_CONFIG = {
     "secagg.protocol": Field("str", "off", "Secure aggregation: off, or secagg+ (the server learns only the sum of the round's uploads; docs/security.md).", choices=("off", "secagg+")),
@@ -58,7 +58,7 @@ def validate(cfg: Config, method) -> None:
     if method.summation is None:
         raise ConfigError(f"config key 'secagg.protocol': {cfg['algorithm']} is not supported with secure aggregation: its server needs each client's own upload, not only their sum")
     method.summation.check(cfg, method.name)
-    expected = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+    expected = cohort_size(cfg)
     if expected < 3:
         raise ConfigError(f"config key 'secagg.protocol': {expected} clients per round; secure aggregation needs at least 3 (with 2, each learns the other's upload from the sum)")
     if fraction_bits(cfg) > cfg["secagg.ring_bits"] - 8:
