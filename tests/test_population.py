@@ -1,0 +1,138 @@
+"""The population data path: clients are index views gathered per round, partitions unchanged,
+array files memory-mapped, per-client metadata bounded, power-law client sizes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from featherfl.config import ConfigError
+from featherfl.data import partition as P
+from featherfl.data.files import NpzArrays
+from featherfl.data.population import ClientPopulation
+
+
+def _old_dirichlet(labels, n_clients, alpha, seed, min_samples=10, max_tries=20):
+    """The per-class scan the sort-based version replaced (reference for identical lists)."""
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    owner = np.empty(n, dtype=np.int64)
+    for _ in range(max(1, max_tries)):
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            rng.shuffle(idx)
+            p = rng.dirichlet(np.full(n_clients, alpha))
+            cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
+            sizes = np.diff(np.concatenate(([0], cuts, [len(idx)])))
+            owner[idx] = np.repeat(np.arange(n_clients), sizes)
+        counts = np.bincount(owner, minlength=n_clients)
+        if counts.min() >= min_samples:
+            return P._groups(owner, n_clients)
+    P._top_up(owner, counts, min_samples, rng)
+    return P._groups(owner, n_clients)
+
+
+@pytest.mark.parametrize("seed,clients,alpha", [(0, 7, 0.5), (3, 20, 0.1), (5, 4, 100.0)])
+def test_dirichlet_gives_the_same_lists_as_before(seed, clients, alpha):
+    labels = np.random.default_rng(seed).integers(0, 10, 600)
+    new = P.dirichlet(labels, clients, alpha, seed, min_samples=5)
+    old = _old_dirichlet(labels, clients, alpha, seed, min_samples=5)
+    assert len(new) == len(old) and all(np.array_equal(a, b) for a, b in zip(new, old))
+
+
+def test_label_histograms_match_per_client_bincounts():
+    labels = np.random.default_rng(1).integers(0, 7, 500)
+    parts = P.dirichlet(labels, 9, 0.3, 1, min_samples=3)
+    hist = P.label_histograms(labels, parts, 7)
+    assert hist.tolist() == [np.bincount(labels[p], minlength=7).tolist() for p in parts]
+
+
+def test_population_gathers_each_client_from_the_shared_array():
+    x = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+    y = torch.arange(20) % 3
+    parts = [np.array([3, 1, 7]), np.array([0]), np.array([19, 2])]
+    pop = ClientPopulation(x, y, parts, 3)
+    assert len(pop) == 3 and pop.sizes().tolist() == [3, 1, 2]
+    assert pop.nbytes() == (4 + 6) * 8  # offsets + flat indices: no copy of the rows
+    c = pop[2]
+    assert c.cid == 2 and torch.equal(c.x, x[[19, 2]]) and torch.equal(c.y, y[[19, 2]])
+    c.x.add_(1)  # a client's tensors are its own: the shared array is untouched
+    assert torch.equal(pop[2].x, x[[19, 2]])
+    assert [d.cid for d in pop] == [0, 1, 2] and pop[-1].cid == 2
+    with pytest.raises(IndexError):
+        pop[3]
+
+
+def test_npz_members_are_memory_mapped_and_equal(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((50, 3, 2), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(50))
+    np.savez_compressed(tmp_path / "c.npz", x_train=x)
+    with NpzArrays(tmp_path / "d.npz") as z:
+        a = z["x_train"]
+        assert isinstance(a, np.memmap) and np.array_equal(a, x)
+        assert np.array_equal(z["y_train"], np.arange(50))
+        a[0, 0, 0] = 99.0  # copy-on-write: the file never changes
+    assert np.array_equal(np.load(tmp_path / "d.npz")["x_train"], x)
+    with NpzArrays(tmp_path / "c.npz") as z:
+        b = z["x_train"]
+        assert not isinstance(b, np.memmap) and np.array_equal(b, x)
+
+
+def test_npz_float32_features_are_not_copied(tmp_path):
+    from featherfl.data.files import _features
+
+    a = np.ones((4, 3), dtype=np.float32)
+    t = _features(a, "x_train", tmp_path / "d.npz")
+    assert t.data_ptr() == a.ctypes.data  # the same memory
+
+
+def test_npz_object_array_is_refused_when_mapped(tmp_path, cfg_factory):
+    from featherfl.data.files import load_npz
+
+    np.savez(tmp_path / "o.npz", x_train=np.array([[1.0], [2.0]], dtype=object), y_train=np.array([0, 1]))
+    with pytest.raises(ConfigError, match="Python objects"):
+        load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "o.npz")))
+
+
+def test_clients_file_is_bounded_above_the_listed_clients(tmp_path, monkeypatch):
+    import featherfl.experiment as E
+
+    monkeypatch.setattr(E, "CLIENTS_LISTED", 3)
+    hist = np.arange(20).reshape(10, 2)
+    sizes = hist.sum(axis=1)
+    E.write_clients_file(tmp_path, {"label_histogram": hist, "client_ids_in_data": 10}, sizes, "note")
+    info = json.loads((tmp_path / "clients.json").read_text())
+    assert info["clients"] == 10 and len(info["label_histogram"]) == 3 and len(info["samples"]) == 3
+    assert info["label_totals"] == hist.sum(axis=0).tolist() and info["samples_summary"]["total"] == int(sizes.sum())
+    with np.load(tmp_path / "clients.npz") as z:  # the full table, compressed
+        assert z["label_histogram"].tolist() == hist.tolist() and z["samples"].tolist() == sizes.tolist()
+    small = tmp_path / "small"
+    small.mkdir()
+    E.write_clients_file(small, {"label_histogram": hist[:2]}, sizes[:2], "note")
+    assert json.loads((small / "clients.json").read_text())["label_histogram"] == hist[:2].tolist()
+    assert not (small / "clients.npz").exists()
+
+
+def test_power_law_sizes_are_skewed_complete_and_seeded():
+    labels = np.zeros(5000, dtype=np.int64)
+    parts = P.power_law(labels, 100, 1.2, seed=4, min_samples=5)
+    sizes = np.array([len(p) for p in parts])
+    assert sizes.sum() == 5000 and sizes.min() >= 5
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(5000))  # every row exactly once
+    assert sizes.max() > 10 * np.median(sizes)  # a heavy tail, unlike an even split
+    again = P.power_law(labels, 100, 1.2, seed=4, min_samples=5)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
+def test_power_law_leaving_a_client_empty_is_one_line():
+    with pytest.raises(ConfigError, match=r"gives [\d,]+ of 500 clients no rows.*partition.min_samples >= 1") as e:
+        P.power_law(np.zeros(600, dtype=np.int64), 500, 0.5, seed=0, min_samples=0)
+    assert "\n" not in str(e.value)
+
+
+def test_power_law_run_through_the_config(cfg_factory):
+    cfg = cfg_factory(dataset="digits", clients=20, partition__name="power-law", partition__power=1.0, partition__min_samples=8)
+    parts, _ = P.partition(cfg, np.zeros(1000, dtype=np.int64))
+    assert sum(len(p) for p in parts) == 1000 and min(len(p) for p in parts) >= 8
