@@ -136,3 +136,28 @@ def test_power_law_run_through_the_config(cfg_factory):
     cfg = cfg_factory(dataset="digits", clients=20, partition__name="power-law", partition__power=1.0, partition__min_samples=8)
     parts, _ = P.partition(cfg, np.zeros(1000, dtype=np.int64))
     assert sum(len(p) for p in parts) == 1000 and min(len(p) for p in parts) >= 8
+
+
+def test_population_reuses_a_partition_cut_from_one_array():
+    order = np.array([4, 0, 2, 1, 3, 5], dtype=np.int64)
+    parts = np.split(order, [2, 5])
+    pop = ClientPopulation(torch.zeros(6, 1), torch.zeros(6, dtype=torch.int64), parts, 2)
+    assert pop.flat is order and [pop.indices(i).tolist() for i in range(3)] == [[4, 0], [2, 1, 3], [5]]
+    shuffled = [parts[1], parts[0], parts[2]]  # not in order: copied, still right
+    pop2 = ClientPopulation(torch.zeros(6, 1), torch.zeros(6, dtype=torch.int64), shuffled, 2)
+    assert pop2.flat is not order and [pop2.indices(i).tolist() for i in range(3)] == [[2, 1, 3], [4, 0], [5]]
+
+
+def test_npz_mapped_training_rows_are_checked_and_read_back_whole(tmp_path, cfg_factory):
+    from featherfl.data.files import load_npz
+
+    rng = np.random.default_rng(2)
+    x = rng.random((70_000, 4), dtype=np.float32)  # more than one check block: pages let go block by block
+    y = np.arange(70_000) % 3
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    ds = load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "d.npz")))
+    assert ds.inputs_checked and np.array_equal(ds.train_x.numpy(), x)  # pages dropped after the check come back intact
+    x[65_540, 1] = np.nan
+    np.savez(tmp_path / "n.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "n.npz")))

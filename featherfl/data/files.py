@@ -236,9 +236,37 @@ def _features(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
         raise ConfigError(f"dataset npz: {path} array {key!r} has shape {a.shape}; expected (samples, features...)")
     # float32 data (the common case, and what a memory-mapped file holds) is used as it is: no copy
     t = torch.from_numpy(a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32, copy=False))
-    if first_nonfinite_row(t) is not None:  # a block at a time: no mask the size of the data
+    release = _page_releaser(a) if t.data_ptr() == a.ctypes.data else None
+    if first_nonfinite_row(t, after_block=release) is not None:  # a block at a time: no mask the size of the data
         raise ConfigError(f"dataset npz: {path} array {key!r} holds NaN or infinite values")
     return t
+
+
+def _page_releaser(a: np.ndarray):
+    """For a memory-mapped array: a function that lets go of the pages of rows [start, stop) once
+    read. They are clean copies of the file (nothing was written), so the kernel drops them and
+    maps them again if a round asks for those rows: checking the training array does not make
+    all of it resident at once. (A round's gather maps the page-cache block around each client's
+    rows, so a long run can still map much of the file: clean pages the kernel may reclaim.)"""
+    import mmap
+
+    m = getattr(a, "_mmap", None)
+    if not isinstance(m, mmap.mmap) or not hasattr(m, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    row_bytes = a.strides[0]
+    first = int(getattr(a, "offset", 0)) % mmap.ALLOCATIONGRANULARITY  # where np.memmap put the array inside its map
+    page = mmap.PAGESIZE
+
+    def release(start: int, stop: int) -> None:
+        lo = (first + start * row_bytes) // page * page
+        hi = min(len(m), first + stop * row_bytes)
+        if hi > lo:
+            try:
+                m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
+
+    return release
 
 
 def _int_labels(a: np.ndarray, key: str, path: Path, n: int) -> torch.Tensor:
@@ -278,6 +306,7 @@ def load_npz(cfg) -> Dataset:
     classes = int(max(int(y.max()), int(ty.max()) if len(ty) else 0)) + 1
     ds = Dataset("npz", x, y, tx, ty, classes, tuple(x.shape[1:]), f"npz {path}: {len(y)} train / {len(ty)} test, {classes} classes")
     ds.train_groups = groups
+    ds.inputs_checked = True  # _features checked every split, block by block
     return ds
 
 
