@@ -127,6 +127,7 @@ def prepare(cfg: Config) -> Prepared:
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = ClientPopulation(ds.train_x, ds.train_y, parts, ds.num_classes)
     algorithm = build_algorithm(ctx)
+    checks.check_client_state_memory(cfg, algorithm.model_parameters(), states_on_disk(cfg))
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
     ctx.info["warnings"] = chosen + robustness_warnings(cfg) + checks.client_work_warning(cfg)
     if cfg.ignored:
@@ -144,6 +145,7 @@ def _data_and_context(cfg: Config) -> tuple[Dataset, list, dict, Context]:
     each client derive alike from the config."""
     alg_cls = get_algorithm(cfg["algorithm"])
     ds = load_dataset(cfg)
+    checks.check_population_memory(cfg, len(ds.train_y), ds.num_classes)  # before the partition allocates
     labels = ds.train_y.numpy()
     parts, info = partition(cfg, labels, ds.train_groups.numpy() if ds.train_groups is not None else None)
     info["label_histogram"] = label_histograms(labels, parts, ds.num_classes)  # (clients, classes) array

@@ -161,3 +161,23 @@ def test_npz_mapped_training_rows_are_checked_and_read_back_whole(tmp_path, cfg_
     np.savez(tmp_path / "n.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
     with pytest.raises(ConfigError, match="NaN or infinite"):
         load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "n.npz")))
+
+
+def test_a_population_the_machine_cannot_hold_is_refused_before_training(cfg_factory, monkeypatch, tmp_path):
+    import featherfl.checks as checks
+    from featherfl.experiment import prepare
+
+    monkeypatch.setattr(checks, "available_memory", lambda: 1000)  # bytes: nothing fits
+    with pytest.raises(ConfigError, match=r"population of 10 clients over .* rows.*available\. Lower it with clients or data.max_train") as e:
+        prepare(cfg_factory(clients=10))
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(checks, "available_memory", lambda: 10**9)
+    monkeypatch.setattr(checks, "population_bytes", lambda *a: 0)
+    with pytest.raises(ConfigError, match=r"fd with engine.client_state=memory .*Lower it with engine.client_state=disk"):
+        checks.check_client_state_memory(cfg_factory(algorithm="fd", clients=100_000), 10_000, on_disk=False)
+    checks.check_client_state_memory(cfg_factory(algorithm="fd", clients=100_000), 10_000, on_disk=True)  # on disk: fine
+    np.savez_compressed(tmp_path / "c.npz", x_train=np.zeros((100, 1000), dtype=np.float32))
+    monkeypatch.setattr(checks, "available_memory", lambda: 1000)
+    with pytest.raises(ConfigError, match=r"compressed, so read whole.*numpy.savez"):
+        with NpzArrays(tmp_path / "c.npz") as z:
+            z["x_train"]

@@ -169,6 +169,9 @@ class NpzArrays:
             mapped = self._mapped(info)
             if mapped is not None:
                 return mapped
+        from featherfl.checks import refuse_population
+
+        refuse_population(info.file_size, f"dataset npz: {self.path} array {key!r} (compressed, so read whole)", "an uncompressed file (numpy.savez, which featherfl memory-maps) or a smaller one")
         if self._loaded is None:
             self._loaded = np.load(self.path, allow_pickle=False)
         return self._loaded[key]
