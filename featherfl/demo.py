@@ -18,7 +18,7 @@ from pathlib import Path
 from featherfl import algorithms
 from featherfl.config import ConfigError
 from featherfl.schema import build_config
-from featherfl.experiment import Experiment, prepare
+from featherfl.experiment import run_experiment
 from featherfl.report import format_table, plot_compare, table_rows
 
 COMMON = {"dataset": "digits", "clients": 10, "partition.name": "dirichlet", "partition.alpha": 0.5, "engine.threads": 1}
@@ -101,7 +101,7 @@ def run_demo(out: Path | None = None, quick: bool = False, seed: int = 0, quiet:
                     bar.update(1)
 
             d = out / m.label
-            Experiment(prepare(cfg), d, progress=False, on_round=tick).run()
+            run_experiment(cfg, d, on_round=tick)
             s = json.loads((d / "summary.json").read_text())
             s["label"] = m.label
             (d / "summary.json").write_text(json.dumps(s, indent=1))

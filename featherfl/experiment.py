@@ -122,14 +122,14 @@ def prepare(cfg: Config) -> Prepared:
     checks.check_reachable(cfg)  # MLflow server, Ray cluster: one line within seconds, not a hang
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
     ds, parts, info, ctx = _data_and_context(cfg)
-    checks.check_setup_memory(cfg, ds.input_shape, ds.num_classes)  # estimates before the method allocates
+    checks.check_setup_memory(cfg, alg_cls, ds.input_shape, ds.num_classes)  # estimates before the method allocates
     if checks.is_user_model(cfg["model.name"]):
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = ClientPopulation(ds.train_x, ds.train_y, parts, ds.num_classes)
     algorithm = build_algorithm(ctx)
-    checks.check_client_state_memory(cfg, algorithm.model_parameters(), states_on_disk(cfg))
+    checks.check_client_state_memory(cfg, alg_cls, algorithm.model_parameters(), states_on_disk(cfg))
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
-    ctx.info["warnings"] = chosen + robustness_warnings(cfg) + checks.client_work_warning(cfg)
+    ctx.info["warnings"] = chosen + robustness_warnings(cfg) + alg_cls.work_warnings(cfg)
     if cfg.ignored:
         ctx.info["warnings"].append(f"the config file sets {', '.join(cfg.ignored)}, for another method than {cfg['algorithm']}: ignored in this run")
     if device.type != "cpu" and alg_cls.runs_on_cpu_only:
@@ -489,10 +489,34 @@ def _clean(d: dict) -> dict:
     return out
 
 
-def run_experiment(cfg: Config, out: Path | None = None, resume: bool = False, progress: bool = False) -> tuple[Path, dict]:
-    prepared = prepare(cfg)
-    out = Path(out) if out else default_run_dir(cfg)
-    summary = Experiment(prepared, out, resume=resume, progress=progress).run()
+def run_experiment(
+    cfg: Config,
+    out: Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_round: Callable | None = None,
+    prepared: Prepared | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Path, dict]:
+    """The one way a run is made, from every front door (cli, api, Flower's ServerApp, demo, reproduce):
+    check the folder, prepare (unless ``prepared`` is given), run, and return the folder and its summary.
+
+    ``warn`` receives each of the config's warnings before anything runs; ``overwrite`` clears a
+    previous run's files only after the folder check and the preparation have passed, so a run
+    that cannot start leaves the old folder as it was.
+    """
+    from featherfl.runfolder import check_out_dir, clear_run_folder
+
+    out = Path(out) if out is not None else default_run_dir(cfg)
+    check_out_dir(out, resume=resume, overwrite=overwrite)
+    prepared = prepared if prepared is not None else prepare(cfg)
+    for warning in prepared.ctx.info.get("warnings", []) if warn else ():
+        warn(warning)
+    if overwrite:
+        clear_run_folder(out)
+    summary = Experiment(prepared, out, resume=resume, progress=progress, on_round=on_round).run()
     return out, summary
 
 

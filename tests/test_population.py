@@ -173,9 +173,13 @@ def test_a_population_the_machine_cannot_hold_is_refused_before_training(cfg_fac
     assert "\n" not in str(e.value)
     monkeypatch.setattr(checks, "available_memory", lambda: 10**9)
     monkeypatch.setattr(checks, "population_bytes", lambda *a: 0)
+    from featherfl.algorithms.fd import FD
+    from featherfl.algorithms.fedavg import FedAvg
+
     with pytest.raises(ConfigError, match=r"fd with engine.client_state=memory .*Lower it with engine.client_state=disk"):
-        checks.check_client_state_memory(cfg_factory(algorithm="fd", clients=100_000), 10_000, on_disk=False)
-    checks.check_client_state_memory(cfg_factory(algorithm="fd", clients=100_000), 10_000, on_disk=True)  # on disk: fine
+        checks.check_client_state_memory(cfg_factory(algorithm="fd", clients=100_000), FD, 10_000, on_disk=False)
+    checks.check_client_state_memory(cfg_factory(algorithm="fd", clients=100_000), FD, 10_000, on_disk=True)  # on disk: fine
+    checks.check_client_state_memory(cfg_factory(clients=100_000), FedAvg, 10_000, on_disk=False)  # no client models
     np.savez_compressed(tmp_path / "c.npz", x_train=np.zeros((100, 1000), dtype=np.float32))
     monkeypatch.setattr(checks, "available_memory", lambda: 1000)
     with pytest.raises(ConfigError, match=r"compressed, so read whole.*numpy.savez"):
