@@ -185,3 +185,53 @@ def test_a_population_the_machine_cannot_hold_is_refused_before_training(cfg_fac
     with pytest.raises(ConfigError, match=r"compressed, so read whole.*numpy.savez"):
         with NpzArrays(tmp_path / "c.npz") as z:
             z["x_train"]
+
+
+def _old_shards(labels, n_clients, k, seed):
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    pieces = np.array_split(order, n_clients * k)
+    assign = rng.permutation(n_clients * k)
+    return [np.sort(np.concatenate([pieces[s] for s in assign[i * k : (i + 1) * k]])) for i in range(n_clients)]
+
+
+def _old_label_deficient(labels, n_clients, seed, s, target_labels, target_keep, overlap):
+    n, classes = len(labels), np.unique(labels)
+    s = s or n // n_clients
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    parts, targets = [], []
+    for i in range(n_clients):
+        idx = rng.choice(n, size=s, replace=False) if overlap else perm[i * s : (i + 1) * s]
+        tgt = sorted(rng.choice(classes, size=target_labels, replace=False).tolist())
+        keep = [idx[~np.isin(labels[idx], tgt)]] + [idx[labels[idx] == t][:target_keep] for t in tgt]
+        parts.append(np.sort(np.concatenate(keep)))
+        targets.append([int(t) for t in tgt])
+    return parts, targets
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("seed,clients,k,n", [(0, 7, 2, 500), (1, 10, 3, 31), (2, 3, 1, 3)])
+def test_shards_give_the_same_lists_as_before(seed, clients, k, n):
+    labels = np.random.default_rng(seed).integers(0, 5, n)
+    assert _same(P.shards(labels, clients, k, seed), _old_shards(labels, clients, k, seed))
+
+
+@pytest.mark.parametrize("args", [(9, 0, 0, 3, 5, False), (6, 1, 40, 2, 1, True), (4, 2, 0, 0, 5, False), (12, 3, 30, 3, 0, True)])
+def test_label_deficient_gives_the_same_lists_as_before(args):
+    clients, seed, s, t, r, overlap = args
+    labels = np.random.default_rng(seed).integers(0, 6, 400)
+    new, new_t = P.label_deficient(labels, clients, seed, s, t, r, overlap)
+    old, old_t = _old_label_deficient(labels, clients, seed, s, t, r, overlap)
+    assert _same(new, old) and new_t == old_t
+
+
+@pytest.mark.parametrize("groups", [np.array([5, 2, 5, 9, 2, 2, 0]), np.array([10**12, 3, 10**12]), np.repeat(np.arange(6), 3)[::-1].copy()])
+def test_natural_gives_one_client_per_id_in_sorted_order(groups):
+    ids, owner = np.unique(groups, return_inverse=True)
+    want = [np.flatnonzero(owner == i) for i in range(len(ids))]
+    assert _same(P.natural(groups, len(ids)), want)
+    assert _same(P.natural(groups, 2), want[:2])

@@ -37,17 +37,24 @@ def dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_s
     starts = np.searchsorted(labels[by_class], classes)
     ends = np.append(starts[1:], n)
     owner = np.empty(n, dtype=np.int64)
-    for _ in range(max(1, max_tries)):
-        for c, lo, hi in zip(classes, starts, ends):
+    tries = max(1, max_tries)
+    for t in range(tries):
+        draw, counts = [], np.zeros(n_clients, dtype=np.int64)
+        for lo, hi in zip(starts, ends):
             idx = by_class[lo:hi].copy()
             rng.shuffle(idx)
             p = rng.dirichlet(np.full(n_clients, alpha))
             cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
             sizes = np.diff(np.concatenate(([0], cuts, [len(idx)])))
-            owner[idx] = np.repeat(np.arange(n_clients), sizes)
-        counts = np.bincount(owner, minlength=n_clients)
-        if counts.min() >= min_samples:
-            return _groups(owner, n_clients)
+            counts += sizes
+            draw.append((idx, sizes))
+        if counts.min() >= min_samples or t == tries - 1:
+            # rows are given their owner only for the draw that is kept: a scatter over every
+            # row per rejected try was most of the time at 10^5 clients
+            for idx, sizes in draw:
+                owner[idx] = np.repeat(np.arange(n_clients), sizes)
+            if counts.min() >= min_samples:
+                return _groups(owner, n_clients)
     _top_up(owner, counts, min_samples, rng)
     return _groups(owner, n_clients)
 
@@ -82,9 +89,16 @@ def shards(labels: np.ndarray, n_clients: int, shards_per_client: int, seed: int
     n_shards = n_clients * shards_per_client
     if n_shards > len(labels):
         raise ConfigError(f"shards: {n_shards} shards for only {len(labels)} samples")
-    pieces = np.array_split(order, n_shards)
     assign = rng.permutation(n_shards)
-    return [np.sort(np.concatenate([pieces[s] for s in assign[i * shards_per_client : (i + 1) * shards_per_client]])) for i in range(n_clients)]
+    # The shards np.array_split would cut (the first n % n_shards one longer), as an owner per
+    # sorted row, then one stable grouping: no loop over clients.
+    base, longer = divmod(len(labels), n_shards)
+    shard_of_row = np.repeat(np.arange(n_shards), np.where(np.arange(n_shards) < longer, base + 1, base))
+    client_of_shard = np.empty(n_shards, dtype=np.int64)
+    client_of_shard[assign] = np.arange(n_shards) // shards_per_client
+    owner = np.empty(len(labels), dtype=np.int64)
+    owner[order] = client_of_shard[shard_of_row]
+    return _groups(owner, n_clients)
 
 
 def quantity_skew(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_samples: int = 10) -> list[np.ndarray]:
@@ -149,28 +163,42 @@ def label_deficient(
         raise ConfigError(f"partition.target_labels={target_labels} exceeds the {len(classes)} labels")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
-    parts, targets = [], []
+    # The draws stay one client at a time, in the same order (the same seed gives the same split);
+    # what each device keeps is then worked out for all devices at once.
+    drawn = np.empty((n_clients, s), dtype=np.int64)
+    tgt = np.empty((n_clients, target_labels), dtype=labels.dtype)
     for i in range(n_clients):
-        idx = rng.choice(n, size=s, replace=False) if overlap else perm[i * s : (i + 1) * s]
-        tgt = sorted(rng.choice(classes, size=target_labels, replace=False).tolist())
-        keep = [idx[~np.isin(labels[idx], tgt)]]
-        for t in tgt:
-            keep.append(idx[labels[idx] == t][:target_keep])
-        parts.append(np.sort(np.concatenate(keep)))
-        targets.append([int(t) for t in tgt])
-    return parts, targets
+        drawn[i] = rng.choice(n, size=s, replace=False) if overlap else perm[i * s : (i + 1) * s]
+        tgt[i] = np.sort(rng.choice(classes, size=target_labels, replace=False))
+    lab = labels[drawn]
+    keep = np.ones(drawn.shape, dtype=bool)
+    for j in range(target_labels):  # a target label keeps only its first target_keep samples (in draw order)
+        hit = lab == tgt[:, j : j + 1]
+        keep &= ~hit | (np.cumsum(hit, axis=1) <= target_keep)
+    counts = keep.sum(axis=1)
+    kept = np.sort(np.where(keep, drawn, np.iinfo(np.int64).max), axis=1)
+    parts = [row[:k] for row, k in zip(kept, counts)]
+    return parts, tgt.astype(int).tolist()
 
 
 def natural(groups: np.ndarray | None, n_clients: int) -> list[np.ndarray]:
     """One client per distinct client id in the data (sorted ids; the first ``n_clients`` of them)."""
     if groups is None:
         raise ConfigError("partition.name=natural needs client ids in the data (an npz client_train array or a csv data.client_column)")
-    ids, owner = np.unique(groups, return_inverse=True)
-    if n_clients > len(ids):
-        raise ConfigError(f"partition.name=natural: the data has {len(ids)} client ids, fewer than clients={n_clients}")
+    groups = np.asarray(groups).reshape(-1)
+    if groups.dtype.kind in "iu" and len(groups) and groups.min() >= 0 and groups.max() < 4 * len(groups) + 1024:
+        # small non-negative ids (what the readers give): rank them by counting, not by a sort
+        present = np.bincount(groups) > 0
+        rank = np.cumsum(present) - 1
+        n_ids, owner = int(present.sum()), rank[groups]
+    else:
+        ids, owner = np.unique(groups, return_inverse=True)
+        n_ids, owner = len(ids), owner.reshape(-1)
+    if n_clients > n_ids:
+        raise ConfigError(f"partition.name=natural: the data has {n_ids} client ids, fewer than clients={n_clients}")
     # One stable sort, not a scan per id: O(n log n) instead of O(rows x clients), which at 10^5
     # clients would dominate the run. Stability keeps each client's indices ascending.
-    return _groups(owner.reshape(-1), len(ids))[:n_clients]
+    return _groups(owner, n_ids)[:n_clients]
 
 
 def partition(cfg, labels: np.ndarray, groups: np.ndarray | None = None) -> tuple[list[np.ndarray], dict]:
