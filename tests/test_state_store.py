@@ -91,3 +91,17 @@ def test_fd_on_disk_equals_fd_in_memory_and_resumes_identically(tmp_path):
         fh.write(np.random.default_rng(0).bytes(5000))
     assert cli.main(["run", "--resume", "--out", str(part), "--rounds", "3", "--quiet"]) == 0
     assert _rows(part) == _rows(tmp_path / "disk")
+
+
+def test_error_feedback_residuals_on_disk_equal_in_memory_and_stay_out_of_the_checkpoint(tmp_path):
+    from featherfl.runfolder import load_checkpoint
+
+    args = ["run", "--algorithm", "fedavg", "--dataset", "digits", "--clients", "6", "--rounds", "3", "--seed", "4", "--quiet", "--set", "log.plots=false",
+            "--set", "engine.threads=1", "--set", "engine.fraction=0.5", "--set", "fedavg.max_steps=2", "--set", "partition.name=iid",
+            "--set", "compress.method=topk", "--set", "compress.error_feedback=on"]
+    assert cli.main([*args, "--out", str(tmp_path / "mem"), "--set", "engine.client_state=memory"]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "disk"), "--set", "engine.client_state=disk"]) == 0
+    assert _rows(tmp_path / "mem") == _rows(tmp_path / "disk")
+    mem = load_checkpoint(tmp_path / "mem" / "checkpoint.pt")["client_states"]
+    disk = load_checkpoint(tmp_path / "disk" / "checkpoint.pt")["client_states"]
+    assert any(mem.values()) and disk["store"] == "disk" and int((disk["offsets"] >= 0).sum()) == len(mem)  # residuals held per client, only an index checkpointed
