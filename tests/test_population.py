@@ -235,3 +235,13 @@ def test_natural_gives_one_client_per_id_in_sorted_order(groups):
     want = [np.flatnonzero(owner == i) for i in range(len(ids))]
     assert _same(P.natural(groups, len(ids)), want)
     assert _same(P.natural(groups, 2), want[:2])
+
+
+def test_report_says_where_the_rest_of_a_large_population_is(tmp_path, monkeypatch):
+    import featherfl.experiment as E
+    from featherfl.report import client_table
+
+    monkeypatch.setattr(E, "CLIENTS_LISTED", 2)
+    E.write_clients_file(tmp_path, {"label_histogram": np.ones((5, 3), dtype=int)}, np.full(5, 3), "note")
+    text = client_table(tmp_path)
+    assert text.count("[1, 1, 1]") == 2 and "the first 2 of 5 clients" in text and "clients.npz" in text
