@@ -105,3 +105,31 @@ def test_error_feedback_residuals_on_disk_equal_in_memory_and_stay_out_of_the_ch
     mem = load_checkpoint(tmp_path / "mem" / "checkpoint.pt")["client_states"]
     disk = load_checkpoint(tmp_path / "disk" / "checkpoint.pt")["client_states"]
     assert any(mem.values()) and disk["store"] == "disk" and int((disk["offsets"] >= 0).sum()) == len(mem)  # residuals held per client, only an index checkpointed
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_with_states_on_disk_resumes_to_identical_rows(tmp_path):
+    """The crash test of test_hardening_crash, for FD with its device states in the store."""
+    import random
+
+    from test_hardening_crash import _kill_at_random_point, _start
+
+    from featherfl.runfolder import load_checkpoint
+
+    args = [*FD[1:], "--rounds", "6", "--set", "engine.client_state=disk", "--set", "engine.dropout=0.2"]
+    assert cli.main(["run", "--out", str(tmp_path / "ref"), *args]) == 0
+    rng = random.Random(7)
+    out = tmp_path / "killed"
+    kills = _kill_at_random_point(_start(out, *args), out, rng)
+    kills += _kill_at_random_point(_start(out, "--resume", "--quiet"), out, rng)
+    assert kills >= 1, "the run finished before it could be killed"
+    done = _start(out, "--resume", "--quiet")
+    assert done.wait(timeout=300) == 0, done.stderr.read().decode()
+    assert _rows(out) == _rows(tmp_path / "ref")
+    a, b = (load_checkpoint(d / "checkpoint.pt")["client_states"] for d in (out, tmp_path / "ref"))
+    sa, sb = DiskStates(out, 6), DiskStates(tmp_path / "ref", 6)
+    sa.restore(a)
+    sb.restore(b)
+    for cid in range(6):
+        x, y = sa.peek(cid), sb.peek(cid)
+        assert x.keys() == y.keys() and all(torch.equal(x["model"][k], y["model"][k]) for k in x.get("model", {}))
