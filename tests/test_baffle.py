@@ -22,14 +22,6 @@ from support.mnist import tiny_mnist as _tiny_mnist
 from support.wire_overhead import header_bytes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_problem(seed: int, d: int = 12, classes: int = 4, n: int = 64):
     g = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(d, 16), nn.Hardswish(), nn.Linear(16, classes))

@@ -22,14 +22,6 @@ pytest.importorskip("peft")
 WORDS = "good bad great awful fine movie film plot acting boring fun dull sad happy".split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
     from support.tiny_bert import make_bert_folder

@@ -153,15 +153,7 @@ def test_augment_keeps_shape_and_range_and_changes_pixels():
     assert not torch.allclose(a, x)
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_cgan_is_conditioned_on_the_label(one_thread):
+def test_cgan_is_conditioned_on_the_label():
     """Seeds of label 0 are bright on the left, label 1 on the right: so must the samples be."""
     cfg = _cfg(("algorithm", "fd"), ("faug.gan_steps", 400), ("faug.gan_batch", 32), ("faug.gan_lr", 2e-3), ("faug.aug_rotate", 0.0), ("faug.aug_shift", 0.0))
     ctx = Context(cfg, (1, 8, 8), 2, 2)
@@ -289,7 +281,7 @@ def test_faug_on_data_that_is_not_images_is_a_config_error():
     check_input((1, 8, 8))
 
 
-def test_gan_stops_once_the_judge_recognises_its_samples(one_thread):
+def test_gan_stops_once_the_judge_recognises_its_samples():
     """The stopping rule: check every 50 steps, stop at 90 % recognition, long before the 3,000-step cap."""
     import featherfl.algorithms.faug_gan as faug_module
 
@@ -316,7 +308,7 @@ def test_gan_stops_once_the_judge_recognises_its_samples(one_thread):
 
 
 @pytest.mark.parametrize("patience", [3, 0])
-def test_gan_patience_stops_a_stalled_gan_and_keeps_its_best_generator(one_thread, monkeypatch, patience):
+def test_gan_patience_stops_a_stalled_gan_and_keeps_its_best_generator(monkeypatch, patience):
     """Recognition that stops improving: with patience 3 training ends 3 checks after the best one and
     hands out the generator of that best check; with patience 0 it runs to gan_steps and keeps the last."""
     import featherfl.algorithms.faug_gan as faug_module
@@ -346,7 +338,7 @@ def test_gan_patience_stops_a_stalled_gan_and_keeps_its_best_generator(one_threa
         assert all(torch.equal(kept[k], snaps[5][k]) for k in kept)
 
 
-def test_judge_tells_the_seed_labels_apart(one_thread):
+def test_judge_tells_the_seed_labels_apart():
     from featherfl.algorithms.faug import train_judge
 
     cfg = _cfg(("algorithm", "fd"), ("faug.aug_rotate", 0.0), ("faug.aug_shift", 0.0))

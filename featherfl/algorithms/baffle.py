@@ -46,7 +46,7 @@ from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.summation import WeightedMean
 from featherfl.seeding import derive_seed, generator
-from featherfl.algorithms.training import evaluate_model
+from featherfl.algorithms.training import evaluate_model, torch_optimizer
 from featherfl.config import Config, ConfigError, Field, Options, cohort_size
 from featherfl.models import flat_state, has_batchnorm, load_flat_state
 from featherfl.models.vision import ACTIVATIONS
@@ -115,9 +115,7 @@ def flat_optimizer(param: torch.nn.Parameter, kind: str, lr: float, o: Options, 
     """SGD or Adam over one flat parameter. Weight decay is the L2 term added to the
     estimate inside the optimizer, and Adam's betas are settable: the paper's code uses
     Adam(betas=(0.9, 0.99), weight_decay=5e-4) on the clipped estimate."""
-    if kind == "adam":
-        return torch.optim.Adam([param], lr=lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
-    return torch.optim.SGD([param], lr=lr, momentum=momentum, weight_decay=o.weight_decay)
+    return torch_optimizer([param], kind, lr, momentum, o.weight_decay, (o.beta1, o.beta2))
 
 
 class LocalSteps:
