@@ -140,12 +140,15 @@ def test_power_law_run_through_the_config(cfg_factory):
 
 def test_population_reuses_a_partition_cut_from_one_array():
     order = np.array([4, 0, 2, 1, 3, 5], dtype=np.int64)
-    parts = np.split(order, [2, 5])
+    parts = P.Parts(order, np.array([0, 2, 5, 6]))
+    assert [p.tolist() for p in parts] == [[4, 0], [2, 1, 3], [5]] and [p.tolist() for p in parts.first(2)] == [[4, 0], [2, 1, 3]]
     pop = ClientPopulation(torch.zeros(6, 1), torch.zeros(6, dtype=torch.int64), parts, 2)
     assert pop.flat is order and [pop.indices(i).tolist() for i in range(3)] == [[4, 0], [2, 1, 3], [5]]
-    shuffled = [parts[1], parts[0], parts[2]]  # not in order: copied, still right
+    shuffled = [parts[1], parts[0], parts[2]]  # a plain list: copied, still right
     pop2 = ClientPopulation(torch.zeros(6, 1), torch.zeros(6, dtype=torch.int64), shuffled, 2)
     assert pop2.flat is not order and [pop2.indices(i).tolist() for i in range(3)] == [[2, 1, 3], [4, 0], [5]]
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    assert P.label_histograms(labels, parts, 2).tolist() == P.label_histograms(labels, list(parts), 2).tolist() == [[1, 1], [1, 2], [1, 0]]
 
 
 def test_npz_mapped_training_rows_are_checked_and_read_back_whole(tmp_path, cfg_factory):

@@ -30,6 +30,9 @@ def test_store_keeps_only_touched_states_and_commits_them(tmp_path):
     assert s.setdefault(3, {})["round"] == 7 and list(s.cache) == [3]
     assert d["length"] == (tmp_path / "client_states.0.bin").stat().st_size
     assert s.memory_bytes() == 3 * 8 * 1000  # three numbers per client, whatever the state size
+    assert d["ids"].tolist() == [3, 500] and d["population"] == 1000  # the checkpoint holds only clients with a state
+    s.setdefault(7, {})  # touched, still empty: nothing written
+    assert s.commit()["ids"].tolist() == [3, 500] and 7 not in s
 
 
 def test_restore_cuts_off_records_written_after_the_checkpoint(tmp_path):
@@ -104,7 +107,7 @@ def test_error_feedback_residuals_on_disk_equal_in_memory_and_stay_out_of_the_ch
     assert _rows(tmp_path / "mem") == _rows(tmp_path / "disk")
     mem = load_checkpoint(tmp_path / "mem" / "checkpoint.pt")["client_states"]
     disk = load_checkpoint(tmp_path / "disk" / "checkpoint.pt")["client_states"]
-    assert any(mem.values()) and disk["store"] == "disk" and int((disk["offsets"] >= 0).sum()) == len(mem)  # residuals held per client, only an index checkpointed
+    assert any(mem.values()) and disk["store"] == "disk" and sorted(disk["ids"].tolist()) == sorted(mem)  # residuals held per client, only an index checkpointed
 
 
 @pytest.mark.slow

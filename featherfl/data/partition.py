@@ -59,11 +59,25 @@ def dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_s
     return _groups(owner, n_clients)
 
 
-def _groups(owner: np.ndarray, n_clients: int) -> list[np.ndarray]:
+class Parts(list):
+    """A partition (one sorted index array per client) cut from one flat array: ``flat`` holds
+    every client's indices in client order and ``offsets`` where each starts, so a population
+    can use them as they are (``featherfl.data.population``)."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        super().__init__(flat[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+        self.flat, self.offsets = flat, offsets
+
+    def first(self, n: int) -> "Parts":
+        return Parts(self.flat[: self.offsets[n]], self.offsets[: n + 1])
+
+
+def _groups(owner: np.ndarray, n_clients: int) -> Parts:
     """Sorted sample indices per client from an owner-per-sample array, in one stable sort."""
-    order = np.argsort(owner, kind="stable")
-    bounds = np.cumsum(np.bincount(owner, minlength=n_clients))[:-1]
-    return [np.asarray(g, dtype=np.int64) for g in np.split(order, bounds)]
+    order = np.argsort(owner, kind="stable").astype(np.int64, copy=False)
+    offsets = np.zeros(n_clients + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=n_clients), out=offsets[1:])
+    return Parts(order, offsets)
 
 
 def _top_up(owner: np.ndarray, counts: np.ndarray, min_samples: int, rng: np.random.Generator) -> None:
@@ -198,7 +212,7 @@ def natural(groups: np.ndarray | None, n_clients: int) -> list[np.ndarray]:
         raise ConfigError(f"partition.name=natural: the data has {n_ids} client ids, fewer than clients={n_clients}")
     # One stable sort, not a scan per id: O(n log n) instead of O(rows x clients), which at 10^5
     # clients would dominate the run. Stability keeps each client's indices ascending.
-    return _groups(owner, n_ids)[:n_clients]
+    return _groups(owner, n_ids).first(n_clients)
 
 
 def partition(cfg, labels: np.ndarray, groups: np.ndarray | None = None) -> tuple[list[np.ndarray], dict]:
@@ -240,10 +254,13 @@ def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: in
 
 def label_histograms(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
     """(clients, classes) label counts in one ``bincount`` over all rows, not one per client."""
-    sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
     if not len(parts):
         return np.zeros((0, num_classes), dtype=np.int64)
+    if isinstance(parts, Parts):
+        sizes, flat = np.diff(parts.offsets), parts.flat
+    else:
+        sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+        flat = np.concatenate(parts).astype(np.int64, copy=False)
     owner = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
-    flat = np.concatenate(parts).astype(np.int64, copy=False)
     bins = owner * num_classes + labels[flat].astype(np.int64, copy=False)
     return np.bincount(bins, minlength=len(parts) * num_classes).reshape(len(parts), num_classes)

@@ -21,30 +21,16 @@ from featherfl.algorithms.base import ClientData
 def flatten_parts(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, flat indices) of a partition: client ``i`` holds ``flat[offsets[i]:offsets[i+1]]``.
 
-    Partitioners that cut one sorted array into consecutive pieces (``natural``, ``dirichlet``)
-    already hold the flat array: it is reused, not copied."""
+    Partitioners that cut one sorted array into consecutive pieces (``natural``, ``dirichlet``,
+    ``shards``: a ``Parts``) already hold the flat array: it is reused, not copied."""
+    flat, offsets = getattr(parts, "flat", None), getattr(parts, "offsets", None)
+    if isinstance(flat, np.ndarray) and isinstance(offsets, np.ndarray) and len(offsets) == len(parts) + 1:
+        return offsets, flat  # cut from one array already (featherfl.data.partition.Parts)
     sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
     offsets = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
-    base = _shared_base(parts, offsets)
-    if base is not None:
-        return offsets, base
     flat = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, dtype=np.int64)
     return offsets, flat
-
-
-def _shared_base(parts: list[np.ndarray], offsets: np.ndarray) -> np.ndarray | None:
-    """The int64 array of which ``parts`` are consecutive slices, in order, or None."""
-    if not parts:
-        return None
-    base = parts[0].base if parts[0].base is not None else parts[0]
-    if not (isinstance(base, np.ndarray) and base.dtype == np.int64 and base.ndim == 1 and base.flags.c_contiguous and len(base) == offsets[-1]):
-        return None
-    start = base.__array_interface__["data"][0]
-    for p, off in zip(parts, offsets[:-1]):
-        if p.dtype != np.int64 or (p.base is not base and p is not base) or p.__array_interface__["data"][0] != start + 8 * int(off) or (len(p) > 1 and p.strides[0] != 8):
-            return None
-    return base
 
 
 class ClientPopulation(Sequence):

@@ -98,9 +98,12 @@ def first_nonfinite_row(x: torch.Tensor, rows: int = 65536, after_block=None) ->
     ``after_block(start, stop)`` is called once each block is checked (a memory-mapped reader
     lets go of the pages it read)."""
     for i in range(0, len(x), rows):
-        block = x[i : i + rows]
-        finite = torch.isfinite(block.float()) if block.dtype != torch.float32 else torch.isfinite(block)
-        if not bool(finite.all()):
+        block = x[i : i + rows] if x.dtype == torch.float32 else x[i : i + rows].float()
+        if not len(block) or not block.numel():
+            continue
+        lo, hi = torch.aminmax(block)  # one pass, no mask; NaN and +-inf show in the min or max
+        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+            finite = torch.isfinite(block)
             return i + int((~finite).reshape(len(block), -1).any(dim=1).nonzero()[0, 0])
         if after_block is not None:
             after_block(i, i + len(block))

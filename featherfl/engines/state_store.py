@@ -10,7 +10,8 @@ keeps them in an append-only file in the run folder instead (``client_states.<ge
   checkpoint; then every touched state is appended to the file (``torch.save`` bytes, read back
   with ``weights_only=True``) and dropped from memory. RAM holds the cohort's states plus three
   numbers per client (offset, length, CRC-32 of its last record).
-- the checkpoint holds those three arrays and the file's committed length, not the states. A
+- the checkpoint holds those three numbers for the clients that have a state, and the file's
+  committed length, not the states. A
   round's records are appended only after the round, inside :meth:`commit`, which the checkpoint
   calls; a ``kill -9`` before the checkpoint leaves records past the committed length, which
   :meth:`restore` cuts off. So ``--resume`` reads exactly the states of the checkpointed round,
@@ -125,6 +126,8 @@ class DiskStates:
             f.truncate(self.length)
             f.seek(self.length)
             for cid in sorted(self.cache):
+                if not self.cache[cid] and self.offsets[cid] < 0:
+                    continue  # an empty state never written: nothing to keep (FedAvg's clients)
                 raw = _encode(self.cache[cid])
                 self.offsets[cid], self.lengths[cid], self.crcs[cid] = self.length, len(raw), zlib.crc32(raw)
                 f.write(raw)
@@ -138,13 +141,18 @@ class DiskStates:
         return self.descriptor()
 
     def descriptor(self) -> dict:
+        """The index of the clients that have a state (only they: a checkpoint stays small while
+        few clients have been sampled)."""
+        ids = np.flatnonzero(self.offsets >= 0)
         return {
             "store": "disk",
             "generation": self.gen,
             "length": self.length,
-            "offsets": torch.from_numpy(self.offsets.copy()),
-            "lengths": torch.from_numpy(self.lengths.copy()),
-            "crcs": torch.from_numpy(self.crcs.copy()),
+            "population": self.population,
+            "ids": torch.from_numpy(ids.astype(np.int64)),
+            "offsets": torch.from_numpy(self.offsets[ids]),
+            "lengths": torch.from_numpy(self.lengths[ids]),
+            "crcs": torch.from_numpy(self.crcs[ids]),
         }
 
     def _compact(self) -> None:
@@ -168,9 +176,17 @@ class DiskStates:
         if not isinstance(desc, dict) or desc.get("store") != "disk":
             raise StateStoreError("the checkpoint holds client states in memory, this run keeps them on disk (engine.client_state)")
         gen, length = int(desc["generation"]), int(desc["length"])
-        offsets, lengths, crcs = (np.asarray(desc[k], dtype=np.int64) for k in ("offsets", "lengths", "crcs"))
-        if len(offsets) != self.population or len(lengths) != self.population or len(crcs) != self.population:
-            raise StateStoreError(f"the checkpoint's client-state index covers {len(offsets)} clients, the run has {self.population}")
+        if int(desc.get("population", -1)) != self.population:
+            raise StateStoreError(f"the checkpoint's client-state index is for {desc.get('population')} clients, the run has {self.population}")
+        ids, off, lens, crc = (np.asarray(desc[k], dtype=np.int64) for k in ("ids", "offsets", "lengths", "crcs"))
+        if not (len(ids) == len(off) == len(lens) == len(crc)) or (len(ids) and (ids.min() < 0 or ids.max() >= self.population)):
+            raise StateStoreError("the checkpoint's client-state index is malformed")
+        offsets = np.full(self.population, -1, dtype=np.int64)
+        lengths = np.zeros(self.population, dtype=np.int64)
+        crcs = np.zeros(self.population, dtype=np.int64)
+        offsets[ids], lengths[ids], crcs[ids] = off, lens, crc
+        if len(ids) and int((off + lens).max()) > length:
+            raise StateStoreError("the checkpoint's client-state index points past the committed file")
         self.gen = gen
         path = self.path()
         have = path.stat().st_size if path.exists() else -1
@@ -179,7 +195,7 @@ class DiskStates:
         with open(path, "r+b") as f:
             f.truncate(length)
         self._remove_generations(lambda g: g != gen)
-        self.offsets, self.lengths, self.crcs, self.length = offsets.copy(), lengths.copy(), crcs.copy(), length
+        self.offsets, self.lengths, self.crcs, self.length = offsets, lengths, crcs, length
         self.cache.clear()
         self._drop_older_than = None
 
