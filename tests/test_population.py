@@ -248,3 +248,11 @@ def test_report_says_where_the_rest_of_a_large_population_is(tmp_path, monkeypat
     E.write_clients_file(tmp_path, {"label_histogram": np.ones((5, 3), dtype=int)}, np.full(5, 3), "note")
     text = client_table(tmp_path)
     assert text.count("[1, 1, 1]") == 2 and "the first 2 of 5 clients" in text and "clients.npz" in text
+
+
+@pytest.mark.parametrize("n,clients", [(100, 7), (60, 6), (5, 5), (13, 1)])
+def test_iid_gives_the_same_lists_as_before(n, clients):
+    labels = np.zeros(n, dtype=np.int64)
+    rng = np.random.default_rng(3)
+    old = [np.sort(p) for p in np.array_split(rng.permutation(n), clients)]
+    assert _same(P.iid(labels, clients, 3), old)
