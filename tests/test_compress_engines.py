@@ -15,7 +15,7 @@ SMALL = [("rounds", 3), ("clients", 4), ("data.max_train", 320), ("data.max_test
 
 
 #: every test here starts or shares a local Ray session (seconds each): `pytest -m "not slow"` skips them
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("compress_engines")]
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():

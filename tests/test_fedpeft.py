@@ -21,6 +21,8 @@ from featherfl.models import pretrain as pretrain_mod
 from featherfl.models.pretrain import load_backbone, pretrain, save_backbone
 from support.wire_overhead import header_bytes
 
+pytestmark = pytest.mark.xdist_group("fedpeft")  # its module fixture is costly: one test process runs the whole file
+
 PEFT = ("bias", "adapter", "prompt", "lora", "head")
 
 

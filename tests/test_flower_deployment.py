@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("flwr")
-pytestmark = pytest.mark.slow  # minutes, not seconds: `pytest -m "not slow"` skips it while iterating
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower_deployment")]  # minutes, not seconds: `pytest -m "not slow"` skips it while iterating
 if not (Path(sys.executable).with_name("flower-superlink").exists() or shutil.which("flower-superlink")):
     pytest.skip("flower-superlink is not installed", allow_module_level=True)
 

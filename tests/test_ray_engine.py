@@ -26,7 +26,7 @@ FAST = {"baffle": [("baffle.k", 20), ("baffle.downlink", "replay")], "fd": [("fd
 
 
 #: every test here starts or shares a local Ray session (seconds each): `pytest -m "not slow"` skips them
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_engine")]
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):

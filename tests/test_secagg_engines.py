@@ -17,6 +17,8 @@ from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare, run_experiment  # noqa: E402
 from support.rows import metric_rows
 
+pytestmark = pytest.mark.xdist_group("secagg_engines")  # its module fixture is costly: one test process runs the whole file
+
 #: engine.vectorize=off: Ray and Flower run clients one by one, so the local reference does too
 #: (the batched path agrees within float rounding, not bit for bit)
 SMALL = [("rounds", 2), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200), ("engine.threads", 1), ("secagg.protocol", "secagg+"), ("engine.vectorize", "off")]
