@@ -212,6 +212,40 @@ def refuse_if_too_big(need: int, what: str) -> None:
         raise ConfigError(f"{what} needs about {_gib(need)} of memory; this machine has {_gib(have)} available. Lower it")
 
 
+def refuse_population(need: int, what: str, lower: str) -> None:
+    """One line before anything population-sized is allocated: the estimate, what is available,
+    and the keys that lower it (never an out-of-memory kill rounds later)."""
+    have = available_memory()
+    if have and need > have:
+        raise ConfigError(f"{what} needs about {_gib(need)} of memory; this machine has {_gib(have)} available. Lower it with {lower}")
+
+
+def population_bytes(rows: int, clients: int, classes: int) -> int:
+    """What partitioning a population holds at its peak beside the data: a few int64 arrays over
+    the rows (owner, sort order, the clients' flat index) and two clients x classes tables."""
+    return rows * 8 * 4 + clients * classes * 8 * 2
+
+
+def check_population_memory(cfg, rows: int, classes: int) -> None:
+    refuse_population(
+        population_bytes(rows, cfg["clients"], classes),
+        f"a population of {cfg['clients']:,} clients over {rows:,} training rows ({classes:,} classes)",
+        "clients or data.max_train",
+    )
+
+
+def check_client_state_memory(cfg, algorithm_class, model_parameters: int, on_disk: bool) -> None:
+    """A method whose clients keep their own model (``Algorithm.keeps_client_models``, e.g. FD's
+    devices) holds clients x parameters when the states are kept in memory."""
+    if not getattr(algorithm_class, "keeps_client_models", False) or on_disk:
+        return
+    refuse_population(
+        cfg["clients"] * model_parameters * 4 * 2,
+        f"{cfg['algorithm']} with engine.client_state=memory ({cfg['clients']:,} client models of {model_parameters:,} parameters, and their copy in each checkpoint)",
+        "engine.client_state=disk (memory then grows with the cohort, not the population) or clients",
+    )
+
+
 def synthetic_bytes(samples: int) -> int:
     """The synthetic source holds inputs, noise, centres[y] and the clamped copy at once (1x8x8 float32 each)."""
     return samples * 64 * 4 * 4

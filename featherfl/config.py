@@ -89,9 +89,10 @@ CORE_SCHEMA: dict[str, Field] = {
     "data.input_column": _f("str", "", "hf: the Image or text column ('' = the only Image column, else the only string column)."),
     "data.image_size": _f("int", 0, "imagefolder, hf: resize every image to this square size (0 = all must already have one size).", min=0, max=4096),
     "data.max_length": _f("int", 64, "Max tokens per text example.", min=4, max=4096),
-    "partition.name": _f("str", "dirichlet", "How training data is split across clients (natural: one client per client id in the data, see featherfl/data/files.py).", choices=("iid", "dirichlet", "shards", "label-deficient", "quantity-skew", "natural")),
+    "partition.name": _f("str", "dirichlet", "How training data is split across clients (natural: one client per client id in the data, see featherfl/data/files.py).", choices=("iid", "dirichlet", "shards", "label-deficient", "quantity-skew", "power-law", "natural")),
     "partition.alpha": _f("float", 0.5, "Dirichlet concentration (dirichlet, quantity-skew); small = skewed.", min=0.0, min_exclusive=True),
-    "partition.min_samples": _f("int", 10, "Minimum samples per client (dirichlet, quantity-skew).", min=0),
+    "partition.min_samples": _f("int", 10, "Minimum samples per client (dirichlet, quantity-skew, power-law).", min=0),
+    "partition.power": _f("float", 1.5, "power-law: Pareto tail index of the client sizes (each client gets partition.min_samples rows plus a share of the rest proportional to a Pareto(power) weight); small = a few clients hold most rows. With partition.min_samples = 0 a client may get no rows: refused, naming the count.", min=0.0, min_exclusive=True, max=100.0),
     "partition.shards_per_client": _f("int", 2, "Classes (shards) per client for `shards`.", min=1),
     "partition.samples_per_client": _f("int", 0, "label-deficient: samples S per client (0 = as many as fit).", min=0),
     "partition.target_labels": _f("int", 3, "label-deficient: target labels T per client.", min=0),
@@ -99,6 +100,11 @@ CORE_SCHEMA: dict[str, Field] = {
     "partition.overlap": _f("bool", False, "label-deficient: each device draws its S samples from the whole pool (devices may share samples)."),
     "engine.name": _f("str", "local", "How rounds are executed.", choices=("local", "ray", "flower")),
     "engine.fraction": _f("float", 1.0, "Fraction of clients sampled per round.", min=0.0, max=1.0, min_exclusive=True),
+    "engine.cohort": _f("int", 0, "Clients sampled per round (the cohort); 0 = engine.fraction of the clients. At most clients.", min=0, max=100_000),
+    "engine.availability": _f("str", "always", "Which clients can be sampled each round: always (every client) or diurnal (a seeded day/night trace: client c is online in round r with probability min + (1-min)(1+cos 2pi(r/period - phase_c))/2, phases clustered around one time zone; the cohort is drawn from the clients online, all of them when fewer; a round with nobody online aggregates nothing and counts against engine.max_failed_rounds; see featherfl/engines/sampling.py).", choices=("always", "diurnal")),
+    "engine.availability_min": _f("float", 0.1, "diurnal: a client's chance of being online at its local night (1 = always online).", min=0.0, max=1.0),
+    "engine.availability_period": _f("float", 24.0, "diurnal: rounds per simulated day.", min=1.0),
+    "engine.client_state": _f("str", "auto", "Where the local engine keeps each client's persistent state (FD's device model, error-feedback residuals, FAug's samples): memory (a dict, saved whole in checkpoint.pt), disk (an append-only file in the run folder; RAM holds only the round's cohort, checkpoints hold an index; see featherfl/engines/state_store.py), or auto (disk above 1,000 clients).", choices=("auto", "memory", "disk")),
     "engine.dropout": _f("float", 0.0, "Probability a sampled client drops before replying.", min=0.0, max=1.0),
     "engine.deadline": _f("float", 0.0, "Seconds a client may take per round (0 = no deadline).", min=0.0),
     "engine.min_replies": _f("int", 1, "Fewest valid replies for a round to be aggregated.", min=1),
@@ -330,8 +336,18 @@ class Config:
         return out
 
 
+def cohort_size(cfg, population: int | None = None) -> int:
+    """Clients sampled per round: ``engine.cohort`` where set, else ``engine.fraction`` of the
+    population (``clients`` unless given), at least one."""
+    n = cfg["clients"] if population is None else population
+    k = cfg.get("engine.cohort", 0) or 0
+    return int(k) if k else max(1, int(round(cfg["engine.fraction"] * n)))
+
+
 def check_core(values: dict[str, Any]) -> None:
     """Checks across core keys that no single key's rule expresses."""
+    if values.get("engine.cohort", 0) > values["clients"]:
+        raise ConfigError(f"config key 'engine.cohort': got {values['engine.cohort']:,} clients per round, more than the population (clients = {values['clients']:,}); lower engine.cohort or raise clients")
     if values["engine.min_replies"] > values["clients"]:
         raise ConfigError(
             f"config key 'engine.min_replies': got {values['engine.min_replies']}, expected <= clients ({values['clients']})"

@@ -24,7 +24,8 @@ from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.registry import get as get_algorithm
 from featherfl.assembly import build_algorithm
 from featherfl.config import Config, ConfigError
-from featherfl.data.partition import label_histogram, partition
+from featherfl.data.partition import label_histograms, partition
+from featherfl.data.population import ClientPopulation
 from featherfl.data.sources import Dataset, load_dataset
 from featherfl.engines import make_engine
 from featherfl.engines.base import QuorumError, evaluates
@@ -101,7 +102,7 @@ class Prepared:
     part_info: dict
     ctx: Context
     algorithm: Algorithm
-    client_data: list[ClientData]
+    client_data: ClientPopulation  # every client as an index view; tensors gathered per round
 
 
 def prepare(cfg: Config) -> Prepared:
@@ -124,8 +125,9 @@ def prepare(cfg: Config) -> Prepared:
     checks.check_setup_memory(cfg, alg_cls, ds.input_shape, ds.num_classes)  # estimates before the method allocates
     if checks.is_user_model(cfg["model.name"]):
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
-    client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
+    client_data = ClientPopulation(ds.train_x, ds.train_y, parts, ds.num_classes)
     algorithm = build_algorithm(ctx)
+    checks.check_client_state_memory(cfg, alg_cls, algorithm.model_parameters(), states_on_disk(cfg))
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
     ctx.info["warnings"] = chosen + robustness_warnings(cfg) + alg_cls.work_warnings(cfg)
     if cfg.ignored:
@@ -143,9 +145,10 @@ def _data_and_context(cfg: Config) -> tuple[Dataset, list, dict, Context]:
     each client derive alike from the config."""
     alg_cls = get_algorithm(cfg["algorithm"])
     ds = load_dataset(cfg)
+    checks.check_population_memory(cfg, len(ds.train_y), ds.num_classes)  # before the partition allocates
     labels = ds.train_y.numpy()
     parts, info = partition(cfg, labels, ds.train_groups.numpy() if ds.train_groups is not None else None)
-    info["label_histogram"] = label_histogram(labels, parts, ds.num_classes)
+    info["label_histogram"] = label_histograms(labels, parts, ds.num_classes)  # (clients, classes) array
     ctx = Context(cfg, ds.input_shape, ds.num_classes, cfg["clients"], run_id_for(cfg), info=dict(info), cpu_only=alg_cls.runs_on_cpu_only)
     ctx.info["data_note"] = ds.note
     return ds, parts, info, ctx
@@ -183,6 +186,56 @@ def prepare_client(cfg: Config, cid: int) -> PreparedClient:
     return PreparedClient(cfg, ds, ctx, data, client)
 
 
+#: Populations up to this size list every client in ``clients.json``; larger ones list the first
+#: this many there and keep the whole per-client table in ``clients.npz`` (compressed arrays).
+CLIENTS_LISTED = 1000
+
+
+def write_clients_file(out: Path, info: dict, sizes, note: str) -> None:
+    """``clients.json``: per-client label histograms and sizes, bounded at any population.
+
+    A 10^5-client population would make a JSON list of 10^5 histograms (tens of MB, and as many
+    Python objects while writing it); beyond :data:`CLIENTS_LISTED` clients the file holds a
+    summary and the first clients, and ``clients.npz`` the full arrays, compressed."""
+    import numpy as np
+
+    hist = np.asarray(info["label_histogram"])
+    sizes = np.asarray(sizes)
+    rest = {k: v for k, v in info.items() if k != "label_histogram"}
+    n = len(sizes)
+    if n <= CLIENTS_LISTED:
+        clients = {"label_histogram": hist.astype(int).tolist(), "samples": sizes.astype(int).tolist(), **rest, "data_note": note}
+        atomic_write_text(out / "clients.json", json.dumps(clients, indent=1))
+        return
+    tmp = out / ".clients.npz.tmp.npz"
+    np.savez_compressed(tmp, label_histogram=hist.astype(np.int32), samples=sizes.astype(np.int32))  # counts below 2^31: half the bytes to compress
+    tmp.replace(out / "clients.npz")
+    targets = rest.pop("target_labels", None)
+    clients = {
+        "clients": n,
+        "clients_listed": CLIENTS_LISTED,
+        "full_table": "clients.npz (arrays label_histogram [clients x classes] and samples [clients])",
+        "samples_summary": {"min": int(sizes.min()), "median": float(np.median(sizes)), "mean": round(float(sizes.mean()), 3), "max": int(sizes.max()), "total": int(sizes.sum())},
+        "label_totals": hist.sum(axis=0).astype(int).tolist(),
+        "label_histogram": hist[:CLIENTS_LISTED].astype(int).tolist(),
+        "samples": sizes[:CLIENTS_LISTED].astype(int).tolist(),
+        **({"target_labels": targets[:CLIENTS_LISTED]} if targets is not None else {}),
+        **rest,
+        "data_note": note,
+    }
+    atomic_write_text(out / "clients.json", json.dumps(clients, indent=1))
+
+
+#: ``engine.client_state = auto`` keeps client states on disk above this many clients.
+STATES_ON_DISK_ABOVE = 1000
+
+
+def states_on_disk(cfg: Config) -> bool:
+    """Whether the local engine keeps client states in the run folder (``engine.client_state``)."""
+    mode = cfg["engine.client_state"]
+    return cfg["engine.name"] == "local" and (mode == "disk" or (mode == "auto" and cfg["clients"] > STATES_ON_DISK_ABOVE))
+
+
 class Experiment:
     """One run: rounds, evaluation, metrics, checkpoints, summary and plots."""
 
@@ -195,6 +248,8 @@ class Experiment:
         self.on_round = on_round
         self.ledger = wire.Ledger()
         self.engine = make_engine(self.cfg["engine.name"], self.cfg, prepared.algorithm, prepared.client_data, self.ledger, prepared.ctx.run_id)
+        if states_on_disk(self.cfg) and hasattr(self.engine, "keep_states_on_disk"):
+            self.engine.keep_states_on_disk(self.out)
         self.metrics: list[dict] = []
         self.start_round = 1
 
@@ -205,13 +260,7 @@ class Experiment:
         atomic_write_text(self.out / "config.toml", self.cfg.to_toml())
         if not clients:
             return
-        clients = {
-            "label_histogram": self.p.part_info["label_histogram"],
-            "samples": [len(c) for c in self.p.client_data],
-            **{k: v for k, v in self.p.part_info.items() if k != "label_histogram"},
-            "data_note": self.p.dataset.note,
-        }
-        atomic_write_text(self.out / "clients.json", json.dumps(clients, indent=1))
+        write_clients_file(self.out, self.p.part_info, self.p.client_data.sizes(), self.p.dataset.note)
 
     def _restore(self) -> None:
         """Load and check the checkpoint completely before anything in the folder is rewritten."""

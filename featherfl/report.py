@@ -252,6 +252,8 @@ def client_table(run_dir: Path) -> str:
     lines = ["client  samples  label histogram"]
     for i, h in enumerate(hist):
         lines.append(f"{i:>6}  {sum(h):>7}  {h}")
+    if isinstance(info.get("clients"), int) and info["clients"] > len(hist):  # a large population: the rest is in clients.npz
+        lines.append(f"... the first {len(hist):,} of {info['clients']:,} clients; all of them in {p.with_name('clients.npz')}")
     return "\n".join(lines)
 
 

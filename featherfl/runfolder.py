@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ class CheckpointError(RuntimeError):
 
 
 #: What a run writes into its folder; ``--overwrite`` removes exactly these.
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "clients.json", "checkpoint.pt", "errors.log")
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "clients.json", "clients.npz", "checkpoint.pt", "errors.log")
 RUN_DIRS = ("plots",)
+#: The client-state files of ``engine.client_state = disk`` (``client_states.<generation>.bin``).
+STATE_FILES = re.compile(r"^client_states\.\d+\.bin$")
 
 
 def check_out_dir(out: Path, resume: bool = False, overwrite: bool = False, flag: str = "--out", fresh_only: bool = False) -> None:
@@ -67,7 +70,7 @@ def check_out_dir(out: Path, resume: bool = False, overwrite: bool = False, flag
                 raise ConfigError(f"{flag} {out} holds a run that stopped before its first checkpoint (nothing to resume); pass --overwrite to start it again, or choose another folder")
             held = "a run" if (out / "config.toml").exists() or ck.exists() else "files"
             raise ConfigError(f"{flag} {out} already holds {held}; pass --resume to continue it, --overwrite to replace it, or choose another folder")
-        unknown = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES + RUN_DIRS and not p.name.startswith("."))
+        unknown = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES + RUN_DIRS and not p.name.startswith(".") and not STATE_FILES.match(p.name))
         if unknown:
             raise ConfigError(f"--overwrite: {out} holds files that are not a run's ({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''}); refusing to delete them")
 
@@ -140,6 +143,8 @@ def clear_run_folder(out: Path) -> None:
 
     for name in RUN_FILES:
         (Path(out) / name).unlink(missing_ok=True)
+    for p in Path(out).glob("client_states.*.bin"):  # engine.client_state = disk
+        p.unlink()
     for name in RUN_DIRS:
         p = Path(out) / name
         if p.is_symlink() or p.is_file():

@@ -47,7 +47,7 @@ from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.summation import Range, WeightedMean, max_weight
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, torch_optimizer
-from featherfl.config import Config, ConfigError, Field, Options
+from featherfl.config import Config, ConfigError, Field, Options, cohort_size
 from featherfl.models import flat_state, has_batchnorm, load_flat_state
 from featherfl.models.vision import ACTIVATIONS
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
@@ -421,7 +421,7 @@ class Baffle(Algorithm):
         k = cfg["baffle.k"]
         steps = cfg["baffle.local_steps"] if cfg["baffle.mode"] == "fedavg" else 1
         per_client = (k + 1) * steps
-        clients = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+        clients = cohort_size(cfg)
         if per_client * clients < 1_000_000:
             return []
         return [f"baffle.k={k:,}: about {per_client * clients:,} forward passes per round ({per_client:,} per client); rounds may take minutes (progress is shown per client)"]

@@ -417,6 +417,9 @@ class FD(Algorithm):
         **aggregation_fields("fd", weighted=False),
     }
 
+    #: each device keeps its own model between rounds (``featherfl.checks.check_client_state_memory``)
+    keeps_client_models = True
+
     @classmethod
     def memory_needs(cls, cfg, input_shape, num_classes):
         """An L x L logit table per client (sums, counts and the teacher), held by the server."""

@@ -29,7 +29,7 @@ from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.summation import UPDATE_STEP, Range, WeightedMean, split
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
-from featherfl.config import ConfigError, Field
+from featherfl.config import ConfigError, Field, cohort_size
 from featherfl.data.sources import is_text
 from featherfl.devices import model_device
 from featherfl.models.peft_modules import METHODS, apply_method
@@ -283,7 +283,7 @@ class FedPEFT(Algorithm, _PeftShared):
         self.aggregator = Aggregator.from_section(self.opts)
 
     def _expected_clients(self) -> int:
-        return max(1, int(round(self.cfg["engine.fraction"] * self.ctx.num_clients)))
+        return cohort_size(self.cfg, self.ctx.num_clients)
 
     def _server_noise(self) -> float:
         o = self.opts

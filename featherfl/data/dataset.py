@@ -30,6 +30,8 @@ class Dataset:
     note: str = ""
     #: a client id per training row, where the data has one (``partition.name = natural``)
     train_groups: torch.Tensor | None = None
+    #: the reader already checked that every input is finite (the npz reader, block by block)
+    inputs_checked: bool = False
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

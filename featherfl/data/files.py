@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 
 from featherfl.config import ConfigError
 from featherfl.data.dataset import Dataset, register_source, stratified_split
+from featherfl.data.validate import first_nonfinite_row
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -141,6 +143,85 @@ def load_imagefolder(cfg) -> Dataset:
 # --- npz --------------------------------------------------------------------------------------
 
 
+class NpzArrays:
+    """The arrays of an ``.npz`` file, memory-mapped where the file allows it.
+
+    ``np.savez`` stores each array uncompressed (ZIP_STORED) as an ``.npy`` file inside the zip;
+    such a member is mapped straight from the file (copy-on-write: nothing is read until used,
+    nothing is written back), so a training array larger than the free memory can still be
+    partitioned and sampled. Compressed members (``np.savez_compressed``) are read as
+    ``np.load`` reads them. Object arrays are refused either way: nothing is unpickled.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._zip = zipfile.ZipFile(self.path)
+        self._members = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
+        self.files = list(self._members)
+        self._loaded = None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._members
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        info = self._zip.getinfo(self._members[key])
+        if info.compress_type == zipfile.ZIP_STORED:
+            mapped = self._mapped(info)
+            if mapped is not None:
+                return mapped
+        from featherfl.checks import refuse_population
+
+        refuse_population(info.file_size, f"dataset npz: {self.path} array {key!r} (compressed, so read whole)", "an uncompressed file (numpy.savez, which featherfl memory-maps) or a smaller one")
+        if self._loaded is None:
+            self._loaded = np.load(self.path, allow_pickle=False)
+        return self._loaded[key]
+
+    def _mapped(self, info: zipfile.ZipInfo) -> np.ndarray | None:
+        """The member as a memory map, or None where its header is not a plain ``.npy`` one."""
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+            start = info.header_offset + 30 + name_len + extra_len
+            f.seek(start)
+            try:
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = _npy_header(f, version)
+            except ValueError:
+                return None
+            offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError("object array")
+        if fortran or offset - start + int(np.prod(shape)) * dtype.itemsize != info.file_size:
+            return None
+        if int(np.prod(shape)) == 0:
+            return None
+        # The offset inside a zip is rarely a multiple of 4: an unaligned map is fine for what
+        # reads it here (checks and the per-round gather, which copies into aligned tensors).
+        return np.memmap(self.path, dtype=dtype, mode="c", offset=offset, shape=shape)
+
+    def close(self) -> None:
+        self._zip.close()
+        if self._loaded is not None:
+            self._loaded.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _npy_header(f, version: tuple[int, int]):
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"npy version {version}")
+
+
 def _array(z, key: str, path: Path) -> np.ndarray:
     try:
         a = z[key]
@@ -156,10 +237,39 @@ def _features(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
         raise ConfigError(f"dataset npz: {path} array {key!r} is {a.dtype}, expected numbers")
     if a.ndim < 2:
         raise ConfigError(f"dataset npz: {path} array {key!r} has shape {a.shape}; expected (samples, features...)")
-    t = torch.from_numpy(a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32))
-    if not torch.isfinite(t).all():
+    # float32 data (the common case, and what a memory-mapped file holds) is used as it is: no copy
+    t = torch.from_numpy(a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32, copy=False))
+    release = _page_releaser(a) if t.data_ptr() == a.ctypes.data else None
+    if first_nonfinite_row(t, after_block=release) is not None:  # a block at a time: no mask the size of the data
         raise ConfigError(f"dataset npz: {path} array {key!r} holds NaN or infinite values")
     return t
+
+
+def _page_releaser(a: np.ndarray):
+    """For a memory-mapped array: a function that lets go of the pages of rows [start, stop) once
+    read. They are clean copies of the file (nothing was written), so the kernel drops them and
+    maps them again if a round asks for those rows: checking the training array does not make
+    all of it resident at once. (A round's gather maps the page-cache block around each client's
+    rows, so a long run can still map much of the file: clean pages the kernel may reclaim.)"""
+    import mmap
+
+    m = getattr(a, "_mmap", None)
+    if not isinstance(m, mmap.mmap) or not hasattr(m, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    row_bytes = a.strides[0]
+    first = int(getattr(a, "offset", 0)) % mmap.ALLOCATIONGRANULARITY  # where np.memmap put the array inside its map
+    page = mmap.PAGESIZE
+
+    def release(start: int, stop: int) -> None:
+        lo = (first + start * row_bytes) // page * page
+        hi = min(len(m), first + stop * row_bytes)
+        if hi > lo:
+            try:
+                m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
+
+    return release
 
 
 def _int_labels(a: np.ndarray, key: str, path: Path, n: int) -> torch.Tensor:
@@ -171,14 +281,14 @@ def _int_labels(a: np.ndarray, key: str, path: Path, n: int) -> torch.Tensor:
         raise ConfigError(f"dataset npz: {path} array {key!r} must be {n} integers (one per row), got {a.dtype} {a.shape}")
     if len(a) and a.min() < 0:
         raise ConfigError(f"dataset npz: {path} array {key!r} has negative values")
-    return torch.from_numpy(a.astype(np.int64))
+    return torch.from_numpy(a.astype(np.int64, copy=False))
 
 
 def load_npz(cfg) -> Dataset:
     path = _root(cfg, "npz", "an .npz file with x_train and y_train (optionally x_test, y_test, client_train)")
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        z = NpzArrays(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise ConfigError(f"dataset npz: cannot read {path} as .npz ({e.__class__.__name__})") from None
     with z:
         missing = [k for k in ("x_train", "y_train") if k not in z.files]
@@ -199,6 +309,7 @@ def load_npz(cfg) -> Dataset:
     classes = int(max(int(y.max()), int(ty.max()) if len(ty) else 0)) + 1
     ds = Dataset("npz", x, y, tx, ty, classes, tuple(x.shape[1:]), f"npz {path}: {len(y)} train / {len(ty)} test, {classes} classes")
     ds.train_groups = groups
+    ds.inputs_checked = True  # _features checked every split, block by block
     return ds
 
 

@@ -85,9 +85,26 @@ def validate_dataset(ds, source: str):
     if ds.num_classes < top + 1:
         raise ConfigError(f"{where}: labels reach {top} but the source declares {ds.num_classes} classes")
     for split, x in (("train", ds.train_x), ("test", ds.test_x)):
-        if x.is_floating_point():
-            finite = torch.isfinite(x.float()) if x.dtype != torch.float32 else torch.isfinite(x)
-            if not bool(finite.all()):
-                row = int((~finite).reshape(len(x), -1).any(dim=1).nonzero()[0, 0])
+        if x.is_floating_point() and not getattr(ds, "inputs_checked", False):
+            row = first_nonfinite_row(x)
+            if row is not None:
                 raise ConfigError(f"{where}: {split} inputs hold NaN, infinite or float32-overflowing values (first at row {row}); clean or rescale them")
     return ds
+
+
+def first_nonfinite_row(x: torch.Tensor, rows: int = 65536, after_block=None) -> int | None:
+    """The first row holding a value that is not finite as float32, or None; a block of rows at a
+    time, so checking a population's training array needs no second array of its size.
+    ``after_block(start, stop)`` is called once each block is checked (a memory-mapped reader
+    lets go of the pages it read)."""
+    for i in range(0, len(x), rows):
+        block = x[i : i + rows] if x.dtype == torch.float32 else x[i : i + rows].float()
+        if not len(block) or not block.numel():
+            continue
+        lo, hi = torch.aminmax(block)  # one pass, no mask; NaN and +-inf show in the min or max
+        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+            finite = torch.isfinite(block)
+            return i + int((~finite).reshape(len(block), -1).any(dim=1).nonzero()[0, 0])
+        if after_block is not None:
+            after_block(i, i + len(block))
+    return None

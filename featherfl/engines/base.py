@@ -17,6 +17,7 @@ import numpy as np
 
 import featherfl.wire as wire
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf
+from featherfl.engines.sampling import CohortSampler
 from featherfl.seeding import derive_seed
 
 
@@ -116,6 +117,7 @@ def run_client(client: ClientHalf, rnd: int, down_bytes: bytes, data: ClientData
 
 
 def sample_clients(seed: int, rnd: int, num_clients: int, fraction: float) -> list[int]:
+    """``fraction`` of the clients, uniformly (what ``engine.availability = always`` draws)."""
     k = max(1, int(round(fraction * num_clients)))
     rng = np.random.default_rng(derive_seed(seed, "sample", rnd))
     return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
@@ -139,6 +141,7 @@ class Engine(ABC):
         self.max_bytes = int(cfg["engine.max_payload_mb"] * 2**20)
         self.training_exchange = False  # True while ``_execute`` runs the method's exchange of a round
         self.on_client = None  # progress: called (round, clients done, clients in the exchange) where an engine can
+        self.sampler = CohortSampler(cfg, len(client_data))
 
     # --- where client code runs -------------------------------------------------
     @abstractmethod
@@ -161,8 +164,13 @@ class Engine(ABC):
     def run_round(self, rnd: int) -> RoundStats:
         cfg = self.cfg
         seed = cfg["seed"]
-        sampled = sample_clients(seed, rnd, len(self.client_data), cfg["engine.fraction"])
+        sampled, online = self.sampler(rnd)
         stats = RoundStats(rnd, clients_sampled=len(sampled))
+        if self.sampler.trace != "always":
+            stats.metrics["clients_online"] = online
+        if not sampled:  # the availability trace left nobody online: nothing to ask, nothing aggregated
+            stats.metrics["skipped"] = f"round {rnd}: no client online (engine.availability={self.sampler.trace}, engine.availability_min={cfg['engine.availability_min']})"
+            return stats
         stats.metrics.update(self._round_exchanges(rnd, "setup", list(range(len(self.client_data)))))
         stats.metrics.update(self._round_exchanges(rnd, "before", sampled))
         downs = self.algorithm.configure(rnd, sampled)
@@ -305,13 +313,33 @@ def _size(data) -> int:
 
 class ServerHeldStates:
     """For engines that keep every client's persistent state in the server process
-    (local, Ray): the states dict is what checkpoints save and resume restores."""
+    (local, Ray): the states dict is what checkpoints save and resume restores, or, with
+    ``engine.client_state = disk``, a :class:`~featherfl.engines.state_store.DiskStates` in the
+    run folder whose index is what checkpoints save."""
 
     states: dict[int, dict]
 
-    def client_states(self) -> dict[int, dict]:
+    def keep_states_on_disk(self, folder) -> None:
+        from featherfl.engines.state_store import DiskStates
+
+        self.states = DiskStates(folder, len(self.client_data))
+
+    def client_states(self) -> dict:
+        if hasattr(self.states, "commit"):
+            return self.states.commit()
         return self.states
 
-    def load_client_states(self, states: dict[int, dict]) -> None:
+    def load_client_states(self, states: dict) -> None:
+        if hasattr(self.states, "restore"):
+            self.states.restore(states)
+            return
+        if isinstance(states, dict) and states.get("store") == "disk":
+            raise ValueError("the checkpoint keeps client states on disk; this run holds them in memory (engine.client_state)")
         self.states = {int(k): v for k, v in states.items()}
+
+    def peek_state(self, cid: int) -> dict:
+        """A client's state to read (evaluation): a disk store does not keep it in memory."""
+        if hasattr(self.states, "peek"):
+            return self.states.peek(cid)
+        return self.states.setdefault(cid, {})
 

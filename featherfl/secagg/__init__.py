@@ -9,7 +9,7 @@ Threat model: docs/security.md.
 
 from __future__ import annotations
 
-from featherfl.config import Config, ConfigError, Field
+from featherfl.config import Config, ConfigError, Field, cohort_size
 
 SECAGG_CONFIG = {
     "secagg.protocol": Field("str", "off", "Secure aggregation: off, or secagg+ (the server learns only the sum of the round's uploads; docs/security.md).", choices=("off", "secagg+")),
@@ -26,8 +26,8 @@ def enabled(cfg: Config) -> bool:
 
 
 def participants(cfg: Config) -> int:
-    """Clients per round (``engine.base.sample_clients`` samples exactly this many)."""
-    return max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+    """Clients per round (the sampler draws exactly this many: ``config.cohort_size``)."""
+    return cohort_size(cfg)
 
 
 def words(cfg: Config, summation, name: str) -> tuple[int, int]:
