@@ -19,7 +19,7 @@ from featherfl import algorithms
 from featherfl.config import ConfigError
 from featherfl.schema import build_config
 from featherfl.experiment import Experiment, prepare
-from featherfl.report import format_table, plot_compare, table_rows
+from featherfl.report import FRONTIER_NOTE, format_table, plot_compare, table_rows
 
 COMMON = {"dataset": "digits", "clients": 10, "partition.name": "dirichlet", "partition.alpha": 0.5, "engine.threads": 1}
 
@@ -115,4 +115,4 @@ def run_demo(out: Path | None = None, quick: bool = False, seed: int = 0, quiet:
     table = format_table(rows, "text")
     (out / "table.md").write_text(format_table(rows, "markdown") + "\n")
     (out / "table.txt").write_text(table + "\n")
-    return out, table + f"\n\n{len(run_dirs)} methods in {time.perf_counter() - t0:.0f} s; plot: {out / 'accuracy_vs_megabytes.png'}\nrun folder: {out}"
+    return out, table + f"\n\n{FRONTIER_NOTE}\n{len(run_dirs)} methods in {time.perf_counter() - t0:.0f} s; plot: {out / 'accuracy_vs_megabytes.png'}\nrun folder: {out}"
