@@ -79,12 +79,14 @@ def choose_lr(name: str, sets: list, base: list, key: str, grid: tuple, data: tu
         cfg = {k: v for k, v in [*base, ("name", f"{name} validation"), *sets, (key, lr)] if k not in ("dataset", "data.dir")}
         out = workdir / "validation" / f"{_slug(name)}-lr{lr:g}"
         r = featherfl.run(cfg, out=out, dataset=data, overwrite=True)
-        if r.status != "completed" or r.final_accuracy is None:
-            raise SystemExit(f"validation run {name} at {key}={lr:g} did not complete ({r.status})")
-        scores[lr] = r.final_accuracy
-        print(f"  validation {name:26s} {key}={lr:g}: {r.final_accuracy:.4f}", file=sys.stderr, flush=True)
-    best = max(scores.values())
-    return min(lr for lr, a in scores.items() if a == best), scores
+        # a rate that diverges (the run fails: every reply out of range) scores as untrainable, it is not an error
+        scores[lr] = r.final_accuracy if r.status == "completed" and r.final_accuracy is not None else None
+        print(f"  validation {name:26s} {key}={lr:g}: {'diverged' if scores[lr] is None else f'{scores[lr]:.4f}'} ({r.status})", file=sys.stderr, flush=True)
+    finite = {x: a for x, a in scores.items() if a is not None}
+    if not finite:
+        raise SystemExit(f"validation: no rate of {grid} trains {name}")
+    best = max(finite.values())
+    return min(lr for lr, a in finite.items() if a == best), scores
 
 
 def _slug(name: str) -> str:
@@ -165,9 +167,11 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated row names (default: all)")
     ap.add_argument("--no-others", action="store_true", help="compression rows only")
     ap.add_argument("--out", default="benchmarks/results/compression.md")
-    ap.add_argument("--tune", action="store_true", help=f"choose fedavg.lr from {LR_GRID} on a validation split for the rows {', '.join(TUNED)}")
+    ap.add_argument("--tune", action="store_true", help=f"choose fedavg.lr from --lr-grid on a validation split for the rows {', '.join(TUNED)}")
+    ap.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in LR_GRID), help="comma-separated client learning rates tried by --tune (default %(default)s)")
     ap.add_argument("--workdir", default="", help="keep the run folders here (default: a temporary folder); finished runs of the same config are reused")
     a = ap.parse_args()
+    grid = tuple(float(x) for x in a.lr_grid.split(",") if x.strip())
     base = [("dataset", a.dataset), ("clients", 10), ("partition.name", "dirichlet"), ("partition.alpha", 0.5), ("rounds", a.rounds), ("seed", a.seed), ("eval.every", 1), ("log.plots", False), ("engine.threads", 1)]
     if a.data_dir:
         base.append(("data.dir", a.data_dir))
@@ -186,7 +190,7 @@ def main() -> int:
         if a.tune:
             data = validation_data(base)
             for name in [n for n in TUNED if n in rows]:
-                lr, scores = choose_lr(name, rows[name], base, "fedavg.lr", LR_GRID, data, workdir)
+                lr, scores = choose_lr(name, rows[name], base, "fedavg.lr", grid, data, workdir)
                 tuned[name] = (lr, scores)
                 rows[name] = [*rows[name], ("fedavg.lr", lr)]
         for name, sets in rows.items():
@@ -206,7 +210,7 @@ def main() -> int:
         f"Setup: {a.dataset}, 10 clients, Dirichlet alpha 0.5, {a.rounds} rounds, every client every round, seed {a.seed}, "
         "the default MLP, FedAvg with 2 local epochs, batch 32, SGD momentum 0.9; "
         + (
-            f"client learning rate chosen from {', '.join(f'{x:g}' for x in LR_GRID)} by final accuracy on a validation split "
+            f"client learning rate chosen from {', '.join(f'{x:g}' for x in grid)} by final accuracy on a validation split "
             f"({VALIDATION:.0%} of the training rows, stratified, seed {VALIDATION_SEED}; the remaining rows train, the test split is read only "
             f"for the figures below) for {', '.join(tuned)}; the other rows keep the default 0.05 and the other methods their defaults. "
             if tuned
@@ -224,7 +228,11 @@ def main() -> int:
     if tuned:
         lines += ["", "Validation (final accuracy on the held-out training rows, per client learning rate; the chosen rate in bold):", ""]
         for name, (lr, scores) in tuned.items():
-            lines.append(f"- {name}: " + ", ".join(f"**{x:g}: {acc:.4f}**" if x == lr else f"{x:g}: {acc:.4f}" for x, acc in scores.items()))
+            shown = {x: "diverged (the run failed)" if acc is None else f"{acc:.4f}" for x, acc in scores.items()}
+            lines.append(f"- {name}: " + ", ".join(f"**{x:g}: {a}**" if x == lr else f"{x:g}: {a}" for x, a in shown.items()))
+        edge = [n for n, (lr, _) in tuned.items() if lr == max(grid)]
+        if edge:
+            lines += ["", f"At the grid's largest rate ({max(grid):g}, a larger one not tried): {', '.join(edge)}."]
     lines += [
         "",
         "## The frontier: best accuracy within an uplink budget per client",

@@ -69,7 +69,7 @@ def main() -> int:
         ratio = dense["up"] / r["up"] if r["up"] else float("nan")
         paper = "270-600x, no accuracy lost" if r["name"].startswith("top-0.1 % + residual") else "-"
         lines.append(f"| {r['name']} | {paper} | {r['final']:.4f} | {100 * (r['final'] - dense['final']):+.2f} points | {r['up']:.4f} | {ratio:.0f} |")
-    grid = ", ".join(f"{acc:.4f} at {x:g}" for x, acc in scores.items())
+    grid = ", ".join(("diverged" if acc is None else f"{acc:.4f}") + f" at {x:g}" for x, acc in scores.items())
     text = "\n".join(
         [
             f"Command: `.venv/bin/python benchmarks/compression_dgc.py {' '.join(sys.argv[1:])}` ({time.perf_counter() - t0:.0f} s on a "
