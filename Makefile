@@ -31,7 +31,7 @@ demo: $(VENV)/.core
 	$(VENV)/bin/featherfl demo
 
 test: $(VENV)/.full
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -185,8 +185,8 @@ def run(
 
 
 def _run(config, out, model, dataset, overwrite, resume, progress, overrides) -> Result:
-    from featherfl.experiment import Experiment, config_for_resume, default_run_dir, prepare
-    from featherfl.runfolder import check_out_dir, clear_run_folder
+    from featherfl.experiment import config_for_resume, default_run_dir, run_experiment
+    from featherfl.runfolder import check_out_dir
 
     extra = [(k.replace("__", "."), v) for k, v in overrides.items()]
     if model is not None:
@@ -207,9 +207,5 @@ def _run(config, out, model, dataset, overwrite, resume, progress, overrides) ->
     else:
         cfg = _config(config, extra)
     folder = Path(out) if out is not None else default_run_dir(cfg)
-    check_out_dir(folder, resume=resume, overwrite=overwrite)
-    prepared = prepare(cfg)
-    if overwrite:
-        clear_run_folder(folder)
-    Experiment(prepared, folder, resume=resume, progress=progress).run()
+    run_experiment(cfg, folder, resume=resume, overwrite=overwrite, progress=progress)
     return load_run(folder)

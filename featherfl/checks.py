@@ -221,10 +221,10 @@ def _mlp_parameters(widths: list[int]) -> int:
     return sum(a * b + b for a, b in zip(widths, widths[1:]))
 
 
-def check_setup_memory(cfg, input_shape: tuple, num_classes: int) -> None:
+def check_setup_memory(cfg, algorithm_class, input_shape: tuple, num_classes: int) -> None:
     """Settings that size memory, estimated from the config and the data's shape before the
     method allocates them: FAug's generator and discriminator (weights, gradients and two
-    Adam moments each), and FD's per-client L x L logit tables."""
+    Adam moments each), and what the method declares (``Algorithm.memory_needs``)."""
     import math
 
     features = math.prod(input_shape)
@@ -232,19 +232,5 @@ def check_setup_memory(cfg, input_shape: tuple, num_classes: int) -> None:
         gen = _mlp_parameters([cfg["faug.noise_dim"] + num_classes, *cfg["faug.gen_hidden"], features])
         disc = _mlp_parameters([features + num_classes, *cfg["faug.disc_hidden"], 1])
         refuse_if_too_big((gen + disc) * 4 * 4, f"faug.gen_hidden={cfg['faug.gen_hidden']} with faug.disc_hidden={cfg['faug.disc_hidden']} ({gen + disc:,} parameters)")
-    if cfg["algorithm"] == "fd":
-        refuse_if_too_big(cfg["clients"] * num_classes * num_classes * 4 * 3, f"fd with {num_classes:,} classes and {cfg['clients']:,} clients (an L x L logit table per client)")
-
-
-def client_work_warning(cfg) -> list[str]:
-    """A line saying how much forward-pass work each BAFFLE round is, when it is large enough
-    that a round may take minutes: K perturbed forward passes per estimate, per client."""
-    if cfg["algorithm"] != "baffle":
-        return []
-    k = cfg["baffle.k"]
-    steps = cfg["baffle.local_steps"] if cfg["baffle.mode"] == "fedavg" else 1
-    per_client = (k + 1) * steps
-    clients = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
-    if per_client * clients < 1_000_000:
-        return []
-    return [f"baffle.k={k:,}: about {per_client * clients:,} forward passes per round ({per_client:,} per client); rounds may take minutes (progress is shown per client)"]
+    for need, what in algorithm_class.memory_needs(cfg, tuple(input_shape), num_classes):
+        refuse_if_too_big(need, what)

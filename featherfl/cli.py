@@ -102,8 +102,8 @@ def _overrides(a) -> list:
 
 def cmd_run(a) -> int:
     from featherfl.config import read_config_file
-    from featherfl.experiment import Experiment, config_for_resume, default_run_dir, prepare
-    from featherfl.runfolder import check_out_dir, clear_run_folder
+    from featherfl.experiment import config_for_resume, default_run_dir, run_experiment
+    from featherfl.runfolder import check_out_dir
 
     if a.quiet:
         from featherfl.quiet import silence_third_party
@@ -129,13 +129,7 @@ def cmd_run(a) -> int:
         text = read_config_file(Path(a.config)) if a.config else None
         cfg = build_config(text, overrides)
     out = Path(a.out) if a.out else default_run_dir(cfg)
-    check_out_dir(out, resume=a.resume, overwrite=a.overwrite)
-    prepared = prepare(cfg)
-    for warning in prepared.ctx.info.get("warnings", []):
-        print(f"featherfl: warning: {warning}", file=sys.stderr)
-    if a.overwrite:
-        clear_run_folder(out)
-    summary = Experiment(prepared, out, resume=a.resume, progress=not a.quiet).run()
+    _, summary = run_experiment(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, warn=lambda w: print(f"featherfl: warning: {w}", file=sys.stderr))
     acc = summary.get("final_accuracy")
     mb = (summary["bytes_up"] + summary["bytes_down"]) / 1e6
     done = f"{summary['rounds_completed']} rounds" if summary["status"] == "completed" else f"{summary['status'].upper()} after {summary['rounds_completed']} of {summary['rounds']} rounds"  # a failed run's accuracy is not a result

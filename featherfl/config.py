@@ -14,6 +14,7 @@ from pathlib import Path
 import math
 import tomllib
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import tomli_w
@@ -215,6 +216,62 @@ def read_config_file(path: Path) -> str:
         raise ConfigError(f"config file {path} cannot be read ({e.strerror})") from None
 
 
+class Options(Mapping):
+    """One config section's options, typed and checked once when the config was built: read them
+    as attributes (``o.lr``) or by name (``o["lr"]``). A name the section lacks is an error that
+    lists the names it has (a typo never reads a default), and the options cannot be changed in
+    place (``Config.replace`` makes a new config). ``with_values`` adds derived values (say, a
+    seed both halves compute from the run seed) to a new object, never to this one."""
+
+    __slots__ = ("_name", "_values", "_fields")
+
+    def __init__(self, name: str, values: dict[str, Any], fields: dict[str, Field] | None = None):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_fields", dict(fields or {}))
+
+    def _missing(self, key: str) -> str:
+        return f"[{self._name}] has no option {key!r}; it has: {', '.join(sorted(self._values))}"
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(self._missing(key)) from None
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise KeyError(self._missing(key)) from None
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise TypeError(f"[{self._name}] options are read-only; build a new config with Config.replace")
+
+    def __repr__(self) -> str:
+        return f"Options[{self._name}]({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+    def field(self, key: str) -> Field:
+        """The schema entry (type, default, help, limits) of one option."""
+        if key not in self._fields:
+            raise KeyError(self._missing(key))
+        return self._fields[key]
+
+    def __reduce__(self):  # pickled whole (Ray actors), rebuilt through __init__
+        return (Options, (self._name, self._values, self._fields))
+
+    def with_values(self, **derived: Any) -> "Options":
+        return Options(self._name, {**self._values, **derived}, self._fields)
+
+
 class Config:
     """A resolved, validated config: a flat mapping of dotted keys to values."""
 
@@ -226,6 +283,7 @@ class Config:
         #: keys of another method's section that a config file set and this run ignores (a file
         #: shared by several methods' runs); reported as one warning
         self.ignored: tuple[str, ...] = ()
+        self._sections: dict[str, Options] = {}
 
     def __getitem__(self, key: str) -> Any:
         return self._v[key]
@@ -233,9 +291,14 @@ class Config:
     def get(self, key: str, default: Any = None) -> Any:
         return self._v.get(key, default)
 
-    def section(self, name: str) -> dict[str, Any]:
-        p = name + "."
-        return {k[len(p):]: v for k, v in self._v.items() if k.startswith(p)}
+    def section(self, name: str) -> "Options":
+        """The ``[name]`` section as checked, read-only options (built once per config)."""
+        cached = self._sections.get(name)
+        if cached is None:
+            p = name + "."
+            values = {k[len(p):]: v for k, v in self._v.items() if k.startswith(p)}
+            cached = self._sections[name] = Options(name, values, {k[len(p):]: f for k, f in self.schema.items() if k.startswith(p)})
+        return cached
 
     def as_flat(self) -> dict[str, Any]:
         return dict(self._v)

@@ -18,7 +18,7 @@ from pathlib import Path
 from featherfl import algorithms
 from featherfl.config import ConfigError
 from featherfl.schema import build_config
-from featherfl.experiment import Experiment, prepare
+from featherfl.experiment import run_experiment
 from featherfl.report import FRONTIER_NOTE, format_table, plot_compare, table_rows
 
 #: FedPEFT's premise is a backbone pretrained on another source: the one shipped in the package
@@ -105,7 +105,7 @@ def run_demo(out: Path | None = None, quick: bool = False, seed: int = 0, quiet:
                     bar.update(1)
 
             d = out / m.label
-            Experiment(prepare(cfg), d, progress=False, on_round=tick).run()
+            run_experiment(cfg, d, on_round=tick)
             s = json.loads((d / "summary.json").read_text())
             s["label"] = m.label
             (d / "summary.json").write_text(json.dumps(s, indent=1))

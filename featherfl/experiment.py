@@ -121,13 +121,13 @@ def prepare(cfg: Config) -> Prepared:
     checks.check_reachable(cfg)  # MLflow server, Ray cluster: one line within seconds, not a hang
     device = devices.resolve(cfg["engine.device"])  # a device this machine lacks: one line, exit 2
     ds, parts, info, ctx = _data_and_context(cfg)
-    checks.check_setup_memory(cfg, ds.input_shape, ds.num_classes)  # estimates before the method allocates
+    checks.check_setup_memory(cfg, alg_cls, ds.input_shape, ds.num_classes)  # estimates before the method allocates
     if checks.is_user_model(cfg["model.name"]):
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
     client_data = [ClientData(i, ds.train_x[torch.as_tensor(p)], ds.train_y[torch.as_tensor(p)], ds.num_classes) for i, p in enumerate(parts)]
     algorithm = build_algorithm(ctx)
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now
-    ctx.info["warnings"] = chosen + robustness_warnings(cfg) + checks.client_work_warning(cfg)
+    ctx.info["warnings"] = chosen + robustness_warnings(cfg) + alg_cls.work_warnings(cfg)
     if cfg.ignored:
         ctx.info["warnings"].append(f"the config file sets {', '.join(cfg.ignored)}, for another method than {cfg['algorithm']}: ignored in this run")
     if device.type != "cpu" and alg_cls.runs_on_cpu_only:
@@ -258,86 +258,22 @@ class Experiment:
         return alg.summarize_client_eval(self.engine.evaluate_clients(ds.test_x, ds.test_y))
 
     def run(self) -> dict:
+        """Open the folder (or restore it), run the rounds, write the summary; never lose a run:
+        whatever happens, the trackers close and ``summary.json`` says how it ended."""
         from featherfl.tracking import Trackers
 
         trackers = Trackers(self.cfg, self.out, resume=self.resume)  # connects before anything is written
         status = "failed"
         try:
-            if self.resume:
-                self._restore()
-            else:
-                self._init_folder()
-                write_jsonl(self.out / "metrics.jsonl", [])
+            self._open_folder()
             trackers.started()
-        except BaseException:
-            trackers.close(status)
-            raise
-        rounds = self.cfg["rounds"]
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=rounds, initial=self.start_round - 1, desc=f"{self.cfg['algorithm']}", unit="round", leave=True, dynamic_ncols=True)
-            self.engine.on_client = lambda r, done, n: bar.set_postfix_str(f"round {r}: client {done}/{n}")  # long rounds show life
-        try:
-            stopped = None
-            failed = None
+            stopped = failed = None
             rnd = self.start_round
+            bar = self._progress_bar()
             try:
-                for rnd in range(self.start_round, rounds + 1):
-                    t0 = time.perf_counter()
-                    try:
-                        stats = self.engine.run_round(rnd)
-                    except QuorumError as e:
-                        stopped = str(e)
-                        if e.stats is not None and e.stats.errors:
-                            self._log_errors(rnd, e.stats.errors)
-                            failed = self._failure(rnd, e.stats, force=True)
-                        break
-                    ev = self._evaluate() if evaluates(self.cfg, rnd) else {}
-                    totals = self.ledger.round_totals(rnd)
-                    prev = self.metrics[-1] if self.metrics else {"cumulative_bytes_up": 0, "cumulative_bytes_down": 0}
-                    row = {
-                        "round": rnd,
-                        "accuracy": ev.get("accuracy"),
-                        "loss": ev.get("loss"),
-                        "bytes_up": totals["bytes_up"],
-                        "bytes_down": totals["bytes_down"],
-                        "cumulative_bytes_up": prev["cumulative_bytes_up"] + totals["bytes_up"],
-                        "cumulative_bytes_down": prev["cumulative_bytes_down"] + totals["bytes_down"],
-                        "clients_sampled": stats.clients_sampled,
-                        "clients_ok": stats.clients_ok,
-                        "clients_dropped": stats.clients_dropped,
-                        "clients_rejected": stats.clients_rejected,
-                        "dropped_reasons": stats.dropped_reasons,
-                        "rejected_reasons": stats.rejected_reasons,
-                        "aggregated": stats.aggregated,
-                        "bytes_by_category": totals["bytes_by_category"],
-                        "bytes_up_per_client": totals["bytes_up_per_client"],
-                        "bytes_down_per_client": totals["bytes_down_per_client"],
-                        **{k: v for k, v in ev.items() if k not in ("accuracy", "loss")},
-                        **_clean(stats.metrics),
-                        **({"errors": [{k: e[k] for k in ("cid", "type", "message")} for e in stats.errors]} if stats.errors else {}),
-                        "seconds": round(time.perf_counter() - t0, 4),
-                    }
-                    self.metrics.append(row)
-                    self._checkpoint(rnd)
-                    append_jsonl(self.out / "metrics.jsonl", row)
-                    trackers.log(row)
-                    if bar is not None:
-                        mb = (row["cumulative_bytes_up"] + row["cumulative_bytes_down"]) / 1e6
-                        acc = row["accuracy"]
-                        bar.set_postfix_str(f"acc={acc:.3f} MB={mb:.2f}" if acc is not None else f"MB={mb:.2f}")
-                        bar.update(1)
-                    if self.on_round:
-                        self.on_round(row)
-                    if stats.errors:
-                        self._log_errors(rnd, stats.errors)
-                        failed = self._failure(rnd, stats)
-                        if failed:
-                            break
-                    failed = checks.failed_round(self.cfg, self.metrics)  # a round that aggregated nothing
-                    if failed:
+                for rnd in range(self.start_round, self.cfg["rounds"] + 1):
+                    stopped, failed = self._round(rnd, trackers, bar)
+                    if stopped or failed:
                         break
             except (Exception, SystemExit) as e:  # anything else: status failed, errors.log, exit 1
                 failed = log_crash(self.out, rnd, e)
@@ -359,6 +295,82 @@ class Experiment:
 
             plot_run(self.out)
         return summary
+
+    def _open_folder(self) -> None:
+        if self.resume:
+            self._restore()
+        else:
+            self._init_folder()
+            write_jsonl(self.out / "metrics.jsonl", [])
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.cfg["rounds"], initial=self.start_round - 1, desc=f"{self.cfg['algorithm']}", unit="round", leave=True, dynamic_ncols=True)
+        self.engine.on_client = lambda r, done, n: bar.set_postfix_str(f"round {r}: client {done}/{n}")  # long rounds show life
+        return bar
+
+    def _round(self, rnd: int, trackers, bar) -> tuple[str | None, str | None]:
+        """One round: run it, evaluate on schedule, write its row and checkpoint. Returns
+        (why the run stops, why it failed), each None to go on."""
+        t0 = time.perf_counter()
+        try:
+            stats = self.engine.run_round(rnd)
+        except QuorumError as e:
+            failed = None
+            if e.stats is not None and e.stats.errors:
+                self._log_errors(rnd, e.stats.errors)
+                failed = self._failure(rnd, e.stats, force=True)
+            return str(e), failed
+        ev = self._evaluate() if evaluates(self.cfg, rnd) else {}
+        row = self._row(rnd, stats, ev, t0)
+        self.metrics.append(row)
+        self._checkpoint(rnd)
+        append_jsonl(self.out / "metrics.jsonl", row)
+        trackers.log(row)
+        if bar is not None:
+            mb = (row["cumulative_bytes_up"] + row["cumulative_bytes_down"]) / 1e6
+            acc = row["accuracy"]
+            bar.set_postfix_str(f"acc={acc:.3f} MB={mb:.2f}" if acc is not None else f"MB={mb:.2f}")
+            bar.update(1)
+        if self.on_round:
+            self.on_round(row)
+        if stats.errors:
+            self._log_errors(rnd, stats.errors)
+            failed = self._failure(rnd, stats)
+            if failed:
+                return None, failed
+        return None, checks.failed_round(self.cfg, self.metrics)  # a round that aggregated nothing
+
+    def _row(self, rnd: int, stats, ev: dict, t0: float) -> dict:
+        """The round's metrics.jsonl row: evaluation, the ledger's bytes, who answered, the method's metrics."""
+        totals = self.ledger.round_totals(rnd)
+        prev = self.metrics[-1] if self.metrics else {"cumulative_bytes_up": 0, "cumulative_bytes_down": 0}
+        return {
+            "round": rnd,
+            "accuracy": ev.get("accuracy"),
+            "loss": ev.get("loss"),
+            "bytes_up": totals["bytes_up"],
+            "bytes_down": totals["bytes_down"],
+            "cumulative_bytes_up": prev["cumulative_bytes_up"] + totals["bytes_up"],
+            "cumulative_bytes_down": prev["cumulative_bytes_down"] + totals["bytes_down"],
+            "clients_sampled": stats.clients_sampled,
+            "clients_ok": stats.clients_ok,
+            "clients_dropped": stats.clients_dropped,
+            "clients_rejected": stats.clients_rejected,
+            "dropped_reasons": stats.dropped_reasons,
+            "rejected_reasons": stats.rejected_reasons,
+            "aggregated": stats.aggregated,
+            "bytes_by_category": totals["bytes_by_category"],
+            "bytes_up_per_client": totals["bytes_up_per_client"],
+            "bytes_down_per_client": totals["bytes_down_per_client"],
+            **{k: v for k, v in ev.items() if k not in ("accuracy", "loss")},
+            **_clean(stats.metrics),
+            **({"errors": [{k: e[k] for k in ("cid", "type", "message")} for e in stats.errors]} if stats.errors else {}),
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
 
     def _log_errors(self, rnd: int, errors: list[dict]) -> None:
         """Append each failure's full traceback to the run's ``errors.log``."""
@@ -440,10 +452,34 @@ def _clean(d: dict) -> dict:
     return out
 
 
-def run_experiment(cfg: Config, out: Path | None = None, resume: bool = False, progress: bool = False) -> tuple[Path, dict]:
-    prepared = prepare(cfg)
-    out = Path(out) if out else default_run_dir(cfg)
-    summary = Experiment(prepared, out, resume=resume, progress=progress).run()
+def run_experiment(
+    cfg: Config,
+    out: Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_round: Callable | None = None,
+    prepared: Prepared | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Path, dict]:
+    """The one way a run is made, from every front door (cli, api, Flower's ServerApp, demo, reproduce):
+    check the folder, prepare (unless ``prepared`` is given), run, and return the folder and its summary.
+
+    ``warn`` receives each of the config's warnings before anything runs; ``overwrite`` clears a
+    previous run's files only after the folder check and the preparation have passed, so a run
+    that cannot start leaves the old folder as it was.
+    """
+    from featherfl.runfolder import check_out_dir, clear_run_folder
+
+    out = Path(out) if out is not None else default_run_dir(cfg)
+    check_out_dir(out, resume=resume, overwrite=overwrite)
+    prepared = prepared if prepared is not None else prepare(cfg)
+    for warning in prepared.ctx.info.get("warnings", []) if warn else ():
+        warn(warning)
+    if overwrite:
+        clear_run_folder(out)
+    summary = Experiment(prepared, out, resume=resume, progress=progress, on_round=on_round).run()
     return out, summary
 
 

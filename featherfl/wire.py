@@ -252,12 +252,6 @@ def decode(
         raise PayloadError("bad-fields", str(e)) from None
 
 
-def header_bytes(payload: Payload) -> int:
-    """Encoded size minus the raw tensor data bytes: the codec's overhead."""
-    data = sum(t.numel() * t.element_size() for t in payload.tensor_fields().values())
-    return len(encode(payload)) - data
-
-
 class Ledger:
     """Counts encoded bytes per round, direction, client and category."""
 

@@ -31,6 +31,17 @@ def _registries_restored():
         registry.update(before)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts on one intra-op thread (pytest_configure's choice), whatever an earlier
+    test's run chose (``engine.threads=0`` picks by model size): results and speed never depend
+    on the order tests ran in."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def cfg_factory():
     from featherfl.schema import build_config

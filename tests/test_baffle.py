@@ -19,14 +19,7 @@ from featherfl.config import ConfigError
 from featherfl.schema import build_config
 from featherfl.experiment import prepare, run_experiment
 from support.mnist import tiny_mnist as _tiny_mnist
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from support.wire_overhead import header_bytes
 
 
 def _tiny_problem(seed: int, d: int = 12, classes: int = 4, n: int = 64):
@@ -137,8 +130,8 @@ def test_per_client_directions_differ_between_clients():
 def test_uplink_is_4k_bytes_plus_small_header(k):
     up = ScalarsUp(torch.zeros(1, k), 10**9)
     n = len(wire.encode(up, 2**31, 2**31))
-    assert n - 4 * k == wire.header_bytes(up)
-    assert wire.header_bytes(up) <= 128
+    assert n - 4 * k == header_bytes(up)
+    assert header_bytes(up) <= 128
 
 
 def test_run_ledger_shows_4k_plus_header_per_client(tmp_path):
@@ -149,7 +142,7 @@ def test_run_ledger_shows_4k_plus_header_per_client(tmp_path):
     for r in rows:
         assert r["bytes_up_per_client"]
         for cid, b in r["bytes_up_per_client"].items():
-            header = wire.header_bytes(ScalarsUp(torch.zeros(1, 25), samples[int(cid)]))
+            header = header_bytes(ScalarsUp(torch.zeros(1, 25), samples[int(cid)]))
             assert b == 4 * 25 + header
             assert header <= 128
     assert summary["client_compute"] == "forward-only"
@@ -471,7 +464,7 @@ def test_reproduce_baffle_mnist_quick_writes_the_table_and_a_normal_run(tmp_path
     k = cfg["baffle.k"]
     for r in rows:
         for cid, b in r["bytes_up_per_client"].items():
-            assert b == 4 * k + wire.header_bytes(ScalarsUp(torch.zeros(1, k), samples[int(cid)]))
+            assert b == 4 * k + header_bytes(ScalarsUp(torch.zeros(1, k), samples[int(cid)]))
     total = sum(r["bytes_up"] + r["bytes_down"] for r in rows)
     assert row["bytes_per_client"] == total / cfg["clients"]
     assert row["ours"] == rows[-1]["accuracy"] and "raw_accuracy" in rows[-1]

@@ -14,19 +14,12 @@ from featherfl.algorithms.baffle_replay import ReplayDown, SyncDown
 from featherfl.config import ConfigError
 from featherfl.schema import build_config
 from featherfl.experiment import prepare
+from support.wire_overhead import header_bytes
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 WORDS = "good bad great awful fine movie film plot acting boring fun dull sad happy".split()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +109,7 @@ def test_uplink_is_4k_bytes_plus_header_over_a_pretrained_backbone(bert, sst2, k
     alg = p.algorithm
     up = alg.make_client().update(1, alg.configure(1, [1])[1], p.client_data[1], {})
     raw = wire.encode(up, 1, 0)
-    assert isinstance(up, ScalarsUp) and len(raw) == 4 * k + wire.header_bytes(up) and wire.header_bytes(up) <= 128
+    assert isinstance(up, ScalarsUp) and len(raw) == 4 * k + header_bytes(up) and header_bytes(up) <= 128
 
 
 def test_cached_head_features_give_the_same_scalars_as_the_full_forward(bert, sst2):

@@ -14,16 +14,13 @@ from featherfl.config import ConfigError
 from featherfl.schema import build_config
 from featherfl.experiment import prepare
 from featherfl.runfolder import load_checkpoint
+from support.rows import all_rows
 
 BASE = ["--algorithm", "fedavg", "--dataset", "digits", "--clients", "4", "--quiet", "--set", "log.plots=false"]
 
 
 def _run(out, *extra, rounds=2):
     return cli.main(["run", *BASE, "--rounds", str(rounds), "--out", str(out), *extra])
-
-
-def _rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _cfg(**sets):
@@ -41,7 +38,7 @@ def test_ledger_counts_the_encoded_compressed_reply(tmp_path):
     data = 1 + sum(4 + math.ceil(t.numel() / 8) for _, t in state_tensors(model))
     samples = json.loads((out / "clients.json").read_text())["samples"]
     cls = payload_class(("num_samples",), "weights")
-    for row in _rows(out):
+    for row in all_rows(out):
         for cid, n in row["bytes_up_per_client"].items():
             expected = len(wire.encode(cls(data=torch.zeros(data, dtype=torch.uint8), num_samples=samples[int(cid)])))
             assert n == expected
@@ -60,14 +57,14 @@ def test_topk_error_feedback_survives_a_resume_identically(tmp_path):
     assert residual.abs().sum() > 0  # what top-k dropped is kept for the next round
     assert cli.main(["run", "--resume", "--out", str(split), "--rounds", "4", "--quiet", "--set", "log.plots=false"]) == 0
     keys = ("accuracy", "loss", "bytes_up", "bytes_down", "bytes_up_per_client")
-    assert [{k: r[k] for k in keys} for r in _rows(straight)] == [{k: r[k] for k in keys} for r in _rows(split)]
+    assert [{k: r[k] for k in keys} for r in all_rows(straight)] == [{k: r[k] for k in keys} for r in all_rows(split)]
 
 
 def test_error_feedback_changes_the_run_and_off_keeps_no_residual(tmp_path):
     on, off = tmp_path / "on", tmp_path / "off"
     assert _run(on, "--set", "compress.method=topk", "--set", "compress.ratio=0.02") == 0
     assert _run(off, "--set", "compress.method=topk", "--set", "compress.ratio=0.02", "--set", "compress.error_feedback=off") == 0
-    assert _rows(on)[-1]["accuracy"] != _rows(off)[-1]["accuracy"]
+    assert all_rows(on)[-1]["accuracy"] != all_rows(off)[-1]["accuracy"]
     ck = load_checkpoint(off / "checkpoint.pt")
     assert ck["client_states"][0]["compress"]["residual"] == {}
 
@@ -77,7 +74,7 @@ def test_fedsgd_gradients_compress_without_a_reference(tmp_path):
     assert cli.main(["run", "--algorithm", "fedsgd", "--dataset", "digits", "--clients", "4", "--rounds", "3", "--out", str(out), "--quiet", "--set", "log.plots=false", "--set", "compress.method=qsgd", "--set", "compress.bits=8"]) == 0
     dense = tmp_path / "dense"
     assert cli.main(["run", "--algorithm", "fedsgd", "--dataset", "digits", "--clients", "4", "--rounds", "3", "--out", str(dense), "--quiet", "--set", "log.plots=false"]) == 0
-    a, b = _rows(out)[-1], _rows(dense)[-1]
+    a, b = all_rows(out)[-1], all_rows(dense)[-1]
     assert abs(a["accuracy"] - b["accuracy"]) < 0.05  # 8-bit QSGD of a gradient is nearly the gradient
     assert a["bytes_up"] < b["bytes_up"] / 3.5
     assert a["clients_rejected"] == 0
@@ -88,7 +85,7 @@ def test_batched_clients_give_the_sequential_result(tmp_path):
     sets = ["--set", "compress.method=powersgd", "--set", "compress.rank=2"]
     assert _run(a, *sets, "--set", "engine.vectorize=off") == 0
     assert _run(b, *sets, "--set", "engine.vectorize=auto") == 0
-    ra, rb = _rows(a), _rows(b)
+    ra, rb = all_rows(a), all_rows(b)
     assert [r["bytes_up"] for r in ra] == [r["bytes_up"] for r in rb]
     assert abs(ra[-1]["accuracy"] - rb[-1]["accuracy"]) < 0.02
 
@@ -149,7 +146,7 @@ def test_an_engine_counts_a_hostile_compressed_reply_as_rejected(tmp_path, monke
     monkeypatch.setattr(wrapper.CompressClient, "compress", corrupt)
     out = tmp_path / "run"
     assert _run(out, "--set", "compress.method=qsgd") == 0
-    rows = _rows(out)
+    rows = all_rows(out)
     assert all(r["clients_rejected"] == 1 and r["rejected_reasons"] == {"truncated": 1} for r in rows)
     assert all(r["aggregated"] for r in rows)
 
@@ -183,7 +180,7 @@ def test_fedpeft_tensors_compress_field_by_field(tmp_path):
     args = ["run", "--algorithm", "fedpeft", "--dataset", "digits", "--clients", "4", "--rounds", "2", "--out", str(out), "--quiet", "--set", "log.plots=false"]
     args += ["--set", "fedpeft.method=bias", "--set", "data.max_train=400", "--set", "compress.method=topk", "--set", "compress.ratio=0.1"]
     assert cli.main(args) == 0
-    rows = _rows(out)
+    rows = all_rows(out)
     assert all(r["clients_rejected"] == 0 and r["aggregated"] for r in rows)
     ck = load_checkpoint(out / "checkpoint.pt")
     residual = ck["client_states"][0]["compress"]["residual"]
@@ -213,12 +210,12 @@ def test_compressed_downlink_keeps_replicas_in_step_and_resumes_identically(tmp_
     straight, split, dense = tmp_path / "a", tmp_path / "b", tmp_path / "d"
     assert _run(straight, *sets, rounds=5) == 0
     assert _run(dense, "--set", "engine.fraction=0.75", "--set", "engine.dropout=0.2", rounds=5) == 0
-    rows = _rows(straight)
+    rows = all_rows(straight)
     assert all(r["aggregated"] and r["clients_rejected"] == 0 and not r.get("errors") for r in rows)
-    full = max(v for r in _rows(dense) for v in r["bytes_down_per_client"].values())
+    full = max(v for r in all_rows(dense) for v in r["bytes_down_per_client"].values())
     later = [v for r in rows[1:] for v in r["bytes_down_per_client"].values()]
     assert min(later) < 0.2 * full and max(later) == full  # compressed to those in step, dense to the others
-    assert sum(r["bytes_down"] for r in rows) < 0.75 * sum(r["bytes_down"] for r in _rows(dense))
+    assert sum(r["bytes_down"] for r in rows) < 0.75 * sum(r["bytes_down"] for r in all_rows(dense))
     ck = load_checkpoint(straight / "checkpoint.pt")
     server = ck["algorithm"]["compress_downlink"]
     holders = {int(c) for c, r in server["holders"].items() if r == server["round"]}
@@ -228,7 +225,7 @@ def test_compressed_downlink_keeps_replicas_in_step_and_resumes_identically(tmp_
     assert _run(split, *sets, rounds=3) == 0
     assert cli.main(["run", "--resume", "--out", str(split), "--rounds", "5", "--quiet", "--set", "log.plots=false"]) == 0
     keys = ("accuracy", "loss", "bytes_up", "bytes_down", "bytes_down_per_client")
-    assert [{k: r[k] for k in keys} for r in rows] == [{k: r[k] for k in keys} for r in _rows(split)]
+    assert [{k: r[k] for k in keys} for r in rows] == [{k: r[k] for k in keys} for r in all_rows(split)]
 
 
 def test_a_hostile_compressed_downlink_is_rejected_by_the_client():

@@ -27,9 +27,10 @@ from featherfl.algorithms.fd import FDClient
 from featherfl.schema import build_config
 from featherfl.experiment import Experiment, config_for_resume, prepare
 from featherfl.models import flat_state
+from support.rows import metric_rows
+from support.wire_overhead import header_bytes
 
 L = 10
-TIMING = {"seconds", "wall_seconds"}
 TINY_GAN = [
     ("faug.gan_steps", 30),
     ("faug.gan_batch", 16),
@@ -54,10 +55,6 @@ SMALL = [
 
 def _cfg(*extra):
     return build_config(base=dict(SMALL), overrides=list(extra))  # SMALL: both families' settings, as a shared file
-
-
-def _rows(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
 
 def _deficient_data(cid=0):
@@ -123,7 +120,7 @@ def test_seed_upload_is_uint8_targets_plus_redundant_and_counted(tmp_path):
     assert label_counts(torch.tensor(up.labels), L).max() <= 5
     n = len(up.labels)
     assert n == 4 + 2 * 5
-    assert len(wire.encode(up)) == n * 64 + wire.header_bytes(up)  # 8 bits per pixel
+    assert len(wire.encode(up)) == n * 64 + header_bytes(up)  # 8 bits per pixel
 
 
 def test_generated_samples_make_the_device_near_uniform():
@@ -156,15 +153,7 @@ def test_augment_keeps_shape_and_range_and_changes_pixels():
     assert not torch.allclose(a, x)
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_cgan_is_conditioned_on_the_label(one_thread):
+def test_cgan_is_conditioned_on_the_label():
     """Seeds of label 0 are bright on the left, label 1 on the right: so must the samples be."""
     cfg = _cfg(("algorithm", "fd"), ("faug.gan_steps", 400), ("faug.gan_batch", 32), ("faug.gan_lr", 2e-3), ("faug.aug_rotate", 0.0), ("faug.aug_shift", 0.0))
     ctx = Context(cfg, (1, 8, 8), 2, 2)
@@ -188,12 +177,12 @@ def test_faug_runs_once_as_a_first_phase(tmp_path, algorithm):
     out = tmp_path / algorithm
     exp = Experiment(p, out, progress=False)
     summary = exp.run()
-    rows = _rows(out / "metrics.jsonl")
+    rows = metric_rows(out / "metrics.jsonl")
     first, second = rows[0]["bytes_by_category"], rows[1]["bytes_by_category"]
     assert {"up_samples", "down_generator"} <= set(first)
     assert "up_samples" not in second and "down_generator" not in second
     n_gen = flat_state(p.algorithm.make_client().generator).numel()
-    assert first["down_generator"] == 3 * (4 * n_gen + wire.header_bytes(GeneratorDown(torch.zeros(n_gen), p.algorithm.labels, p.algorithm.union)))
+    assert first["down_generator"] == 3 * (4 * n_gen + header_bytes(GeneratorDown(torch.zeros(n_gen), p.algorithm.labels, p.algorithm.union)))
     assert rows[0]["faug_seed_samples"] > 0 and rows[0]["faug_generated"] > 0
     assert (out / "faug_samples.png").stat().st_size > 100
     assert 0 < summary["faug_pl_device_server_mean"] <= 1
@@ -215,7 +204,7 @@ def test_fedavg_without_faug_sends_no_setup_bytes(tmp_path):
     out = tmp_path / "plain"
     p = prepare(_cfg(("algorithm", "fedavg")))
     Experiment(p, out, progress=False).run()
-    rows = _rows(out / "metrics.jsonl")
+    rows = metric_rows(out / "metrics.jsonl")
     assert set(rows[0]["bytes_by_category"]) == {"up_weights", "down_weights"}
     assert "faug" not in p.algorithm.state_dict()
     assert not (out / "faug_samples.png").exists()
@@ -239,7 +228,7 @@ def test_faug_resume_is_identical(tmp_path):
     Experiment(prepare(_cfg(*extra[:-1], ("rounds", 2))), tmp_path / "part", progress=False).run()
     cfg = config_for_resume(tmp_path / "part", [("rounds", 3)])
     Experiment(prepare(cfg), tmp_path / "part", resume=True, progress=False).run()
-    assert _rows(tmp_path / "part" / "metrics.jsonl") == _rows(tmp_path / "full" / "metrics.jsonl")
+    assert metric_rows(tmp_path / "part" / "metrics.jsonl") == metric_rows(tmp_path / "full" / "metrics.jsonl")
 
 
 # --- FAug is a wrapper: any method gets it, and no method carries FAug code --------------------
@@ -273,7 +262,7 @@ def test_any_method_gets_faug_and_trains_on_generated_samples(tmp_path, algorith
     summary = Experiment(p, out, progress=False).run()
     assert summary["status"] == "completed" and summary["faug_generated"] > 0
     assert seen and all(n_aug > n_own for _, n_aug, n_own in seen)
-    assert "up_samples" in _rows(out / "metrics.jsonl")[0]["bytes_by_category"]
+    assert "up_samples" in metric_rows(out / "metrics.jsonl")[0]["bytes_by_category"]
 
 
 def test_old_configs_with_method_faug_keys_still_load():
@@ -292,7 +281,7 @@ def test_faug_on_data_that_is_not_images_is_a_config_error():
     check_input((1, 8, 8))
 
 
-def test_gan_stops_once_the_judge_recognises_its_samples(one_thread):
+def test_gan_stops_once_the_judge_recognises_its_samples():
     """The stopping rule: check every 50 steps, stop at 90 % recognition, long before the 3,000-step cap."""
     import featherfl.algorithms.faug_gan as faug_module
 
@@ -319,7 +308,7 @@ def test_gan_stops_once_the_judge_recognises_its_samples(one_thread):
 
 
 @pytest.mark.parametrize("patience", [3, 0])
-def test_gan_patience_stops_a_stalled_gan_and_keeps_its_best_generator(one_thread, monkeypatch, patience):
+def test_gan_patience_stops_a_stalled_gan_and_keeps_its_best_generator(monkeypatch, patience):
     """Recognition that stops improving: with patience 3 training ends 3 checks after the best one and
     hands out the generator of that best check; with patience 0 it runs to gan_steps and keeps the last."""
     import featherfl.algorithms.faug_gan as faug_module
@@ -349,7 +338,7 @@ def test_gan_patience_stops_a_stalled_gan_and_keeps_its_best_generator(one_threa
         assert all(torch.equal(kept[k], snaps[5][k]) for k in kept)
 
 
-def test_judge_tells_the_seed_labels_apart(one_thread):
+def test_judge_tells_the_seed_labels_apart():
     from featherfl.algorithms.faug import train_judge
 
     cfg = _cfg(("algorithm", "fd"), ("faug.aug_rotate", 0.0), ("faug.aug_shift", 0.0))

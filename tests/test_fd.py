@@ -20,9 +20,10 @@ from featherfl.algorithms.fd import (
 from featherfl.config import ConfigError
 from featherfl.schema import build_config
 from featherfl.experiment import Experiment, config_for_resume, prepare
+from support.rows import metric_rows
+from support.wire_overhead import header_bytes
 
 L = 10
-TIMING = {"seconds", "wall_seconds"}
 SMALL = [
     ("algorithm", "fd"),
     ("dataset", "synthetic"),
@@ -53,14 +54,10 @@ def _data(cid=0, n=60, seed=0):
     return ClientData(cid, x, y, L)
 
 
-def _rows(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
-
-
 def _run(tmp_path, name, *extra):
     out = tmp_path / name
     summary = Experiment(prepare(_cfg(*extra)), out, progress=False).run()
-    return _rows(out / "metrics.jsonl"), summary
+    return metric_rows(out / "metrics.jsonl"), summary
 
 
 # --- the per-label means and the teacher --------------------------------------------------
@@ -191,8 +188,8 @@ def test_client_state_keeps_its_own_model_across_rounds():
 
 def test_bytes_per_device_are_4L2_plus_counts_plus_header(tmp_path):
     rows, _ = _run(tmp_path, "bytes")
-    header_up = wire.header_bytes(LogitsUp(torch.zeros(L, L), torch.zeros(L, dtype=torch.int32)))
-    header_down = wire.header_bytes(TeacherDown(torch.zeros(L, L), torch.zeros(L, dtype=torch.int32)))
+    header_up = header_bytes(LogitsUp(torch.zeros(L, L), torch.zeros(L, dtype=torch.int32)))
+    header_down = header_bytes(TeacherDown(torch.zeros(L, L), torch.zeros(L, dtype=torch.int32)))
     assert header_up < 200 and header_down < 200
     for row in rows:
         assert set(row["bytes_by_category"]) == {"up_logits", "down_logits"}
@@ -248,7 +245,7 @@ def test_same_config_same_metrics_and_resume_is_identical(tmp_path):
     _run(tmp_path, "part", ("rounds", 2))
     cfg = config_for_resume(tmp_path / "part", [("rounds", 3)])
     Experiment(prepare(cfg), tmp_path / "part", resume=True, progress=False).run()
-    assert _rows(tmp_path / "part" / "metrics.jsonl") == full
+    assert metric_rows(tmp_path / "part" / "metrics.jsonl") == full
 
 
 # --- logit noise ----------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from featherfl.schema import build_config
 from featherfl.experiment import prepare, run_experiment
 from featherfl.models import pretrain as pretrain_mod
 from featherfl.models.pretrain import load_backbone, pretrain, save_backbone
+from support.wire_overhead import header_bytes
+
+pytestmark = pytest.mark.xdist_group("fedpeft")  # its module fixture is costly: one test process runs the whole file
 
 PEFT = ("bias", "adapter", "prompt", "lora", "head")
 
@@ -95,7 +98,7 @@ def test_uplink_is_exactly_the_trainable_tensors_by_name_and_bytes(backbone, tmp
     assert set(up.tensor_fields()) == {field_name(n) for n in names}
     data = wire.encode(up, 1, p.ctx.run_id)
     tensor_bytes = sum(alg.params[n].numel() * 4 for n in names)
-    assert len(data) == tensor_bytes + wire.header_bytes(up)
+    assert len(data) == tensor_bytes + header_bytes(up)
     back = wire.decode(data, alg.uplink_specs(1, 0), round=1, run=p.ctx.run_id)
     for n in names:
         assert torch.equal(getattr(back, field_name(n)), client.params[n].detach())

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("flwr")
-pytestmark = pytest.mark.slow  # minutes, not seconds: `pytest -m "not slow"` skips it while iterating
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower_deployment")]  # minutes, not seconds: `pytest -m "not slow"` skips it while iterating
 if not (Path(sys.executable).with_name("flower-superlink").exists() or shutil.which("flower-superlink")):
     pytest.skip("flower-superlink is not installed", allow_module_level=True)
 
@@ -27,9 +27,9 @@ from featherfl.config import parse_set_args  # noqa: E402
 from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import run_experiment  # noqa: E402
 from support.local_federation import LocalFederation  # noqa: E402
+from support.rows import metric_rows  # noqa: E402
 
 TOL = 1e-6
-TIMING = {"seconds", "wall_seconds"}
 METHODS = ["fedavg", "baffle", "fd"]
 #: eval.every=2: evaluate after round 2 only, one message less per node; engine.vectorize=off: the
 #: nodes train one client each, so the local reference runs them one by one too
@@ -61,10 +61,6 @@ def submitted(federation):
     return outs
 
 
-def _rows(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_flower_deployment_matches_local_engine(method, federation, submitted, tmp_path):
     if method not in algorithms.REGISTRY:
@@ -74,7 +70,7 @@ def test_flower_deployment_matches_local_engine(method, federation, submitted, t
     local_out, local = run_experiment(cfg, tmp_path / "local")
     remote = federation.wait(submitted[method], timeout=240)
     assert remote["rounds_completed"] == 2 and not remote.get("stopped")
-    a, b = _rows(submitted[method] / "metrics.jsonl"), _rows(local_out / "metrics.jsonl")
+    a, b = metric_rows(submitted[method] / "metrics.jsonl"), metric_rows(local_out / "metrics.jsonl")
     assert len(a) == len(b) == 2
     for ra, rb in zip(a, b):
         for key in ("bytes_up", "bytes_down", "bytes_by_category", "bytes_up_per_client", "bytes_down_per_client", "clients_ok", "clients_dropped", "clients_rejected"):

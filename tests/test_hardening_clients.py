@@ -14,10 +14,7 @@ from featherfl.engines import local as local_engine
 from featherfl.engines.base import ClientOutcome, dropped_clients, sample_clients
 from featherfl.engines.local import LocalEngine
 from featherfl.experiment import Experiment, prepare
-
-
-def _rows(out):
-    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+from support.rows import all_rows
 
 
 class Wrap:
@@ -48,7 +45,7 @@ def _experiment(tmp_path, cfg_factory, **kw):
 def test_dropout_30_percent_counted_and_rounds_continue(tmp_path, cfg_factory):
     exp = _experiment(tmp_path, cfg_factory, clients=10, rounds=4, engine__dropout=0.3, fedavg__max_steps=2)
     s = exp.run()
-    rows = _rows(tmp_path / "run")
+    rows = all_rows(tmp_path / "run")
     expected = [len(dropped_clients(0, r, sample_clients(0, r, 10, 1.0), 0.3)) for r in range(1, 5)]
     assert [r["clients_dropped"] for r in rows] == expected
     assert sum(expected) > 0
@@ -80,7 +77,7 @@ def test_straggler_past_deadline_dropped_deterministically(tmp_path, cfg_factory
     exp = _experiment(tmp_path, cfg_factory, clients=6, rounds=2, engine__deadline=10.0, fedavg__max_steps=2)
     exp.engine.client = Wrap(exp.engine.client, before=before)
     exp.run()
-    for r in _rows(tmp_path / "run"):
+    for r in all_rows(tmp_path / "run"):
         assert r["dropped_reasons"] == {"deadline": 1} and r["clients_ok"] == 5 and r["aggregated"]
         # the late reply arrived, so its bytes count: category "late", same size as an accepted reply
         assert r["bytes_up_per_client"]["2"] == r["bytes_up_per_client"]["5"] > 0
@@ -97,7 +94,7 @@ def test_straggler_really_sleeping_is_dropped(tmp_path, cfg_factory):
     exp = _experiment(tmp_path, cfg_factory, clients=3, rounds=1, engine__deadline=0.8, fedavg__max_steps=1)
     exp.engine.client = Wrap(exp.engine.client, before=before)
     exp.run()
-    (r,) = _rows(tmp_path / "run")
+    (r,) = all_rows(tmp_path / "run")
     assert r["dropped_reasons"] == {"deadline": 1} and r["clients_ok"] == 2
 
 
@@ -110,7 +107,7 @@ def test_client_raising_mid_update_is_dropped_with_reason(tmp_path, cfg_factory)
     exp = _experiment(tmp_path, cfg_factory, clients=5, rounds=2, fedavg__max_steps=2)
     exp.engine.client = Wrap(exp.engine.client, after=after)
     s = exp.run()
-    for r in _rows(tmp_path / "run"):
+    for r in all_rows(tmp_path / "run"):
         assert r["dropped_reasons"] == {"error": 2} and r["clients_ok"] == 3 and r["aggregated"]
     assert s["clients_dropped"] == 4
 
@@ -136,7 +133,7 @@ def test_hostile_replies_counted_per_reason_round_continues(tmp_path, cfg_factor
     exp = _experiment(tmp_path, cfg_factory, clients=8, rounds=2, fedavg__max_steps=2)
     exp.engine.client = Wrap(exp.engine.client, after=after)
     s = exp.run()
-    for r in _rows(tmp_path / "run"):
+    for r in all_rows(tmp_path / "run"):
         assert r["rejected_reasons"] == {"non-finite": 1, "wrong-dtype": 1, "wrong-shape": 1, "out-of-range": 2}
         assert r["clients_rejected"] == 5 and r["clients_ok"] == 3 and r["aggregated"]
         assert r["bytes_by_category"]["up_rejected"] > 0
@@ -184,7 +181,7 @@ def test_quorum_fail_skip_logs_stop_exits_with_message(tmp_path, capsys, policy,
     argv += ["--set", "engine.dropout=0.9", "--set", "engine.min_replies=3", "--set", f"engine.on_quorum_fail={policy}", "--set", "engine.max_failed_rounds=3"]
     assert main(argv) == code
     err = capsys.readouterr().err
-    rows = _rows(out)
+    rows = all_rows(out)
     if policy == "skip":
         assert len(rows) == 3 and all(not r["aggregated"] and "fewer than engine.min_replies=3" in r["skipped"] for r in rows)
         summary = json.loads((out / "summary.json").read_text())

@@ -128,6 +128,7 @@ GOOD_Y = gzip.compress(_idx(bytes(range(10)) * 2, (20,)))
         (gzip.compress(_idx(bytes(100), (20, 28, 28))), GOOD_Y, "t10k-images-idx3-ubyte.gz"),  # header says more
         (gzip.compress(b"\x00\x00\x08"), GOOD_Y, "t10k-images-idx3-ubyte.gz"),
     ],
+    ids=["truncated", "labels-not-gzip", "float-idx", "header-says-more", "short-header"],  # the same names in every test process
 )
 def test_corrupt_mnist_files_are_named(images, labels, bad_file, capsys, tmp_path):
     d = tmp_path / "mnist"

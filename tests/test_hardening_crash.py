@@ -16,14 +16,11 @@ import torch
 from featherfl import runfolder
 from featherfl.cli import main
 from featherfl.runfolder import CheckpointError, load_checkpoint, save_checkpoint
+from support.rows import metric_rows
 
 ROUNDS = 6
 COMMON = ["--rounds", str(ROUNDS), "--clients", "6", "--quiet", "--set", "engine.fraction=0.5", "--set", "engine.dropout=0.2", "--set", "fedavg.max_steps=3", "--set", "engine.threads=1"]
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-
-
-def _rows(out):
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _lines(path):
@@ -75,7 +72,7 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted(tmp_path):
     assert kills >= 1, "the run finished before it could be killed"
     done = _start(out, "--resume", "--quiet")
     assert done.wait(timeout=300) == 0, done.stderr.read().decode()
-    assert _rows(out) == _rows(tmp_path / "ref")
+    assert metric_rows(out) == metric_rows(tmp_path / "ref")
     a, b = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
     assert a["round"] == b["round"] == ROUNDS
     assert _same(a["algorithm"], b["algorithm"]) and _same(a["client_states"], b["client_states"])

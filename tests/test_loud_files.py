@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from featherfl import cli
+from support.rows import all_rows
 
 RUN = ["--rounds", "1", "--clients", "2", "--quiet", "--set", "engine.threads=1", "--set", "fedavg.max_steps=1"]
 
@@ -101,10 +102,6 @@ def test_overwrite_removes_a_plots_link_never_its_target(finished, tmp_path):
 # --- class 7: report and compare trust nothing ------------------------------------------
 
 
-def _rows(d):
-    return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize(
     "change, needle",
     [
@@ -117,7 +114,7 @@ def test_report_refuses_impossible_metrics(finished, tmp_path, capsys, change, n
 
     d = tmp_path / "bad"
     shutil.copytree(finished, d)
-    rows = _rows(d)
+    rows = all_rows(d)
     change(rows[0])
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert needle in _one_line(capsys, ["report", str(d)])
@@ -139,7 +136,7 @@ def test_killed_run_is_incomplete_with_per_client_bytes(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["report", str(d), "--format", "json"]) == 0
     row = json.loads(capsys.readouterr().out)[0]
-    total_up = sum(r["bytes_up"] for r in _rows(d))
+    total_up = sum(r["bytes_up"] for r in all_rows(d))
     assert row["status"] == "incomplete" and row["algorithm"] == "fedavg" and row["dataset"] == "digits"
     assert row["MB_up/client"] == pytest.approx(total_up / 4 / 1e6)
     assert cli.main(["report", str(d)]) == 0

@@ -16,6 +16,8 @@ from featherfl.privacy.accountant import epsilon, noise_for_epsilon  # noqa: E40
 from featherfl.privacy.client_level import dp_fedavg_update  # noqa: E402
 from featherfl.privacy.dpsgd import dp_sgd_epochs, per_sample_grads  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("privacy")  # its module fixture is costly: one test process runs the whole file
+
 
 def test_epsilon_grows_with_steps_and_shrinks_with_noise():
     by_steps = [epsilon([(1.0, 0.05, s)], 1e-5) for s in (10, 100, 1000)]

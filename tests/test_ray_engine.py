@@ -14,8 +14,8 @@ from featherfl import algorithms  # noqa: E402
 from featherfl.schema import build_config  # noqa: E402
 from featherfl.engines.ray_engine import RayEngine  # noqa: E402
 from featherfl.experiment import Experiment, prepare  # noqa: E402
+from support.rows import metric_rows
 
-TIMING = {"seconds", "wall_seconds"}
 METHODS = ["fedavg", "fedsgd", "baffle", "fd", "fedpeft"]
 #: engine.vectorize=off: Ray runs clients one by one, so the local reference does too (batched
 #: clients agree with it within float rounding only; tests/test_vectorized.py, test_fd_vectorized.py)
@@ -26,7 +26,7 @@ FAST = {"baffle": [("baffle.k", 20), ("baffle.downlink", "replay")], "fd": [("fd
 
 
 #: every test here starts or shares a local Ray session (seconds each): `pytest -m "not slow"` skips them
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_engine")]
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
@@ -50,15 +50,11 @@ def ray_session():
     torch.set_num_threads(threads)
 
 
-def _rows(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
-
-
 def _run(tmp_path, name, overrides):
     cfg = build_config(overrides=SMALL + overrides)
     exp = Experiment(prepare(cfg), tmp_path / name, progress=False)
     summary = exp.run()
-    return _rows(tmp_path / name / "metrics.jsonl"), summary
+    return metric_rows(tmp_path / name / "metrics.jsonl"), summary
 
 
 def test_every_registered_method_is_compared():

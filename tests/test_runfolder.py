@@ -8,12 +8,7 @@ from featherfl.cli import main
 from featherfl.engines.base import QuorumError
 from featherfl.experiment import Experiment, prepare
 from featherfl.runfolder import CheckpointError, load_checkpoint, save_checkpoint
-
-TIMING = {"seconds"}
-
-
-def _rows(path):
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in path.read_text().splitlines()]
+from support.rows import metric_rows
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedsgd"])
@@ -22,7 +17,7 @@ def test_resume_equals_uninterrupted(tmp_path, algorithm):
     assert main(["run", "--rounds", "6", "--out", str(tmp_path / "full")] + common) == 0
     assert main(["run", "--rounds", "3", "--out", str(tmp_path / "part")] + common) == 0
     assert main(["run", "--resume", "--rounds", "6", "--out", str(tmp_path / "part"), "--quiet"]) == 0
-    assert _rows(tmp_path / "full" / "metrics.jsonl") == _rows(tmp_path / "part" / "metrics.jsonl")
+    assert metric_rows(tmp_path / "full" / "metrics.jsonl") == metric_rows(tmp_path / "part" / "metrics.jsonl")
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["algorithm"]["model"]
     b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")["algorithm"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -34,7 +29,7 @@ def test_resume_discards_lines_after_checkpoint(tmp_path):
     with open(out / "metrics.jsonl", "a") as f:  # a line written after the last checkpoint (crash window)
         f.write('{"round": 3, "junk": true}\n')
     assert main(["run", "--resume", "--rounds", "3", "--out", str(out), "--quiet"]) == 0
-    rows = _rows(out / "metrics.jsonl")
+    rows = metric_rows(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3] and "junk" not in rows[2]
 
 
@@ -112,4 +107,4 @@ def test_quorum_skip_and_stop(tmp_path, cfg_factory):
 def test_same_config_same_metrics(tmp_path):
     for name in ("a", "b"):
         assert main(["run", "--rounds", "3", "--set", "engine.fraction=0.6", "--out", str(tmp_path / name), "--quiet"]) == 0
-    assert _rows(tmp_path / "a" / "metrics.jsonl") == _rows(tmp_path / "b" / "metrics.jsonl")
+    assert metric_rows(tmp_path / "a" / "metrics.jsonl") == metric_rows(tmp_path / "b" / "metrics.jsonl")

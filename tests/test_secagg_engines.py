@@ -15,22 +15,20 @@ pytest.importorskip("flwr")
 from featherfl.config import parse_set_args  # noqa: E402
 from featherfl.schema import build_config  # noqa: E402
 from featherfl.experiment import Experiment, prepare, run_experiment  # noqa: E402
+from support.rows import metric_rows
 
-TIMING = {"seconds", "wall_seconds"}
+pytestmark = pytest.mark.xdist_group("secagg_engines")  # its module fixture is costly: one test process runs the whole file
+
 #: engine.vectorize=off: Ray and Flower run clients one by one, so the local reference does too
 #: (the batched path agrees within float rounding, not bit for bit)
 SMALL = [("rounds", 2), ("clients", 4), ("data.max_train", 320), ("data.max_test", 200), ("engine.threads", 1), ("secagg.protocol", "secagg+"), ("engine.vectorize", "off")]
 METHODS = {"fedavg": [("algorithm", "fedavg"), ("fedavg.weighting", "samples"), ("fedavg.local_epochs", 1)], "fd": [("algorithm", "fd"), ("fd.local_steps", 20)]}
 
 
-def _rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
-
-
 def _run(tmp_path, name, overrides):
     cfg = build_config(overrides=SMALL + overrides)
     summary = Experiment(prepare(cfg), tmp_path / name, progress=False).run()
-    return _rows(tmp_path / name / "metrics.jsonl"), summary
+    return metric_rows(tmp_path / name / "metrics.jsonl"), summary
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,7 @@ def test_flower_deployment_runs_secagg_like_the_local_engine(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert remote["rounds_completed"] == 2 and not remote.get("stopped")
-    a, b = _rows(Path(rc["out"]) / "metrics.jsonl"), _rows(local_out / "metrics.jsonl")
+    a, b = metric_rows(Path(rc["out"]) / "metrics.jsonl"), metric_rows(local_out / "metrics.jsonl")
     for ra, rb in zip(a, b):
         for key in ("bytes_up", "bytes_down", "bytes_by_category", "clients_ok", "secagg_masked_inputs", "secagg_revealed"):
             assert ra[key] == rb[key], key

@@ -6,12 +6,9 @@ import pytest
 
 from featherfl import cli
 from featherfl.tracking import numeric_items
+from support.rows import all_rows
 
 RUN = ["run", "--algorithm", "fedavg", "--rounds", "2", "--clients", "3", "--set", "fedavg.max_steps=2", "--set", "engine.threads=1", "--quiet"]
-
-
-def _rows(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_numeric_items_flatten_and_skip_what_is_not_a_number():
@@ -27,7 +24,7 @@ def test_tensorboard_events_hold_every_round_of_metrics_jsonl(tmp_path):
     assert cli.main([*RUN, "--out", str(out), "--set", "log.tensorboard=true"]) == 0
     ea = EventAccumulator(str(out / "tensorboard"))
     ea.Reload()
-    rows = _rows(out)
+    rows = all_rows(out)
     acc = [(e.step, e.value) for e in ea.Scalars("accuracy")]
     assert acc == [(r["round"], pytest.approx(r["accuracy"])) for r in rows]
     up = [e.value for e in ea.Scalars("bytes_by_category/up_weights")]
@@ -51,7 +48,7 @@ def test_mlflow_gets_params_metrics_and_status_and_a_resume_continues_the_run(tm
     assert client.get_experiment(run.info.experiment_id).name == "exp"
     assert cli.main(["run", "--resume", "--out", str(out), "--rounds", "2", "--quiet"]) == 0
     history = client.get_metric_history(run_id, "accuracy")
-    rows = _rows(out)
+    rows = all_rows(out)
     assert sorted((m.step, m.value) for m in history) == [(r["round"], pytest.approx(r["accuracy"])) for r in rows]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([run.info.experiment_id])) == 1  # the resume did not start a second run
@@ -94,7 +91,7 @@ def test_a_tracker_failing_mid_run_never_loses_the_run(tmp_path, capsys, monkeyp
     monkeypatch.setattr(SummaryWriter, "add_scalar", broken)
     out = tmp_path / "tb"
     assert cli.main([*RUN, "--out", str(out), "--set", "log.tensorboard=true"]) == 0
-    assert len(_rows(out)) == 2 and json.loads((out / "summary.json").read_text())["status"] == "completed"
+    assert len(all_rows(out)) == 2 and json.loads((out / "summary.json").read_text())["status"] == "completed"
     assert capsys.readouterr().err.count("TensorBoard logging failed") == 1
 
 

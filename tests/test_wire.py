@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from featherfl import wire
 from featherfl.algorithms.fedavg import WeightsUp, weights_spec
 from featherfl.models import build_model, flat_state
+from support.wire_overhead import header_bytes
 
 P = 1234
 SPECS = {WeightsUp.KIND: weights_spec(WeightsUp, P, "weights", with_samples=True)}
@@ -28,7 +29,7 @@ def test_fedavg_bytes_formula_and_small_header():
     w = flat_state(model)
     payload = WeightsUp(w, 143)
     n = len(wire.encode(payload, 20, 2**31))
-    header = wire.header_bytes(payload)
+    header = header_bytes(payload)
     assert n == 4 * w.numel() + header
     assert header <= 128
 

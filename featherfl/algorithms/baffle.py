@@ -46,8 +46,8 @@ from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.summation import WeightedMean
 from featherfl.seeding import derive_seed, generator
-from featherfl.algorithms.training import evaluate_model
-from featherfl.config import Config, ConfigError, Field
+from featherfl.algorithms.training import evaluate_model, torch_optimizer
+from featherfl.config import Config, ConfigError, Field, Options
 from featherfl.models import flat_state, has_batchnorm, load_flat_state
 from featherfl.models.vision import ACTIVATIONS
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
@@ -74,21 +74,21 @@ class ScalarsUp(Payload):
     num_samples: int
 
 
-def _opts(cfg: Config) -> dict:
-    """The ``baffle`` section plus the seed pool's root seed (``pool_root``), which both halves derive from the run seed."""
-    return {**cfg.section("baffle"), "pool_root": baffle_pool.pool_base(cfg["seed"])}
+def _opts(cfg: Config) -> Options:
+    """The ``baffle`` options plus the seed pool's root seed (``pool_root``), which both halves derive from the run seed."""
+    return cfg.section("baffle").with_values(pool_root=baffle_pool.pool_base(cfg["seed"]))
 
 
-def dir_seed(o: dict, base: int, step: int, k: int) -> int:
+def dir_seed(o: Options, base: int, step: int, k: int) -> int:
     """Seed of direction k at step ``step`` under a round's base seed: its own seed, or with
     ``seed_pool = N`` one of the pool's N seeds (FedKSeed), picked by the same derivation."""
-    if o["seed_pool"]:
-        return baffle_pool.pool_seed(o["pool_root"], baffle_pool.pool_index(base, step, k, o["seed_pool"]))
+    if o.seed_pool:
+        return baffle_pool.pool_seed(o.pool_root, baffle_pool.pool_index(base, step, k, o.seed_pool))
     return zo.direction_seed(base, step, k)
 
 
-def steps_per_round(o: dict) -> int:
-    return o["local_steps"] if o["mode"] == "fedavg" else 1
+def steps_per_round(o: Options) -> int:
+    return o.local_steps if o.mode == "fedavg" else 1
 
 
 def model_context(ctx: Context) -> Context:
@@ -111,13 +111,11 @@ def build_model_checked(ctx: Context):
     return model
 
 
-def flat_optimizer(param: torch.nn.Parameter, kind: str, lr: float, o: dict, momentum: float = 0.0) -> torch.optim.Optimizer:
+def flat_optimizer(param: torch.nn.Parameter, kind: str, lr: float, o: Options, momentum: float = 0.0) -> torch.optim.Optimizer:
     """SGD or Adam over one flat parameter. Weight decay is the L2 term added to the
     estimate inside the optimizer, and Adam's betas are settable: the paper's code uses
     Adam(betas=(0.9, 0.99), weight_decay=5e-4) on the clipped estimate."""
-    if kind == "adam":
-        return torch.optim.Adam([param], lr=lr, betas=(o["beta1"], o["beta2"]), weight_decay=o["weight_decay"])
-    return torch.optim.SGD([param], lr=lr, momentum=momentum, weight_decay=o["weight_decay"])
+    return torch_optimizer([param], kind, lr, momentum, o.weight_decay, (o.beta1, o.beta2))
 
 
 class LocalSteps:
@@ -127,9 +125,9 @@ class LocalSteps:
     start weights, seeds and scalars, and the server (or a replica) rebuilds them exactly.
     """
 
-    def __init__(self, theta: torch.Tensor, o: dict):
+    def __init__(self, theta: torch.Tensor, o: Options):
         self.p = torch.nn.Parameter(theta.clone())
-        self.opt = flat_optimizer(self.p, o["local_optimizer"], o["local_lr"], o)
+        self.opt = flat_optimizer(self.p, o.local_optimizer, o.local_lr, o)
 
     @property
     def w(self) -> torch.Tensor:
@@ -142,31 +140,31 @@ class LocalSteps:
 
 
 def local_trajectory(
-    f: zo.FlatModel, theta: torch.Tensor, batches: list[tuple[torch.Tensor, torch.Tensor]], base_seed: int, o: dict
+    f: zo.FlatModel, theta: torch.Tensor, batches: list[tuple[torch.Tensor, torch.Tensor]], base_seed: int, o: Options
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A client's round: per step s, K loss differences at its current weights, then (FedAvg mode)
     a local optimizer step on the clipped estimate. Returns (end weights, S x K differences)."""
-    k, sigma = o["k"], o["sigma"]
-    local = LocalSteps(theta, o) if o["mode"] == "fedavg" else None
+    k, sigma = o.k, o.sigma
+    local = LocalSteps(theta, o) if o.mode == "fedavg" else None
     rows = []
     for s, (x, y) in enumerate(batches):
         seeds = [dir_seed(o, base_seed, s, j) for j in range(k)]
         if local is None:
-            rows.append(zo.loss_differences(f, theta, x, y, seeds, sigma, o["difference"]))
+            rows.append(zo.loss_differences(f, theta, x, y, seeds, sigma, o.difference))
             continue
         g = torch.zeros_like(theta)
-        rows.append(zo.loss_differences(f, local.w, x, y, seeds, sigma, o["difference"], accumulate=g))
-        local.step(zo.finish_estimate(g, k, sigma, o["clip"]))
+        rows.append(zo.loss_differences(f, local.w, x, y, seeds, sigma, o.difference, accumulate=g))
+        local.step(zo.finish_estimate(g, k, sigma, o.clip))
     return (theta if local is None else local.w), torch.stack(rows)
 
 
-def replay_trajectory(theta: torch.Tensor, diffs: torch.Tensor, base_seed: int, o: dict) -> torch.Tensor:
+def replay_trajectory(theta: torch.Tensor, diffs: torch.Tensor, base_seed: int, o: Options) -> torch.Tensor:
     """The server's (or a replica's) rebuild of :func:`local_trajectory`'s end weights from seeds + scalars."""
-    k, sigma = o["k"], o["sigma"]
+    k, sigma = o.k, o.sigma
     local = LocalSteps(theta, o)
     for s in range(diffs.shape[0]):
         seeds = [dir_seed(o, base_seed, s, j) for j in range(k)]
-        local.step(zo.reconstruct(diffs[s], seeds, theta.numel(), sigma, o["clip"]))
+        local.step(zo.reconstruct(diffs[s], seeds, theta.numel(), sigma, o.clip))
     return local.w
 
 
@@ -177,10 +175,10 @@ class ServerModel:
     FedAvg mode moves toward the average of the replayed client weights by ``server_lr``.
     """
 
-    def __init__(self, theta: torch.Tensor, o: dict, pool: baffle_pool.SeedPoolServer | None = None):
+    def __init__(self, theta: torch.Tensor, o: Options, pool: baffle_pool.SeedPoolServer | None = None):
         self.o = o
         self.theta = torch.nn.Parameter(theta.clone())
-        self.opt = flat_optimizer(self.theta, o["optimizer"], o["lr"], o, momentum=o["momentum"])
+        self.opt = flat_optimizer(self.theta, o.optimizer, o.lr, o, momentum=o.momentum)
         self.aggregator = Aggregator.from_section(o)
         self.pool = pool
 
@@ -191,16 +189,16 @@ class ServerModel:
         seeds, diffs = entry.seeds, entry.diffs
         ns = torch.tensor([float(c) for c in entry.counts])
         agg = self.aggregator
-        if o["mode"] == "fedavg":
+        if o.mode == "fedavg":
             ends = torch.stack([replay_trajectory(theta, diffs[j], seeds[j], o) for j in range(len(seeds))])
             avg = agg(ends, ns, reference=theta)
-            lr = o["server_lr"]
+            lr = o.server_lr
             norm = float((avg - theta).norm()) * lr
             theta.mul_(1.0 - lr).add_(avg, alpha=lr)
             return {"update_norm": norm}
         if self.pool is not None:
             return self._apply_pool(entry)
-        numel, k, sigma, clip = theta.numel(), o["k"], o["sigma"], o["clip"]
+        numel, k, sigma, clip = theta.numel(), o.k, o.sigma, o.clip
         dir_seeds = [[dir_seed(o, s, 0, j) for j in range(k)] for s in seeds]
         if entry.precombined:
             g = zo.reconstruct(diffs[0, 0], dir_seeds[0], numel, sigma, clip)
@@ -219,7 +217,7 @@ class ServerModel:
         each estimate computed from its rebuild), added to the pool's coefficients; the weights are
         then rebuilt from W_0 and the coefficients, exactly as every client rebuilds them."""
         o = self.o
-        k, sigma, clip, n = o["k"], o["sigma"], o["clip"], o["seed_pool"]
+        k, sigma, clip, n = o.k, o.sigma, o.clip, o.seed_pool
         numel = self.theta.numel()
         if entry.precombined:
             blocks = [(entry.seeds[0], entry.diffs[0, 0], 1.0)]
@@ -235,7 +233,7 @@ class ServerModel:
                 scale = clip / top if top > clip else 1.0
             for j, dj in enumerate(d.tolist()):
                 idx.append(baffle_pool.pool_index(base, 0, j, n))
-                vals.append(-o["lr"] * wj * scale * dj / (k * sigma))
+                vals.append(-o.lr * wj * scale * dj / (k * sigma))
         self.pool.add(idx, vals)
         new = self.pool.weights()
         norm = float((new - self.theta.data).norm())
@@ -253,7 +251,7 @@ class ServerModel:
         if flat.numel() == 0:
             return
         n = self.theta.numel()
-        if self.o["optimizer"] == "adam":
+        if self.o.optimizer == "adam":
             self.opt.state[self.theta] = {"step": torch.tensor(float(step)), "exp_avg": flat[:n].clone(), "exp_avg_sq": flat[n : 2 * n].clone()}
         else:
             self.opt.state[self.theta] = {"momentum_buffer": flat[:n].clone()}
@@ -286,21 +284,21 @@ class BaffleClient(ClientHalf):
         super().__init__(ctx)
         self.model = build_model_checked(ctx)
         self.o = _opts(ctx.cfg)
-        self.peft = self.o["peft"]
+        self.peft = self.o.peft
         # With a pretrained backbone only the trainable tensors travel; the frozen rest is built here.
         self.n_state = None if self.peft else flat_state(self.model).numel()
-        if self.peft or self.o["client_precision"] != "fp32":
+        if self.peft or self.o.client_precision != "fp32":
             self.f = baffle_peft.client_flat(self.model, ctx.cfg)
         else:
             self.f = zo.FlatModel(self.model)
         self.n_state = self.n_state or self.f.numel
         # the pool downlink rebuilds the weights from W_0, the seeded initial trainable tensors
-        self.theta0 = self.f.get() if self.o["downlink"] == "pool" else None
+        self.theta0 = self.f.get() if self.o.downlink == "pool" else None
         self.cached_head = baffle_peft.uses_cached_head(ctx.cfg)
         self._features: dict[int, torch.Tensor] = {}
 
     def downlink_specs(self, rnd):
-        pool = baffle_pool.downlink_specs(self.o["seed_pool"]) if self.o["downlink"] == "pool" else {}
+        pool = baffle_pool.downlink_specs(self.o.seed_pool) if self.o.downlink == "pool" else {}
         return {
             WeightsDown.KIND: Spec(WeightsDown, {"weights": TensorSpec("float32", (self.n_state,), max_abs=1e6)}, {"seed": ScalarSpec("int", 0, SEED_MAX)}),
             **replay_specs(self.n_state, self.f.numel),
@@ -321,7 +319,7 @@ class BaffleClient(ClientHalf):
         steps = steps_per_round(self.o)
         gen = lambda e: generator(self.ctx.seed, "baffle-batch", data.cid, e)  # noqa: E731
         x = self._inputs(data)
-        return [(x[i], data.y[i]) for i in pass_batches(len(data), self.o["batch_size"], (rnd - 1) * steps, steps, gen)]
+        return [(x[i], data.y[i]) for i in pass_batches(len(data), self.o.batch_size, (rnd - 1) * steps, steps, gen)]
 
     def _new_replica(self, theta: torch.Tensor, opt_state: torch.Tensor, opt_step: int) -> ServerModel:
         server = ServerModel(theta, self.o)
@@ -330,7 +328,7 @@ class BaffleClient(ClientHalf):
 
     def update(self, rnd, down, data: ClientData, state: dict) -> Payload:
         if isinstance(down, baffle_pool.PoolDown):
-            theta = baffle_pool.pool_catch_up(down, state, self.theta0, self.o["seed_pool"], self.o["pool_root"])
+            theta = baffle_pool.pool_catch_up(down, state, self.theta0, self.o.seed_pool, self.o.pool_root)
         elif isinstance(down, (WeightsDown, SyncDown)):
             if self.peft:
                 # the received subset is the unperturbed weights as is: no second copy (it is only read)
@@ -341,7 +339,7 @@ class BaffleClient(ClientHalf):
             if isinstance(down, SyncDown):
                 sync_state(down, theta, state)
         else:
-            theta = catch_up(down, state, self._new_replica, steps_per_round(self.o), self.o["k"])
+            theta = catch_up(down, state, self._new_replica, steps_per_round(self.o), self.o.k)
         _, diffs = local_trajectory(self.f, theta, self._batches(rnd, data), down.seed, self.o)
         return ScalarsUp(diffs, len(data))
 
@@ -409,6 +407,17 @@ class Baffle(Algorithm):
     }
 
     @classmethod
+    def work_warnings(cls, cfg):
+        """K perturbed forward passes per estimate, per client: say so when a round may take minutes."""
+        k = cfg["baffle.k"]
+        steps = cfg["baffle.local_steps"] if cfg["baffle.mode"] == "fedavg" else 1
+        per_client = (k + 1) * steps
+        clients = max(1, int(round(cfg["engine.fraction"] * cfg["clients"])))
+        if per_client * clients < 1_000_000:
+            return []
+        return [f"baffle.k={k:,}: about {per_client * clients:,} forward passes per round ({per_client:,} per client); rounds may take minutes (progress is shown per client)"]
+
+    @classmethod
     def validate(cls, cfg: Config) -> None:
         if cfg["model.norm"] == "batch" and not cfg["baffle.peft"]:
             raise ConfigError("config key 'model.norm': baffle cannot perturb BatchNorm statistics; use --set model.norm=group or model.norm=none")
@@ -426,13 +435,13 @@ class Baffle(Algorithm):
         self.o = _opts(self.cfg)
         self.global_model = build_model_checked(ctx)
         self.f = zo.FlatModel(self.global_model)
-        n = self.o["seed_pool"]
-        self.pool = baffle_pool.SeedPoolServer(self.f.get(), n, self.o["pool_root"]) if self.o["downlink"] == "pool" else None
+        n = self.o.seed_pool
+        self.pool = baffle_pool.SeedPoolServer(self.f.get(), n, self.o.pool_root) if self.o.downlink == "pool" else None
         self.server = ServerModel(self.f.get(), self.o, self.pool)
-        self.ema = self.server.theta.data.clone() if self.o["ema"] > 0 else None
+        self.ema = self.server.theta.data.clone() if self.o.ema > 0 else None
         self.ema_updates = 0
         self.through = 0
-        self.replay = ReplayLog(self.server.theta.numel()) if self.o["downlink"] == "replay" else None
+        self.replay = ReplayLog(self.server.theta.numel()) if self.o.downlink == "replay" else None
 
     def round_seed(self, rnd: int, cid: int) -> int:
         """The base seed of ``cid``'s directions. Shared directions exist only in FedSGD mode,
@@ -441,13 +450,13 @@ class Baffle(Algorithm):
         ``directions = shared-all`` (every client the same seeds per step: with a linear client
         optimizer the average of the replayed trajectories is then the replay of the averaged
         scalars, which is all secure aggregation reveals)."""
-        if self.o["directions"] == "shared-all" or (self.o["directions"] == "shared" and self.o["mode"] == "fedsgd"):
+        if self.o.directions == "shared-all" or (self.o.directions == "shared" and self.o.mode == "fedsgd"):
             return derive_seed(self.ctx.seed, "baffle-directions", rnd) % SEED_MAX
         return derive_seed(self.ctx.seed, "baffle-directions", rnd, cid) % SEED_MAX
 
     def _weights(self) -> torch.Tensor:
         """The downlink's weights: the trainable subset alone over a pretrained backbone, else the model's state."""
-        if self.o["peft"]:
+        if self.o.peft:
             return self.server.theta.data.clone()
         self.f.put(self.server.theta.data)
         return flat_state(self.global_model)
@@ -464,14 +473,14 @@ class Baffle(Algorithm):
         return {cid: self.replay.downlink(cid, SyncDown(w, opt_state, opt_step, self.through, self.round_seed(rnd, cid)), fp) for cid in client_ids}
 
     def uplink_specs(self, rnd, cid):
-        shape = (steps_per_round(self.o), self.o["k"])
+        shape = (steps_per_round(self.o), self.o.k)
         return {ScalarsUp.KIND: Spec(ScalarsUp, {"d": TensorSpec("float32", shape, max_abs=MAX_DIFF)}, {"num_samples": ScalarSpec("int", 1, MAX_SAMPLES)})}
 
     def aggregate(self, rnd, replies):
         cids = sorted(replies)
         diffs = torch.stack([replies[c].d for c in cids])
         counts = tuple(replies[c].num_samples for c in cids)
-        if self.o["mode"] == "fedsgd" and self.o["directions"] in ("shared", "shared-all"):
+        if self.o.mode == "fedsgd" and self.o.directions in ("shared", "shared-all"):
             ns = torch.tensor([float(c) for c in counts])
             d = self.server.aggregator(diffs[:, 0], ns)
             entry = RoundEntry((self.round_seed(rnd, cids[0]),), (1,), d.view(1, 1, -1).clone(), True)
@@ -483,7 +492,7 @@ class Baffle(Algorithm):
             # Warm-up (as torch_ema, which the paper's code uses): early on the average
             # follows the weights instead of staying near the random initialisation.
             n = self.ema_updates
-            decay = min(self.o["ema"], (1 + n) / (10 + n))
+            decay = min(self.o.ema, (1 + n) / (10 + n))
             self.ema.mul_(decay).add_(self.server.theta.data, alpha=1 - decay)
             self.ema_updates += 1
         if self.replay is not None:
@@ -529,10 +538,10 @@ class Baffle(Algorithm):
             self.pool.load_state_dict(state["pool"])
 
     def summary_extra(self):
-        passes = self.o["k"] + 1 if self.o["difference"] == "forward" else 2 * self.o["k"]
-        out = {"baffle_k": self.o["k"], "forward_passes_per_estimate": passes, "estimates_per_round": steps_per_round(self.o)}
+        passes = self.o.k + 1 if self.o.difference == "forward" else 2 * self.o.k
+        out = {"baffle_k": self.o.k, "forward_passes_per_estimate": passes, "estimates_per_round": steps_per_round(self.o)}
         out.update(trainable_parameters=self.f.numel, total_parameters=sum(p.numel() for p in self.global_model.parameters()))
-        out.update(client_precision=self.o["client_precision"], seed_pool=self.o["seed_pool"])
-        if self.o["peft"]:
+        out.update(client_precision=self.o.client_precision, seed_pool=self.o.seed_pool)
+        if self.o.peft:
             out["method"] = self.cfg["fedpeft.method"]
         return out

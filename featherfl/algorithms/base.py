@@ -183,6 +183,18 @@ class Algorithm(ABC):
     def validate(cls, cfg: Config) -> None:
         """Raise ConfigError for combinations this method cannot run."""
 
+    @classmethod
+    def memory_needs(cls, cfg: Config, input_shape: tuple, num_classes: int) -> list[tuple[int, str]]:
+        """What this method will allocate that the config sizes, estimated before it allocates it:
+        ``(bytes, the settings that size it)`` pairs; a run that needs more than the machine has is
+        refused with that line (``featherfl.checks``). Nothing by default."""
+        return []
+
+    @classmethod
+    def work_warnings(cls, cfg: Config) -> list[str]:
+        """Lines warning that the config makes a round's client work unusually large. None by default."""
+        return []
+
     #: How the server finishes a round from the sum of its uploads alone (secure aggregation): a
     #: ``featherfl.algorithms.summation.Summation`` subclass, or None when it needs each reply.
     summation: ClassVar[type | None] = None

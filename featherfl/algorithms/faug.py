@@ -180,13 +180,13 @@ class FAugClient(ClientWrapper):
 
     def _targets(self, data: ClientData) -> tuple[torch.Tensor, list[int]]:
         counts = label_counts(data.y, data.num_classes)
-        return counts, find_target_labels(counts, self.opts["threshold"])
+        return counts, find_target_labels(counts, self.opts.threshold)
 
     def _seeds(self, data: ClientData, state: dict) -> SeedsUp:
         counts, targets = self._targets(data)
         gen = generator(self.ctx.seed, "faug-seeds", data.cid)
-        redundant = choose_redundant(counts, targets, self.opts["redundant_labels"], gen)
-        k = self.opts["seeds_per_label"]
+        redundant = choose_redundant(counts, targets, self.opts.redundant_labels, gen)
+        k = self.opts.seeds_per_label
         picks, labels = [], []
         for c in sorted(targets + redundant):
             idx = torch.nonzero(data.y == c).flatten()
@@ -243,7 +243,7 @@ class FAug(Wrapper):
     def setup_uplink_specs(self, rnd, cid):
         L = self.ctx.num_classes
         if self.phase == "seeds":
-            most = L * self.opts["seeds_per_label"]
+            most = L * self.opts.seeds_per_label
             return {
                 SeedsUp.KIND: Spec(
                     SeedsUp,
@@ -276,7 +276,7 @@ class FAug(Wrapper):
         """Pool the seeds (dropping replies whose labels do not match their pixels or exceed the
         per-label cap), train the cGAN, and move on to the generator download."""
         xs, ys, bad = [], [], 0
-        k = self.opts["seeds_per_label"]
+        k = self.opts.seeds_per_label
         for cid in sorted(replies):
             r = replies[cid]
             y = torch.tensor(r.labels, dtype=torch.int64)
@@ -350,6 +350,6 @@ class FAug(Wrapper):
 
         g = build_generator(self.ctx, self.opts)
         load_flat_state(g, self.weights)
-        per_label = self.opts["grid_per_label"]
+        per_label = self.opts.grid_per_label
         x, y = sample_generator(g, {lab: per_label for lab in self.labels}, generator(self.ctx.seed, "faug-grid"))
         write_sample_grid(from_pixels(x), y, self.ctx.num_classes, per_label, Path(run_dir) / "faug_samples.png")

@@ -192,21 +192,21 @@ class FDClient(ClientHalf):
         gen = generator(self.ctx.seed, "fd-client", rnd, data.cid)
         sums, counts = torch.zeros(L, L, device=dev), torch.zeros(L, dtype=torch.int64, device=dev)
         model.train()
-        for _, idx in zip(range(o["local_steps"]), step_batches(len(y), o["batch_size"], gen)):
+        for _, idx in zip(range(o.local_steps), step_batches(len(y), o.batch_size, gen)):
             opt.zero_grad(set_to_none=True)
             logits = model(x[idx])
-            distillation_loss(logits, y[idx], teacher, has_teacher, o["gamma"], o["temperature"]).backward()
+            distillation_loss(logits, y[idx], teacher, has_teacher, o.gamma, o.temperature).backward()
             opt.step()
-            accumulate(sums, counts, F.softmax(logits.detach() / o["temperature"], 1), y[idx])
+            accumulate(sums, counts, F.softmax(logits.detach() / o.temperature, 1), y[idx])
         state["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return self._upload(rnd, data.cid, sums.cpu(), counts.cpu())
 
     def _upload(self, rnd: int, cid: int, sums: torch.Tensor, counts: torch.Tensor) -> LogitsUp:
         o = self.opts
         means = label_means(sums, counts)
-        if o["logit_noise"] > 0:
+        if o.logit_noise > 0:
             noise = torch.randn(means.shape, generator=generator(self.ctx.seed, "fd-noise", rnd, cid))
-            means = clip_rows(means, o["noise_clip"])[0] + noise_std(o["logit_noise"], o["noise_clip"], self.ctx.num_classes) * noise
+            means = clip_rows(means, o.noise_clip)[0] + noise_std(o.logit_noise, o.noise_clip, self.ctx.num_classes) * noise
         return LogitsUp(means.float(), counts.clamp(max=MAX_COUNT).to(torch.int32))
 
     def can_update_many(self) -> bool:
@@ -236,9 +236,9 @@ class FDClient(ClientHalf):
             start = {k: p.detach().clone() for k, p in model.named_parameters()}
             runs.append(vectorized.ClientRun(start, data[cid].x, data[cid].y, generator(self.ctx.seed, "fd-client", rnd, cid)))
             teachers.append(self._teacher(downs[cid], torch.device("cpu")))
-            n, bs = len(data[cid]), o["batch_size"]
+            n, bs = len(data[cid]), o.batch_size
             n_batches = 1 if bs <= 0 else -(-n // bs)  # as ``batches`` splits an epoch
-            epochs.append(-(-o["local_steps"] // n_batches))
+            epochs.append(-(-o.local_steps // n_batches))
         # several batched calls when one would need too much memory (vectorized.client_groups)
         finals: list = [None] * len(cids)
         sums: list = [None] * len(cids)
@@ -264,10 +264,10 @@ class FDClient(ClientHalf):
     def _train_group(self, model, runs, teachers, epochs) -> tuple[list, list, list]:
         """One batched call over ``runs``: (final tensors, per-label output sums, counts) per device."""
         o = self.opts
-        L, T = self.ctx.num_classes, o["temperature"]
+        L, T = self.ctx.num_classes, o.temperature
         teacher = torch.stack([t for t, _ in teachers])  # (C, L, L)
         has = torch.stack([h for _, h in teachers]).to(teacher.dtype)  # (C, L): 1 where label l has a teacher
-        gamma = float(o["gamma"])
+        gamma = float(o.gamma)
         C = len(runs)
         rows = torch.arange(C).unsqueeze(1)
 
@@ -291,7 +291,7 @@ class FDClient(ClientHalf):
             counts.add_(torch.bincount(slot, minlength=C * L))
 
         finals, _ = vectorized.train_clients(
-            model, runs, o, 1, o["batch_size"], o["local_steps"], loss_fn=loss_fn, observe=observe, epochs_per_client=epochs
+            model, runs, o, 1, o.batch_size, o.local_steps, loss_fn=loss_fn, observe=observe, epochs_per_client=epochs
         )
         return finals, list(sums.view(C, L, L)), list(counts.view(C, L))
 
@@ -403,6 +403,11 @@ class FD(Algorithm):
         "fd.noise_delta": Field("float", 1e-5, "delta of the reported (epsilon, delta) when logit_noise > 0.", min=0.0, max=1.0, min_exclusive=True),
         **aggregation_fields("fd", weighted=False),
     }
+
+    @classmethod
+    def memory_needs(cls, cfg, input_shape, num_classes):
+        """An L x L logit table per client (sums, counts and the teacher), held by the server."""
+        return [(cfg["clients"] * num_classes * num_classes * 4 * 3, f"fd with {num_classes:,} classes and {cfg['clients']:,} clients (an L x L logit table per client)")]
 
     @classmethod
     def validate(cls, cfg) -> None:

@@ -74,7 +74,7 @@ class WeightsClient(ClientHalf):
         load_flat_state(self.model, down.weights)
         opt = make_optimizer(self.model.parameters(), self.opts)
         gen = generator(self.ctx.seed, "fedavg-client", rnd, data.cid)
-        train_epochs(self.model, data.x, data.y, opt, self.opts["local_epochs"], self.opts["batch_size"], gen, self.opts["max_steps"])
+        train_epochs(self.model, data.x, data.y, opt, self.opts.local_epochs, self.opts.batch_size, gen, self.opts.max_steps)
         return WeightsUp(flat_state(self.model), len(data))
 
     def can_update_many(self) -> bool:
@@ -96,7 +96,7 @@ class WeightsClient(ClientHalf):
         finals: list = [None] * len(runs)
         params = sum(p.numel() for p in self.model.parameters())
         for group in vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel()):
-            done, _ = vectorized.train_clients(self.model, [runs[i] for i in group], self.opts, self.opts["local_epochs"], self.opts["batch_size"], self.opts["max_steps"])
+            done, _ = vectorized.train_clients(self.model, [runs[i] for i in group], self.opts, self.opts.local_epochs, self.opts.batch_size, self.opts.max_steps)
             for i, f in zip(group, done):
                 finals[i] = f
         out: dict[int, Payload] = {}
@@ -162,7 +162,7 @@ class FedAvg(GlobalModelServer):
         old = flat_state(self.global_model)
         sec = self.cfg.section("fedavg")
         avg = self.aggregator(stack, ns, reference=old)
-        new = old + sec["server_lr"] * (avg - old)
+        new = old + sec.server_lr * (avg - old)
         load_flat_state(self.global_model, new)
         return {"update_norm": float((new - old).norm())}
 
@@ -179,7 +179,7 @@ class GradientClient(WeightsClient):
         load_flat_state(self.model, down.weights)
         self.model.train()
         self.model.zero_grad(set_to_none=True)
-        bs = self.opts["batch_size"]
+        bs = self.opts.batch_size
         if bs and bs < len(data):
             idx = torch.randperm(len(data), generator=generator(self.ctx.seed, "fedsgd-client", rnd, data.cid))[:bs]
             x, y = data.x[idx], data.y[idx]

@@ -51,7 +51,7 @@ def build_peft_model(ctx: Context) -> tuple[torch.nn.Module, list[str], str]:
         model, label = _vision_backbone(ctx)
     opts = cfg.section("fedpeft")
     try:
-        names = apply_method(model, opts["method"], opts, derive_seed(seed, "peft-modules"))
+        names = apply_method(model, opts.method, opts, derive_seed(seed, "peft-modules"))
     except ValueError as e:
         raise ConfigError(f"fedpeft.method={opts['method']}: {e}") from None
     return model, names, label
@@ -98,7 +98,7 @@ class _PeftShared:
         self.model, self.names, self.backbone = build_peft_model(ctx)
         self.model.to(ctx.device)
         self.params = dict(self.model.named_parameters())
-        self.Down, self.Up = make_payloads(self.names, self.opts["dp"] == "sample")
+        self.Down, self.Up = make_payloads(self.names, self.opts.dp == "sample")
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: self.params[n].detach().cpu().clone() for n in self.names}
@@ -140,15 +140,15 @@ class PeftClient(ClientHalf, _PeftShared):
         o = self.opts
         gen = generator(self.ctx.seed, "fedpeft-client", rnd, data.cid)
         extra = {}
-        if o["dp"] == "sample":
+        if o.dp == "sample":
             extra["epsilon"] = self._dp_sgd(rnd, data, state, gen)
-        elif o["method"] == "head" and o["cache_features"]:
+        elif o.method == "head" and o.cache_features:
             feats = self.features(data)
             opt = make_optimizer(self.model.head.parameters(), o)
-            train_epochs(self.model.head, feats, data.y, opt, o["local_epochs"], o["batch_size"], gen, o["max_steps"])
+            train_epochs(self.model.head, feats, data.y, opt, o.local_epochs, o.batch_size, gen, o.max_steps)
         else:
             opt = make_optimizer(self.model.parameters(), o)
-            train_epochs(self.model, data.x, data.y, opt, o["local_epochs"], o["batch_size"], gen, o["max_steps"])
+            train_epochs(self.model, data.x, data.y, opt, o.local_epochs, o.batch_size, gen, o.max_steps)
         return self.Up(**{field_name(n): t for n, t in self.trainable().items()}, num_samples=len(data), **extra)
 
     @torch.no_grad()
@@ -165,10 +165,10 @@ class PeftClient(ClientHalf, _PeftShared):
 
     def _steps_per_round(self, n: int) -> tuple[int, float]:
         o = self.opts
-        bs = o["batch_size"] or n
-        steps = o["local_epochs"] * math.ceil(n / bs)
-        if o["max_steps"]:
-            steps = min(steps, o["max_steps"])
+        bs = o.batch_size or n
+        steps = o.local_epochs * math.ceil(n / bs)
+        if o.max_steps:
+            steps = min(steps, o.max_steps)
         return steps, min(1.0, bs / n)
 
     def _dp_sgd(self, rnd: int, data: ClientData, state: dict, gen: torch.Generator) -> float:
@@ -178,18 +178,18 @@ class PeftClient(ClientHalf, _PeftShared):
 
         o = self.opts
         steps, q = self._steps_per_round(len(data))
-        noise = o["dp_noise"]
-        if o["dp_target_epsilon"] > 0:
+        noise = o.dp_noise
+        if o.dp_target_epsilon > 0:
             if data.cid not in self._noise:
-                self._noise[data.cid] = noise_for_epsilon(o["dp_target_epsilon"], o["dp_delta"], q, steps * self.ctx.cfg["rounds"])
+                self._noise[data.cid] = noise_for_epsilon(o.dp_target_epsilon, o.dp_delta, q, steps * self.ctx.cfg["rounds"])
             noise = self._noise[data.cid]
         opt = make_optimizer(self.model.parameters(), o)
         dev = model_device(self.model)
-        dp_sgd_epochs(self.model, self.names, data.x.to(dev), data.y.to(dev), opt, steps, q, o["dp_clip"], noise, gen)
+        dp_sgd_epochs(self.model, self.names, data.x.to(dev), data.y.to(dev), opt, steps, q, o.dp_clip, noise, gen)
         state["dp_steps"] = int(state.get("dp_steps", 0)) + steps
         state["dp_rate"] = q
         state["dp_noise"] = noise
-        return epsilon([(noise, q, state["dp_steps"])], o["dp_delta"])
+        return epsilon([(noise, q, state["dp_steps"])], o.dp_delta)
 
 
 class PeftMean(WeightedMean):
@@ -201,7 +201,7 @@ class PeftMean(WeightedMean):
 
     def __init__(self, ctx, name: str, server=None):
         super().__init__(ctx, name, server)
-        self.dp_client = self.opts["dp"] == "client"
+        self.dp_client = self.opts.dp == "client"
 
     def summand(self, rnd, reply, down, state):
         if not self.dp_client:
@@ -209,7 +209,7 @@ class PeftMean(WeightedMean):
         v = self.update_vector(reply, down)
         clear = [float(reply.epsilon)] if hasattr(reply, "epsilon") else []
         norm = float(v.norm())
-        clip = self.opts["dp_clip"]
+        clip = self.opts.dp_clip
         if norm > clip:
             v = v * (clip / norm)
         return np.concatenate([v.numpy(), [1.0, 1.0 if norm > clip else 0.0]]), clear
@@ -218,7 +218,7 @@ class PeftMean(WeightedMean):
         return self.update_dim(rnd, cid) + (2 if self.dp_client else 1)
 
     def clear_len(self):
-        return 1 if self.opts["dp"] == "sample" else 0
+        return 1 if self.opts.dp == "sample" else 0
 
     def finish(self, rnd, total, clear, participants):
         if self.dp_client:
@@ -276,14 +276,14 @@ class FedPEFT(Algorithm, _PeftShared):
 
     def _server_noise(self) -> float:
         o = self.opts
-        if o["dp"] != "client":
+        if o.dp != "client":
             return 0.0
-        if o["dp_target_epsilon"] > 0:
+        if o.dp_target_epsilon > 0:
             from featherfl.privacy.accountant import noise_for_epsilon
 
             q = self._expected_clients() / self.ctx.num_clients
-            return noise_for_epsilon(o["dp_target_epsilon"], o["dp_delta"], q, self.cfg["rounds"])
-        return o["dp_noise"]
+            return noise_for_epsilon(o.dp_target_epsilon, o.dp_delta, q, self.cfg["rounds"])
+        return o.dp_noise
 
     def configure(self, rnd, client_ids):
         down = self.Down(**{field_name(n): t for n, t in self.trainable().items()})
@@ -291,7 +291,7 @@ class FedPEFT(Algorithm, _PeftShared):
 
     def uplink_specs(self, rnd, cid):
         scalars = {"num_samples": ScalarSpec("int", 1, MAX_SAMPLES)}
-        if self.opts["dp"] == "sample":
+        if self.opts.dp == "sample":
             scalars["epsilon"] = ScalarSpec("float", 0.0, 1e9)
         return {self.Up.KIND: Spec(self.Up, self.tensor_specs(), scalars)}
 
@@ -301,18 +301,18 @@ class FedPEFT(Algorithm, _PeftShared):
         old = self.flat()
         stack = torch.stack([torch.cat([getattr(replies[c], field_name(n)).reshape(-1) for n in self.names]) for c in cids])
         metrics: dict = {}
-        if o["dp"] == "client":
+        if o.dp == "client":
             from featherfl.privacy.client_level import dp_fedavg_update
 
-            step, metrics = dp_fedavg_update(stack - old, o["dp_clip"], self.server_noise, self._expected_clients(), generator(self.ctx.seed, "dp-server", rnd))
+            step, metrics = dp_fedavg_update(stack - old, o.dp_clip, self.server_noise, self._expected_clients(), generator(self.ctx.seed, "dp-server", rnd))
             self.dp_rounds += 1
         else:
             ns = torch.tensor([float(replies[c].num_samples) for c in cids])
             step = self.aggregator(stack, ns, reference=old) - old
-        if o["dp"] == "sample":
+        if o.dp == "sample":
             for c in cids:
                 self.client_eps[c] = max(self.client_eps.get(c, 0.0), float(replies[c].epsilon))
-        new = old + o["server_lr"] * step
+        new = old + o.server_lr * step
         self.load_flat(new)
         metrics["update_norm"] = float((new - old).norm())
         eps = self.epsilon()
@@ -325,12 +325,12 @@ class FedPEFT(Algorithm, _PeftShared):
         o = self.opts
         n = total.shape[0] - 2
         expected = self._expected_clients()
-        std = self.server_noise * o["dp_clip"] / expected
+        std = self.server_noise * o.dp_clip / expected
         parts = split(total[:n], next(iter(self.uplink_specs(rnd, participants[0]).values())))
         summed = torch.cat([parts[field_name(name)].reshape(-1) for name in self.names]).to(torch.float32)
         noisy = summed / expected + std * torch.randn(summed.shape, generator=generator(self.ctx.seed, "dp-server", rnd))
         old = self.flat()
-        new = old + o["server_lr"] * noisy
+        new = old + o.server_lr * noisy
         self.load_flat(new)
         self.dp_rounds += 1
         out = {"dp_clipped_fraction": float(total[n + 1]) / max(1, len(participants)), "update_norm": float((new - old).norm())}
@@ -342,13 +342,13 @@ class FedPEFT(Algorithm, _PeftShared):
     def epsilon(self) -> float | None:
         """The run's guarantee so far: the largest client epsilon (sample) or the server accountant's (client)."""
         o = self.opts
-        if o["dp"] == "sample":
+        if o.dp == "sample":
             return max(self.client_eps.values(), default=0.0)
-        if o["dp"] == "client":
+        if o.dp == "client":
             from featherfl.privacy.accountant import epsilon
 
             q = self._expected_clients() / self.ctx.num_clients
-            return epsilon([(self.server_noise, q, self.dp_rounds)], o["dp_delta"])
+            return epsilon([(self.server_noise, q, self.dp_rounds)], o.dp_delta)
         return None
 
     def evaluate(self, x, y):
@@ -373,16 +373,16 @@ class FedPEFT(Algorithm, _PeftShared):
         n = sum(self.params[k].numel() for k in self.names)
         out = {
             "model": "hf-encoder" if is_text(self.cfg) else "vit-tiny",
-            "method": self.opts["method"],
+            "method": self.opts.method,
             "backbone": self.backbone,
             "trainable_parameters": n,
             "trainable_tensors": len(self.names),
             "total_parameters": total,
             "trainable_share": n / total,
-            "dp": self.opts["dp"],
+            "dp": self.opts.dp,
         }
-        if self.opts["dp"] != "none":
-            out.update({"dp_epsilon": self.epsilon(), "dp_delta": self.opts["dp_delta"], "dp_clip": self.opts["dp_clip"]})
-            if self.opts["dp"] == "client":
+        if self.opts.dp != "none":
+            out.update({"dp_epsilon": self.epsilon(), "dp_delta": self.opts.dp_delta, "dp_clip": self.opts.dp_clip})
+            if self.opts.dp == "client":
                 out["dp_noise_multiplier"] = self.server_noise
         return out

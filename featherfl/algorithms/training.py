@@ -21,11 +21,19 @@ def optimizer_fields(section: str, lr: float, optimizer: str = "sgd", momentum: 
     }
 
 
-def make_optimizer(params: Iterable[torch.Tensor], opts: dict) -> torch.optim.Optimizer:
+def torch_optimizer(params: Iterable[torch.Tensor], kind: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """The one place an optimizer is made for a model's (or a flat) parameters: torch.optim's SGD
+    or Adam. (The batched path steps many clients' stacked tensors at once with the same update
+    rules, keeping finished clients' rows as they are: ``vectorized._Optimizer``.)"""
     params = [p for p in params if p.requires_grad]
-    if opts["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
-    return torch.optim.SGD(params, lr=opts["lr"], momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def make_optimizer(params: Iterable[torch.Tensor], opts) -> torch.optim.Optimizer:
+    """The optimizer a method's section configures (``optimizer_fields``)."""
+    return torch_optimizer(params, opts["optimizer"], opts["lr"], opts["momentum"], opts["weight_decay"])
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:

@@ -163,7 +163,7 @@ class Engine(ABC):
         seed = cfg["seed"]
         sampled = sample_clients(seed, rnd, len(self.client_data), cfg["engine.fraction"])
         stats = RoundStats(rnd, clients_sampled=len(sampled))
-        stats.metrics.update(self._run_setup(rnd))
+        stats.metrics.update(self._round_exchanges(rnd, "setup", list(range(len(self.client_data)))))
         stats.metrics.update(self._round_exchanges(rnd, "before", sampled))
         downs = self.algorithm.configure(rnd, sampled)
         jobs: dict[int, bytes] = {}
@@ -216,10 +216,22 @@ class Engine(ABC):
             self.ledger.record(rnd, "down", cid, n, category)
 
     def _round_exchanges(self, rnd: int, stage: str, client_ids: list[int]) -> dict:
-        """The algorithm's extra exchanges of ``stage`` (``Algorithm.round_configure``)."""
+        """The exchanges of one stage of a round, all through one loop: ``setup`` (the one-time
+        exchanges of ``Algorithm.setup_configure``: every client, no simulated dropout) and the
+        method's extra exchanges ``before``/``after`` training (``Algorithm.round_configure``).
+        Each stage runs until the algorithm has nothing more to send (at most MAX_SETUP_EXCHANGES);
+        replies take the one accepting path (``_accept``) and are counted in this round's ledger."""
+        a = self.algorithm
+        if stage == "setup":
+            configure, specs, finish, p, prefix = a.setup_configure, a.setup_uplink_specs, a.setup_aggregate, 0.0, "setup"
+        else:
+            configure = lambda r, ids: a.round_configure(r, stage, ids)  # noqa: E731
+            specs = lambda r, c: a.round_uplink_specs(r, stage, c)  # noqa: E731
+            finish = lambda r, replies: a.round_aggregate(r, stage, replies)  # noqa: E731
+            p, prefix = a.round_dropout(rnd, stage), f"{stage}_exchange"
         metrics: dict = {}
         for i in range(MAX_SETUP_EXCHANGES):
-            downs = self.algorithm.round_configure(rnd, stage, client_ids)
+            downs = configure(rnd, client_ids)
             if not downs:
                 break
             jobs: dict[int, bytes] = {}
@@ -227,18 +239,17 @@ class Engine(ABC):
                 data = wire.encode(payload, rnd, self.run_id)
                 self._record_down(rnd, cid, data, payload)
                 jobs[cid] = data
-            p = self.algorithm.round_dropout(rnd, stage)
             gone = dropped_clients(derive_seed(self.cfg["seed"], "round-exchange", stage, i), rnd, sorted(jobs), p) if p > 0 else set()
             dropped: Counter = Counter()
             rejected: Counter = Counter()
             outcomes = self._execute(rnd, {c: b for c, b in jobs.items() if c not in gone})
-            replies = self._accept(rnd, outcomes, lambda r, c: self.algorithm.round_uplink_specs(r, stage, c), dropped, rejected)
+            replies = self._accept(rnd, outcomes, specs, dropped, rejected)
             lost = sum(dropped.values()) + len(gone) + sum(1 for c in jobs if c not in outcomes and c not in gone)
             if lost:
-                metrics[f"{stage}_exchange_dropped"] = metrics.get(f"{stage}_exchange_dropped", 0) + lost
+                metrics[f"{prefix}_dropped"] = metrics.get(f"{prefix}_dropped", 0) + lost
             if rejected:
-                metrics[f"{stage}_exchange_rejected"] = metrics.get(f"{stage}_exchange_rejected", 0) + sum(rejected.values())
-            metrics.update(self.algorithm.round_aggregate(rnd, stage, replies))
+                metrics[f"{prefix}_rejected"] = metrics.get(f"{prefix}_rejected", 0) + sum(rejected.values())
+            metrics.update(finish(rnd, replies))
         return metrics
 
     def _accept(self, rnd: int, outcomes: dict[int, ClientOutcome], specs_for, dropped: Counter, rejected: Counter) -> dict[int, wire.Payload]:
@@ -283,33 +294,6 @@ class Engine(ABC):
             self.ledger.record(rnd, "up", cid, size, payload.CATEGORY)
             replies[cid] = payload
         return replies
-
-    def _run_setup(self, rnd: int) -> dict:
-        """Run the one-time exchanges the algorithm asks for (``Algorithm.setup_configure``).
-
-        Every client takes part (no sampling or simulated dropout); replies are validated and
-        counted in this round's ledger like any other payload.
-        """
-        metrics: dict = {}
-        everyone = list(range(len(self.client_data)))
-        for _ in range(MAX_SETUP_EXCHANGES):
-            downs = self.algorithm.setup_configure(rnd, everyone)
-            if not downs:
-                break
-            jobs: dict[int, bytes] = {}
-            for cid, payload in downs.items():
-                data = wire.encode(payload, rnd, self.run_id)
-                self._record_down(rnd, cid, data, payload)
-                jobs[cid] = data
-            dropped: Counter = Counter()
-            rejected: Counter = Counter()
-            replies = self._accept(rnd, self._execute(rnd, jobs), self.algorithm.setup_uplink_specs, dropped, rejected)
-            if dropped:
-                metrics["setup_dropped"] = metrics.get("setup_dropped", 0) + sum(dropped.values())
-            if rejected:
-                metrics["setup_rejected"] = metrics.get("setup_rejected", 0) + sum(rejected.values())
-            metrics.update(self.algorithm.setup_aggregate(rnd, replies))
-        return metrics
 
 
 def _size(data) -> int:

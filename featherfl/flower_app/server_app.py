@@ -41,7 +41,7 @@ def main(grid: Grid, context: Context) -> None:
     from logging import INFO
 
     from featherfl.engines.flower_engine import bind
-    from featherfl.experiment import Experiment, default_run_dir, prepare
+    from featherfl.experiment import default_run_dir, prepare, run_experiment
 
     rc = dict(context.run_config)
     log(INFO, "featherfl: ServerApp started; reading the config, loading the data and building the model")
@@ -51,7 +51,7 @@ def main(grid: Grid, context: Context) -> None:
     out = (Path(str(rc.get("out") or "")) if rc.get("out") else default_run_dir(cfg)).resolve()
     log(INFO, "featherfl: %s on %s, %s rounds, %s clients -> %s", cfg["algorithm"], cfg["dataset"], cfg["rounds"], cfg["clients"], out)
     with bind(grid, node_wait=float(rc.get("node-wait", 60.0)), reply_timeout=float(rc.get("reply-timeout", 300.0))):
-        summary = Experiment(prepared, out, progress=False).run()
+        _, summary = run_experiment(cfg, out, prepared=prepared)
     acc = summary.get("final_accuracy")
     mb = (summary["bytes_up"] + summary["bytes_down"]) / 1e6
     log(INFO, "featherfl: %s rounds, accuracy %s, %.3f MB total -> %s", summary["rounds_completed"], acc, mb, out)

@@ -84,12 +84,11 @@ def settings(data_dir: Path, quick: bool) -> list[tuple[str, object]]:
 
 
 def run(out: Path, quick: bool, data_dir: Path, quiet: bool) -> list[Row]:
-    from featherfl.experiment import Experiment, prepare
+    from featherfl.experiment import prepare, run_experiment
 
     cfg = build_config(overrides=settings(data_dir, quick))
     prepared = prepare(cfg)
-    folder = Path(out) / "baffle"
-    summary = Experiment(prepared, folder, progress=not quiet).run()
+    folder, summary = run_experiment(cfg, Path(out) / "baffle", progress=not quiet, prepared=prepared)
     n_train, n_test = len(prepared.dataset.train_y), len(prepared.dataset.test_y)
     per_pass = -(-n_train // cfg["clients"] // cfg["baffle.batch_size"])
     epochs = summary["rounds_completed"] / per_pass

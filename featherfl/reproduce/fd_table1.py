@@ -91,7 +91,7 @@ def check(data_dir: Path) -> None:
 
 
 def run(out: Path, quick: bool, data_dir: Path, quiet: bool, options: dict) -> list[Row]:
-    from featherfl.experiment import Experiment, prepare
+    from featherfl.experiment import run_experiment
 
     devices = [2] if quick else options["devices"]
     steps, iterations = (3, 2) if quick else (options["local_steps"], options["iterations"])
@@ -105,7 +105,7 @@ def run(out: Path, quick: bool, data_dir: Path, quiet: bool, options: dict) -> l
             # its own method's keys.
             cfg = build_config(base=dict(items[:-own]), overrides=items[-own:])
             folder = Path(out) / f"{method.replace('+', '-').lower()}-M{m}"
-            Experiment(prepare(cfg), folder, progress=not quiet).run()
+            run_experiment(cfg, folder, progress=not quiet)
             rows.append(row(folder, method, m, quick))
     return rows
 

@@ -196,11 +196,10 @@ def settings(dataset: str, method: str, dp: bool, data_dir: Path | str, quick: b
 
 
 def _one(folder: Path, cfg_items, quiet: bool) -> tuple[dict, int]:
-    from featherfl.experiment import Experiment, prepare
+    from featherfl.experiment import run_experiment
 
     cfg = build_config(overrides=cfg_items)
-    prepared = prepare(cfg)
-    summary = Experiment(prepared, folder, progress=not quiet).run()
+    _, summary = run_experiment(cfg, folder, progress=not quiet)
     return summary, cfg["clients"]
 
 

@@ -31,12 +31,12 @@ class ProxClient(ClientHalf):
         opt = make_optimizer(self.model.parameters(), self.opts)
         gen = generator(self.ctx.seed, "fedprox-client", rnd, data.cid)
         self.model.train()
-        for _ in range(self.opts["local_epochs"]):
-            for idx in batches(len(data), self.opts["batch_size"], gen):
+        for _ in range(self.opts.local_epochs):
+            for idx in batches(len(data), self.opts.batch_size, gen):
                 opt.zero_grad()
                 loss = F.cross_entropy(self.model(data.x[idx]), data.y[idx])
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(self.model.parameters(), anchor))
-                (loss + self.opts["mu"] / 2 * prox).backward()
+                (loss + self.opts.mu / 2 * prox).backward()
                 opt.step()
         return WeightsUp(flat_state(self.model), len(data))
 
