@@ -75,13 +75,21 @@ def choose_lr(name: str, sets: list, base: list, key: str, grid: tuple, data: tu
     import featherfl
 
     scores = {}
+    book = workdir / "validation" / "scores.json"  # earlier validation scores of the same settings in --workdir: reused
+    known = json.loads(book.read_text()) if book.is_file() else {}
     for lr in grid:
         cfg = {k: v for k, v in [*base, ("name", f"{name} validation"), *sets, (key, lr)] if k not in ("dataset", "data.dir")}
-        out = workdir / "validation" / f"{_slug(name)}-lr{lr:g}"
-        r = featherfl.run(cfg, out=out, dataset=data, overwrite=True)
-        # a rate that diverges (the run fails: every reply out of range) scores as untrainable, it is not an error
-        scores[lr] = r.final_accuracy if r.status == "completed" and r.final_accuracy is not None else None
-        print(f"  validation {name:26s} {key}={lr:g}: {'diverged' if scores[lr] is None else f'{scores[lr]:.4f}'} ({r.status})", file=sys.stderr, flush=True)
+        ident = json.dumps([base, sets, key, lr, [len(t) for t in data]], default=str)
+        if ident in known:
+            scores[lr], status = known[ident], "reused"
+        else:
+            out = workdir / "validation" / f"{_slug(name)}-lr{lr:g}"
+            r = featherfl.run(cfg, out=out, dataset=data, overwrite=True)
+            # a rate that diverges (the run fails: every reply out of range) scores as untrainable, it is not an error
+            scores[lr], status = (r.final_accuracy if r.status == "completed" and r.final_accuracy is not None else None), r.status
+            known[ident] = scores[lr]
+            book.write_text(json.dumps(known, indent=1))
+        print(f"  validation {name:26s} {key}={lr:g}: {'diverged' if scores[lr] is None else f'{scores[lr]:.4f}'} ({status})", file=sys.stderr, flush=True)
     finite = {x: a for x, a in scores.items() if a is not None}
     if not finite:
         raise SystemExit(f"validation: no rate of {grid} trains {name}")
