@@ -56,7 +56,7 @@ def _parser(help_requested: bool = True) -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="table and plots for one run folder")
     rp.add_argument("run_dir", help="a run folder (written by featherfl run)")
     rp.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text", help="output format (default text)")
-    c = sub.add_parser("compare", help="one table and one accuracy-vs-MB plot across runs")
+    c = sub.add_parser("compare", help="one table and one accuracy-vs-MB plot across runs, with the accuracy-per-byte frontier (runs on it marked)")
     c.add_argument("run_dirs", nargs="+", help="run folders (a demo folder's runs are its sub-folders)")
     c.add_argument("--out", help="plot path (default accuracy_vs_megabytes.png)")
     c.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text", help="output format (default text)")

@@ -77,7 +77,7 @@ CORE_SCHEMA: dict[str, Field] = {
     "model.activation": _f("str", "relu", "Activation function.", choices=("relu", "hardswish", "tanh", "gelu", "leaky_relu")),
     "model.width": _f("int", 0, "Width multiplier / hidden size; 0 = the model's default.", min=0, max=100_000),
     "model.init": _f("str", "", "Path of a checkpoint (.pt state dict or .safetensors) to start from."),
-    "model.pretrained": _f("str", "", "Pretrained backbone: a local folder or a hub name (FedPEFT)."),
+    "model.pretrained": _f("str", "", "Pretrained backbone: a local folder or a hub name (FedPEFT); featherfl:vit-tiny-mnist is the ViT shipped in the package, pretrained on MNIST for 1 x 8 x 8 inputs (the digits)."),
     "data.dir": _f("str", "", "Folder holding the original published data files (mnist, fashion-mnist, cifar10, sst2, agnews), or your own data (imagefolder, npz, csv, hf: docs/own-data.md)."),
     "data.test_fraction": _f("float", 0.2, "Test share when the source has no test split.", min=0.0, max=0.9, min_exclusive=True),
     "data.max_train": _f("int", 0, "Cap on training samples (0 = all); a stratified subset.", min=0),

@@ -177,13 +177,64 @@ def _draw(run_dir: Path, summary: dict, metrics: list[dict]) -> list[Path]:
     return out
 
 
-COLUMNS = ["run", "algorithm", "dataset", "status", "rounds", "final_acc", "best_acc", "MB_up/client", "MB_down/client", "bytes_vs_fedavg", "client_compute", "wall_s"]
+COLUMNS = ["run", "algorithm", "dataset", "status", "rounds", "final_acc", "best_acc", "MB_up/client", "MB_down/client", "bytes_vs_fedavg", "frontier", "client_compute", "wall_s"]
+
+
+FRONTIER_NOTE = "frontier yes: some evaluated round of the run is on the accuracy-per-byte frontier (no run reached as much accuracy within as few MB per client, up + down)"
+
+
+def frontier(points: list[tuple]) -> list[tuple]:
+    """The accuracy-per-byte frontier of ``points`` = ``(megabytes, accuracy, ...)``: the points no
+    other point beats (none reaches at least their accuracy with fewer bytes, nor more accuracy
+    with as few), sorted by bytes; their accuracy rises strictly, so read as a staircase they give
+    the best accuracy reachable within any byte budget. Of exact duplicates the first is kept."""
+    out, best = [], None
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):  # stable: input order among exact ties
+        if best is None or p[1] > best:
+            out.append(p)
+            best = p[1]
+    return out
+
+
+def run_points(summary: dict, metrics: list[dict]) -> list[tuple[float, float]]:
+    """A run's evaluated rounds as (cumulative MB per client, up + down; accuracy): the axes of the compare plot."""
+    n = summary.get("clients") or 1  # an incomplete run without config.toml: totals, not per client
+    return [((r["cumulative_bytes_up"] + r["cumulative_bytes_down"]) / n / 1e6, r["accuracy"]) for r in metrics if r.get("accuracy") is not None]
+
+
+#: Method families of the compare plot, each one colour: what crosses the network decides the family.
+FAMILY_COLOURS = {
+    "full model": "tab:blue",
+    "compressed update": "tab:green",
+    "forward-only (BAFFLE)": "tab:orange",
+    "PEFT subset": "tab:purple",
+    "distillation (FD)": "tab:brown",
+    "other": "tab:gray",
+}
+
+
+def family(summary: dict) -> str:
+    """The method family a run belongs to, from its summary: a compressed upload beats the
+    algorithm's own name (FedAvg top-k is a compressed update, not a full model)."""
+    algo = summary.get("algorithm")
+    if summary.get("compress") and summary.get("compress") != "none":
+        return "compressed update"
+    if algo in ("fedavg", "fedsgd"):
+        return "full model"
+    if algo == "fedpeft":
+        return "PEFT subset"
+    if algo == "baffle":
+        return "PEFT subset" if summary.get("trainable_parameters") and summary.get("trainable_parameters") < summary.get("total_parameters", 0) else "forward-only (BAFFLE)"
+    if algo == "fd":
+        return "distillation (FD)"
+    return "other"
 
 
 def table_rows(run_dirs: list[Path]) -> list[dict]:
-    rows = []
-    for d in run_dirs:
+    rows, points = [], []
+    for i, d in enumerate(run_dirs):
         s, m = load_run(d)
+        points += [(x, y, i) for x, y in run_points(s, m)]
         clients = s.get("clients")
         # figures from metrics.jsonl, the per-round record, never from summary.json's copies
         up = sum(r["bytes_up"] for r in m)
@@ -202,11 +253,14 @@ def table_rows(run_dirs: list[Path]) -> list[dict]:
                 "MB_up/client": up / clients / 1e6 if clients else None,
                 "MB_down/client": down / clients / 1e6 if clients else None,
                 "bytes_vs_fedavg": None,
+                "frontier": False,
                 "client_compute": s.get("client_compute"),
                 "wall_s": s.get("wall_seconds"),
                 "_total": up + down,
             }
         )
+    for _, _, i in frontier(points):
+        rows[i]["frontier"] = True
     base = next((r for r in rows if r["algorithm"] == "fedavg"), None)
     for r in rows:
         if base and base["_total"]:
@@ -217,6 +271,8 @@ def table_rows(run_dirs: list[Path]) -> list[dict]:
 def _fmt(v) -> str:
     if v is None:
         return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "-"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 1 else f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
@@ -282,7 +338,7 @@ def compare(run_dirs: list[Path], out_png: Path | None = None, fmt: str = "text"
     plot_compare(run_dirs, out_png)
     text = format_table(rows, fmt)
     if fmt == "text":
-        text += f"\n\nplot: {out_png}"
+        text += f"\n\n{FRONTIER_NOTE}\nplot: {out_png}"
     return text
 
 
@@ -302,19 +358,31 @@ def check_plot_path(out_png: Path) -> None:
 
 
 def plot_compare(run_dirs: list[Path], out_png: Path) -> Path:
+    """Accuracy against MB per client (log x) for every run, coloured by method family, with the
+    accuracy-per-byte frontier over all the runs' evaluated rounds drawn as a staircase."""
+    from itertools import cycle
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles: dict[str, cycle] = {}
+    every = []
     for d in run_dirs:
         s, m = load_run(d)
-        pts = [r for r in m if r.get("accuracy") is not None]
-        n = s.get("clients") or 1  # an incomplete run without config.toml: totals, not per client
-        xs = [(r["cumulative_bytes_up"] + r["cumulative_bytes_down"]) / n / 1e6 for r in pts]
-        ax.plot(xs, [r["accuracy"] for r in pts], marker=".", label=s.get("label", s.get("algorithm", Path(d).name)))
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("MB per client (up + down, cumulative)")
+        pts = run_points(s, m)
+        every += pts
+        fam = family(s)
+        style = next(styles.setdefault(fam, cycle([("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ("-", "v")])))
+        ax.plot([x for x, _ in pts], [y for _, y in pts], ls=style[0], marker=style[1], ms=3, lw=1.2, color=FAMILY_COLOURS[fam], label=f"{s.get('label', Path(d).name)} ({fam})")
+    edge = frontier([p for p in every if p[0] > 0])  # a log axis has no zero
+    if edge:
+        xs = [x for x, _ in edge] + [max(x for x, _ in every)]
+        ys = [y for _, y in edge] + [edge[-1][1]]
+        ax.step(xs, ys, where="post", color="black", lw=2.5, alpha=0.3, zorder=0, label="frontier: best accuracy within the MB")
+    ax.set_xscale("log")
+    ax.set_xlabel("MB per client (up + down, cumulative; log)")
     ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

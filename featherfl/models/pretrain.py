@@ -117,13 +117,16 @@ def save_backbone(net: torch.nn.Module, meta: dict, path: Path) -> Path:
 
 
 def load_backbone(path: str | Path, num_classes: int, input_shape: tuple[int, ...], key: str = "model.pretrained") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the backbone from a checkpoint written by :func:`save_backbone`; the head is new (seed-initialised by the caller's RNG)."""
+    """Rebuild the backbone from a checkpoint written by :func:`save_backbone` (or a shipped one,
+    ``featherfl:<name>``, checked against its SHA-256); the head is new (seed-initialised by the caller's RNG)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     from featherfl.models.vit import ViT
 
-    p = Path(path).expanduser()
+    from featherfl.models.shipped import is_shipped, shipped_path
+
+    p = shipped_path(str(path), key) if is_shipped(path) else Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"config key '{key}': no backbone checkpoint at {p} (make one with `featherfl pretrain --out {p}`)")
     try:
