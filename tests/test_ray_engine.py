@@ -92,11 +92,11 @@ def test_failing_client_is_dropped_not_fatal(tmp_path):
     """A client whose update raises is counted as dropped ("error"); the round still aggregates."""
     cfg = build_config(overrides=SMALL + [("engine.name", "ray")])
     p = prepare(cfg)
-    x = p.client_data[1].x
-    p.client_data[1].x = x.reshape(len(x), -1)[:, :5]  # inputs the model cannot take: its forward raises
+    data = list(p.client_data)  # the population gathers a client's rows on demand: change a copy
+    data[1].x = data[1].x.reshape(len(data[1].x), -1)[:, :5]  # inputs the model cannot take: its forward raises
     from featherfl import wire
 
-    eng = RayEngine(cfg, p.algorithm, p.client_data, wire.Ledger(), p.ctx.run_id)
+    eng = RayEngine(cfg, p.algorithm, data, wire.Ledger(), p.ctx.run_id)
     try:
         stats = eng.run_round(1)
     finally:

@@ -14,7 +14,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from featherfl.secagg import crypto, protocol, simulate
+from featherfl.secagg import crypto, protocol
+from support import secagg_simulate as simulate
 
 P = crypto.FIELD_PRIME
 
