@@ -24,7 +24,7 @@ LOG_CONFIG: dict[str, Field] = {
     "log.tensorboard": Field("bool", False, "Also write every round's metrics as TensorBoard event files in <run folder>/tensorboard (needs the log extra)."),
     "log.mlflow_uri": Field("str", "", "Also log params and every round's metrics to MLflow at this tracking URI (http://... or file:/path); '' = off (needs the log extra)."),
     "log.mlflow_experiment": Field("str", "featherfl", "MLflow experiment name."),
-    "log.plots": Field("bool", True, "Draw the run's two plots (plots/accuracy_vs_round.png, accuracy_vs_mb.png) when it ends: about 0.1 s; `featherfl report RUN` draws them later."),
+    "log.plots": Field("bool", True, "Draw the run's two plots (plots/accuracy_vs_round.png, accuracy_vs_mb.png) when it ends: about 1 s more per run on a 2-core machine, mostly importing matplotlib (a 2-round digits run with and without, three alternating pairs: +0.7 to +1.4 s); `featherfl report RUN` draws them later."),
 }
 
 MLFLOW_RUN_FILE = "mlflow_run_id"
