@@ -110,7 +110,7 @@ def table(results: dict, methods: list[str]) -> str:
 
 
 def goals(results: dict, methods: list[str]) -> str:
-    """The issue's goals per method, checked against the measured cells (final and median-of-last-3 accuracy)."""
+    """The goals per method, checked against the measured cells (final and median-of-last-3 accuracy)."""
     lines = ["| method | 30% dropout vs clean (goal >= -2 pt) | robust rule under attack vs clean (goal >= -3 pt): worst / best | plain mean under attack vs clean |", "|---|---|---|---|"]
     for m in methods:
         clean = results.get(f"{m}|clean|mean")

@@ -114,7 +114,7 @@ def test_uplink_is_exactly_the_trainable_tensors_by_name_and_bytes(backbone, tmp
 
 
 def test_bias_uplink_is_at_most_two_percent_of_full(tmp_path):
-    """The issue's acceptance criterion, on the default-size vit-tiny."""
+    """The acceptance criterion, on the default-size vit-tiny."""
     from featherfl.data.sources import load_dataset
 
     ds = load_dataset(build_config())
