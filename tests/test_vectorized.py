@@ -139,8 +139,8 @@ def test_client_groups_respect_the_memory_budget():
 
 def test_fedavg_round_split_by_the_memory_budget_equals_one_batched_call(tmp_path, monkeypatch):
     calls = []
-    real = V.train_clients
-    monkeypatch.setattr(V, "train_clients", lambda model, runs, *a, **k: calls.append(len(runs)) or real(model, runs, *a, **k))
+    real = V.train_clients_stacked
+    monkeypatch.setattr(V, "train_clients_stacked", lambda model, runs, *a, **k: calls.append(len(runs)) or real(model, runs, *a, **k))
     s_one, r_one = _run(tmp_path / "one", "auto")
     assert set(calls) == {6}
     calls.clear()

@@ -22,7 +22,7 @@ from featherfl.algorithms import vectorized
 from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
 from featherfl.config import Field
 from featherfl.devices import model_device
-from featherfl.models import flat_state, load_flat_state
+from featherfl.models import flat_state, load_flat_state, state_tensors
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
 MAX_SAMPLES = 10**9
@@ -95,23 +95,42 @@ class WeightsClient(ClientHalf):
                 starts[id(down)] = {k: p.detach().clone() for k, p in self.model.named_parameters()}
             x, y = data[cid].x, data[cid].y
             runs.append(vectorized.ClientRun(starts[id(down)], x, y, generator(self.ctx.seed, "fedavg-client", rnd, cid)))
-        finals: list = [None] * len(runs)
+        rows = torch.empty(len(runs), self.n)  # each client's uplink vector (flat_state's layout)
         params = sum(p.numel() for p in self.model.parameters())
+        # float32 state throughout: the trained rows are, bit for bit, what flat_state of the trained model gives
+        stacked = all(t.dtype == torch.float32 for _, t in state_tensors(self.model))
+        finals: list = [None] * len(runs)
         for group in vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel()):
-            done, _ = vectorized.train_clients(self.model, [runs[i] for i in group], self.opts, self.opts.local_epochs, self.opts.batch_size, self.opts.max_steps)
-            for i, f in zip(group, done):
-                finals[i] = f
+            flat, _ = vectorized.train_clients_stacked(self.model, [runs[i] for i in group], self.opts, self.opts.local_epochs, self.opts.batch_size, self.opts.max_steps)
+            if stacked:  # flat_state puts the parameters first, in this order: its rows are the uplink's head
+                rows[group, :params] = flat
+            else:
+                finals_of = _per_client(self.model, flat)
+                for i, f in zip(group, finals_of):
+                    finals[i] = f
         out: dict[int, Payload] = {}
         loaded = None
-        for (cid, down), final, run in zip(downs.items(), finals, runs):
+        for i, ((cid, down), run) in enumerate(zip(downs.items(), runs)):
+            if stacked:
+                if params < self.n:  # the buffers (not trained) come from the client's downlink
+                    rows[i, params:] = down.weights[params:]
+                out[cid] = WeightsUp(rows[i], len(run.y))
+                continue
             if down is not loaded:  # the buffers (not trained) come from the client's downlink
                 load_flat_state(self.model, down.weights)
                 loaded = down
             with torch.no_grad():
                 for k, p in self.model.named_parameters():
-                    p.copy_(final[k])
+                    p.copy_(finals[i][k])
             out[cid] = WeightsUp(flat_state(self.model), len(run.y))
         return out
+
+
+def _per_client(model, flat: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Rows of ``train_clients_stacked``'s result as each client's parameter tensors, in the model's dtypes."""
+    named = list(model.named_parameters())
+    parts = flat.split([p.numel() for _, p in named], dim=1)
+    return [{k: part[c].view_as(p).to(p.dtype) for (k, p), part in zip(named, parts)} for c in range(flat.shape[0])]
 
 
 class GlobalModelServer(Algorithm):

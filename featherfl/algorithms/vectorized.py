@@ -110,6 +110,9 @@ class _Optimizer:
         self.eps = float(opts.get("eps", 1e-8))
         self.state: dict[str, dict[str, torch.Tensor]] = {k: {} for k in params}
         self.t = 0
+        #: names of the parameters this optimiser may update in place (tensors its caller owns and
+        #: hands back each step); others get a new tensor per step
+        self.owned: set[str] = set()
 
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step for every client; clients with ``active`` False keep parameters and state."""
@@ -139,14 +142,55 @@ class _Optimizer:
             else:
                 if self.momentum:
                     buf = st.get("buf")
-                    buf2 = g if buf is None else buf * self.momentum + g
-                    st["buf"] = buf2 if buf is None else _keep(mask, buf2, buf)
+                    if buf is None:
+                        st["buf"] = g
+                    elif mask is None:
+                        st["buf"] = buf.mul_(self.momentum).add_(g)  # in place: the same two roundings as buf * m + g
+                    else:
+                        st["buf"] = _keep(mask, buf * self.momentum + g, buf)
                     g = st["buf"]
-                new[k] = _keep(mask, p - self.lr * g, p)
+                if mask is None and k in self.owned:
+                    # in place, through one scratch buffer reused every step: the same two roundings as
+                    # p - lr * g, without allocating two (clients x entries) tensors per step
+                    scratch = st.get("scratch")
+                    if scratch is None or scratch.shape != g.shape:
+                        scratch = st["scratch"] = torch.empty_like(g)
+                    new[k] = p.sub_(torch.mul(g, self.lr, out=scratch))
+                else:
+                    new[k] = _keep(mask, p - self.lr * g, p)
         return new
 
 
-def train_clients(
+def _step_indices(schedules: list[list[torch.Tensor]], T: int, C: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every step's batch indices (steps x clients x B, padded with 0) and the mask of the entries
+    that are real samples, from the clients' schedules, with a handful of tensor operations
+    rather than one small copy per (step, client)."""
+    idx = torch.zeros(T * C * B, dtype=torch.long)
+    mask = torch.zeros(T * C * B)
+    batches_ = [b for s in schedules for b in s]
+    if batches_:
+        lengths = torch.tensor([b.shape[0] for b in batches_])
+        slot = torch.tensor([(t * C + c) * B for c, s in enumerate(schedules) for t in range(len(s))])
+        firsts = torch.cumsum(lengths, 0) - lengths  # where each batch starts in the concatenation
+        within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(firsts, lengths)
+        where = torch.repeat_interleave(slot, lengths) + within
+        idx[where] = torch.cat(batches_).long()
+        mask[where] = 1.0
+    return idx.view(T, C, B), mask.view(T, C, B)
+
+
+def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors stacked along a new first axis, each zero-padded along its first axis to the longest."""
+    n = max(t.shape[0] for t in tensors)
+    if all(t.shape[0] == n and t.dtype == tensors[0].dtype for t in tensors):
+        return torch.stack(tensors)
+    out = torch.zeros((len(tensors), n) + tuple(tensors[0].shape[1:]), dtype=tensors[0].dtype)
+    for c, t in enumerate(tensors):
+        out[c, : t.shape[0]] = t
+    return out
+
+
+def train_clients_stacked(
     model: nn.Module,
     runs: list[ClientRun],
     opts: dict,
@@ -156,8 +200,10 @@ def train_clients(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
     epochs_per_client: list[int] | None = None,
-) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
-    """Train every client in ``runs`` from its ``start`` tensors; return (final tensors, metrics) per client.
+) -> tuple[torch.Tensor, list[dict]]:
+    """Train every client in ``runs`` from its ``start`` tensors; return the final tensors as one
+    float32 (clients x trainable entries) tensor, each row the client's ``start`` tensors
+    flattened and concatenated in their order, and the metrics per client.
 
     ``model`` supplies the architecture and every tensor not in ``start`` (frozen
     parameters and buffers, shared by all clients). ``loss_fn(logits, y)`` takes every
@@ -172,14 +218,20 @@ def train_clients(
     schedules = _schedules(runs, epochs, batch_size, max_steps, epochs_per_client)
     n_steps = [len(s) for s in schedules]
     T = max(n_steps)
-    B = max((len(b) for s in schedules for b in s), default=1)
+    B = max((b.shape[0] for s in schedules for b in s), default=1)
     C = len(runs)
     fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in runs[0].start}
     shapes = [runs[0].start[k].shape for k in names]
     sizes = [int(torch.Size(sh).numel()) for sh in shapes]
-    # one (clients x all trainable entries) tensor: the optimiser's update is a handful of ops
-    flat = torch.stack([torch.cat([r.start[k].detach().reshape(-1).float() for k in names]) for r in runs])
+    # one (clients x all trainable entries) tensor: the optimiser's update is a handful of ops;
+    # clients that start from the same tensors (one global model) share one flattening
+    starts: dict[int, torch.Tensor] = {}
+    for r in runs:
+        if id(r.start) not in starts:
+            starts[id(r.start)] = torch.cat([r.start[k].detach().reshape(-1).float() for k in names])
+    flat = torch.stack([starts[id(r.start)] for r in runs])
     opt = _Optimizer({"flat": flat}, opts)
+    opt.owned.add("flat")  # made here, never seen by the caller until the end: stepped in place
     totals = torch.zeros(C, dtype=torch.float64)
     rows = torch.arange(C).view(C, 1)
 
@@ -206,21 +258,11 @@ def train_clients(
             (g,) = torch.autograd.grad(loss.sum(), [leaf])
         return g, loss.detach(), logits.detach()
 
-    # every step's batch indices, padded to B, and its mask, built once
-    idx = torch.zeros(T, C, B, dtype=torch.long)
-    mask = torch.zeros(T, C, B)
-    for c, s in enumerate(schedules):
-        for t, b in enumerate(s):
-            idx[t, c, : len(b)] = b
-            mask[t, c, : len(b)] = 1.0
-    active = torch.tensor([[t < n for n in n_steps] for t in range(T)])
+    idx, mask = _step_indices(schedules, T, C, B)
+    active = torch.arange(T).view(T, 1) < torch.tensor(n_steps).view(1, C)
     # all clients' data in one padded tensor, so a step's batch is one gather
-    n_max = max(len(r.y) for r in runs)
-    x_all = torch.zeros((C, n_max) + tuple(runs[0].x.shape[1:]), dtype=runs[0].x.dtype)
-    y_all = torch.zeros((C, n_max), dtype=runs[0].y.dtype)
-    for c, r in enumerate(runs):
-        x_all[c, : len(r.y)] = r.x
-        y_all[c, : len(r.y)] = r.y
+    x_all = _padded([r.x for r in runs])
+    y_all = _padded([r.y for r in runs])
     was = model.training
     model.train()
     try:
@@ -233,8 +275,28 @@ def train_clients(
             totals += torch.where(active[t], loss.detach().double(), torch.zeros((), dtype=torch.float64))
     finally:
         model.train(was)
-    final = unflatten(flat)
-    finals = [{k: final[k][c].clone().to(runs[c].start[k].dtype) for k in names} for c in range(C)]
     metrics = [{"train_loss": float(totals[c]) / max(n_steps[c], 1), "steps": n_steps[c]} for c in range(C)]
+    return flat, metrics
+
+
+def train_clients(
+    model: nn.Module,
+    runs: list[ClientRun],
+    opts: dict,
+    epochs: int,
+    batch_size: int,
+    max_steps: int = 0,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    epochs_per_client: list[int] | None = None,
+) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
+    """Train every client in ``runs`` from its ``start`` tensors; return (final tensors, metrics) per client.
+    Arguments as :func:`train_clients_stacked`; each client's tensors are its own copies, in
+    the dtypes it started from."""
+    flat, metrics = train_clients_stacked(model, runs, opts, epochs, batch_size, max_steps, loss_fn, observe, epochs_per_client)
+    names = list(runs[0].start)
+    shapes = [runs[0].start[k].shape for k in names]
+    parts = flat.split([int(torch.Size(sh).numel()) for sh in shapes], dim=1)
+    finals = [{k: part[c].view(sh).clone().to(runs[c].start[k].dtype) for k, sh, part in zip(names, shapes, parts)} for c in range(len(runs))]
     return finals, metrics
 
