@@ -110,8 +110,8 @@ class _Optimizer:
         self.eps = float(opts.get("eps", 1e-8))
         self.state: dict[str, dict[str, torch.Tensor]] = {k: {} for k in params}
         self.t = 0
-        #: names of the parameters this optimiser may update in place (tensors its caller owns and
-        #: hands back each step); others get a new tensor per step
+        #: names of the parameters this optimiser updates in place (tensors its caller owns and hands
+        #: back each step, e.g. views into one buffer); others get a new tensor per step
         self.owned: set[str] = set()
 
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -154,10 +154,12 @@ class _Optimizer:
                     # p - lr * g, without allocating two (clients x entries) tensors per step
                     scratch = st.get("scratch")
                     if scratch is None or scratch.shape != g.shape:
-                        scratch = st["scratch"] = torch.empty_like(g)
+                        scratch = st["scratch"] = torch.empty_like(p, memory_format=torch.contiguous_format)
                     new[k] = p.sub_(torch.mul(g, self.lr, out=scratch))
-                else:
-                    new[k] = _keep(mask, p - self.lr * g, p)
+                    continue
+                new[k] = _keep(mask, p - self.lr * g, p)
+            if k in self.owned:
+                new[k] = p.copy_(new[k])
         return new
 
 
@@ -225,13 +227,19 @@ def train_clients_stacked(
     sizes = [int(torch.Size(sh).numel()) for sh in shapes]
     # one (clients x all trainable entries) tensor: the optimiser's update is a handful of ops;
     # clients that start from the same tensors (one global model) share one flattening
+    def unflatten(f: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: part.view((f.shape[0],) + tuple(sh)) for k, sh, part in zip(names, shapes, f.split(sizes, dim=1))}
+
     starts: dict[int, torch.Tensor] = {}
     for r in runs:
         if id(r.start) not in starts:
             starts[id(r.start)] = torch.cat([r.start[k].detach().reshape(-1).float() for k in names])
     flat = torch.stack([starts[id(r.start)] for r in runs])
-    opt = _Optimizer({"flat": flat}, opts)
-    opt.owned.add("flat")  # made here, never seen by the caller until the end: stepped in place
+    # each trainable tensor, client-stacked, as a view into ``flat``: the gradients come back per
+    # tensor (no copy into one flat gradient) and the optimiser updates ``flat`` through the views
+    params = unflatten(flat)
+    opt = _Optimizer(params, opts)
+    opt.owned.update(names)  # made here, never seen by the caller until the end: stepped in place
     totals = torch.zeros(C, dtype=torch.float64)
     rows = torch.arange(C).view(C, 1)
 
@@ -240,23 +248,20 @@ def train_clients_stacked(
 
     batched_forward = vmap(forward)
 
-    def unflatten(f: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: part.view((f.shape[0],) + tuple(sh)) for k, sh, part in zip(names, shapes, f.split(sizes, dim=1))}
-
-    def step(f, xb, yb, mb):
+    def step(p, xb, yb, mb):
         """Per-client gradients of per-client mean losses, from one batched forward and backward:
         the clients' losses are independent, so the gradient of their sum w.r.t. client c's
-        row of ``f`` is client c's own gradient."""
-        leaf = f.detach().requires_grad_(True)
+        slice of a stacked tensor is client c's own gradient."""
+        leaves = {k: v.detach().requires_grad_(True) for k, v in p.items()}
         with torch.enable_grad():
-            logits = batched_forward(unflatten(leaf), xb)
+            logits = batched_forward(leaves, xb)
             if loss_fn is None:
                 per = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
             else:
                 per = loss_fn(logits, yb)
             loss = (per * mb).sum(1) / mb.sum(1).clamp_min(1.0)
-            (g,) = torch.autograd.grad(loss.sum(), [leaf])
-        return g, loss.detach(), logits.detach()
+            grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+        return dict(zip(leaves, grads)), loss.detach(), logits.detach()
 
     idx, mask = _step_indices(schedules, T, C, B)
     active = torch.arange(T).view(T, 1) < torch.tensor(n_steps).view(1, C)
@@ -268,10 +273,10 @@ def train_clients_stacked(
     try:
         for t in range(T):
             yb = y_all[rows, idx[t]]
-            g, loss, logits = step(flat, x_all[rows, idx[t]], yb, mask[t])
+            g, loss, logits = step(params, x_all[rows, idx[t]], yb, mask[t])
             if observe is not None:
                 observe(logits, yb, mask[t] * active[t].to(mask.dtype).unsqueeze(1))
-            flat = opt.step({"flat": flat}, {"flat": g}, active[t])["flat"]
+            opt.step(params, g, active[t])
             totals += torch.where(active[t], loss.detach().double(), torch.zeros((), dtype=torch.float64))
     finally:
         model.train(was)
