@@ -315,3 +315,28 @@ def test_the_fast_tensor_writer_makes_safetensors_torch_bytes_for_every_wire_dty
     assert wire._blob(tensors) == st_save(tensors)  # with bfloat16: the torch writer
     back = st_load(wire._blob(no_bf16))
     assert all(torch.equal(back[k], v) for k, v in no_bf16.items())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_one_magnitude_reduction_finds_every_nan_and_infinity(dtype):
+    """decode checks finiteness and the bound on |x| with one reduction (the largest |x|): a NaN or
+    infinity anywhere, in any dtype and at any position of a long vector, must still be rejected
+    as non-finite; with ``finite=False`` an infinity is out of range and a NaN passes, as before."""
+    n = 1037
+    dt = wire._DTYPES[dtype]
+
+    def spec(**ts):
+        return {Vec.KIND: wire.Spec(Vec, {"w": wire.TensorSpec(dtype, (n,), **ts)})}
+
+    assert wire.decode(wire.encode(Vec(torch.randn(n).to(dt))), spec(max_abs=100.0)).w.dtype == dt
+    for pos in (0, 1, 7, 8, 15, 16, 500, n - 2, n - 1):
+        for v in (float("nan"), float("inf"), float("-inf")):
+            w = torch.randn(n).to(dt)
+            w[pos] = v
+            data = wire.encode(Vec(w))
+            assert _reason(data, spec())[0] == "non-finite"
+            assert _reason(data, spec(max_abs=100.0))[0] == "non-finite"
+            if v != v:
+                assert wire.decode(data, spec(finite=False, max_abs=100.0)).w.isnan().any()
+            else:
+                assert _reason(data, spec(finite=False, max_abs=100.0)) == ("out-of-range", "w: |x| > 100")
