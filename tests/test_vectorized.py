@@ -85,6 +85,33 @@ def test_frozen_tensors_stay_shared_and_fixed():
         assert all(torch.allclose(dict(m.named_parameters())[k], finals[i][k], atol=5e-5) for k in heads)
 
 
+class _Tied(nn.Module):
+    """One weight used twice (tied), as text models tie embeddings to their output layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.b(torch.relu(self.a(x.flatten(1))))))
+
+
+def test_tied_tensors_train_as_one():
+    """The one tensor under two names gets the gradient of both uses, as in the sequential loop."""
+    torch.manual_seed(5)
+    model = _Tied()
+    assert V._has_tied_tensors(model) and not V._has_tied_tensors(build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0))
+    data = _clients([24, 40], (1, 4, 4), seed=6)
+    seq = _sequential(model, data, SGD, 2, 8, 0)
+    vec, _ = _vectorised(model, data, SGD, 2, 8, 0)
+    for s, v in zip(seq, vec):
+        assert set(s) == set(v) and "b.weight" not in v
+        assert all(torch.allclose(s[k], v[k], atol=1e-5) for k in s)
+
+
 def test_models_with_batchnorm_or_dropout_are_not_vectorised():
     assert V.supports(build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0))
     assert not V.supports(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))

@@ -151,10 +151,12 @@ class _Optimizer:
                     g = st["buf"]
                 if mask is None and k in self.owned:
                     # in place, through one scratch buffer reused every step: the same two roundings as
-                    # p - lr * g, without allocating two (clients x entries) tensors per step
+                    # p - lr * g, without allocating two (clients x entries) tensors per step. The
+                    # scratch takes the gradient's layout (a weight's gradient comes back transposed),
+                    # so only the subtraction reads across the grain
                     scratch = st.get("scratch")
-                    if scratch is None or scratch.shape != g.shape:
-                        scratch = st["scratch"] = torch.empty_like(p, memory_format=torch.contiguous_format)
+                    if scratch is None or scratch.shape != g.shape or scratch.stride() != g.stride():
+                        scratch = st["scratch"] = torch.empty_like(g)
                     new[k] = p.sub_(torch.mul(g, self.lr, out=scratch))
                     continue
                 new[k] = _keep(mask, p - self.lr * g, p)
@@ -179,6 +181,16 @@ def _step_indices(schedules: list[list[torch.Tensor]], T: int, C: int, B: int) -
         idx[where] = torch.cat(batches_).long()
         mask[where] = 1.0
     return idx.view(T, C, B), mask.view(T, C, B)
+
+
+def _has_tied_tensors(model: nn.Module) -> bool:
+    """Whether one tensor appears under two names among the model's parameters and buffers."""
+    seen: set[int] = set()
+    for _, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        if id(t) in seen:
+            return True
+        seen.add(id(t))
+    return False
 
 
 def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -243,12 +255,15 @@ def train_clients_stacked(
     totals = torch.zeros(C, dtype=torch.float64)
     rows = torch.arange(C).view(C, 1)
 
+    # a model without tied tensors (one tensor under two names) needs no untying on every call
+    tied = _has_tied_tensors(model)
+
     def forward(p, xb):
-        return functional_call(model, {**fixed, **p}, (xb,))
+        return functional_call(model, {**fixed, **p}, (xb,), tie_weights=tied)
 
     batched_forward = vmap(forward)
 
-    def step(p, xb, yb, mb):
+    def step(p, xb, yb, mb, denom, full):
         """Per-client gradients of per-client mean losses, from one batched forward and backward:
         the clients' losses are independent, so the gradient of their sum w.r.t. client c's
         slice of a stacked tensor is client c's own gradient."""
@@ -259,7 +274,8 @@ def train_clients_stacked(
                 per = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
             else:
                 per = loss_fn(logits, yb)
-            loss = (per * mb).sum(1) / mb.sum(1).clamp_min(1.0)
+            # x * 1 is x exactly: a step without padding needs no mask product
+            loss = (per if full else per * mb).sum(1) / denom
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads)), loss.detach(), logits.detach()
 
@@ -268,18 +284,30 @@ def train_clients_stacked(
     # all clients' data in one padded tensor, so a step's batch is one gather
     x_all = _padded([r.x for r in runs])
     y_all = _padded([r.y for r in runs])
+    # steps' batches gathered a block at a time (about one epoch of the largest client: no more
+    # memory than x_all); each step's count of real samples and whether it has padding
+    block = max(1, x_all.shape[1] // max(B, 1))
+    denoms = mask.sum(2).clamp_min(1.0)
+    full = mask.flatten(1).all(1).tolist()
+    losses = []
     was = model.training
     model.train()
     try:
         for t in range(T):
-            yb = y_all[rows, idx[t]]
-            g, loss, logits = step(params, x_all[rows, idx[t]], yb, mask[t])
+            if t % block == 0:
+                x_steps = x_all[rows, idx[t : t + block]]
+                y_steps = y_all[rows, idx[t : t + block]]
+            yb = y_steps[t % block]
+            g, loss, logits = step(params, x_steps[t % block], yb, mask[t], denoms[t], full[t])
             if observe is not None:
                 observe(logits, yb, mask[t] * active[t].to(mask.dtype).unsqueeze(1))
             opt.step(params, g, active[t])
-            totals += torch.where(active[t], loss.detach().double(), torch.zeros((), dtype=torch.float64))
+            losses.append(loss)
     finally:
         model.train(was)
+    zero = torch.zeros((), dtype=torch.float64)
+    for t, loss in enumerate(losses):
+        totals += torch.where(active[t], loss.double(), zero)
     metrics = [{"train_loss": float(totals[c]) / max(n_steps[c], 1), "steps": n_steps[c]} for c in range(C)]
     return flat, metrics
 
