@@ -112,6 +112,49 @@ def test_tied_tensors_train_as_one():
         assert all(torch.allclose(s[k], v[k], atol=1e-5) for k in s)
 
 
+def _train_all(model, data, opts=SGD):
+    finals, _ = _vectorised(model, data, opts, 2, 8, 0)
+    return finals
+
+
+def test_plain_mlp_forward_without_vmap_is_bit_for_bit_vmaps(monkeypatch):
+    """A Sequential of Flatten / Linear / ReLU runs its batched forward as the operations vmap
+    issues, without vmap: the trained tensors must be the very bits the vmap path gives."""
+    torch.manual_seed(7)
+    model = build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0)
+    names = [k for k, _ in model.named_parameters()]
+    assert V._mlp_plan(model, names) is not None
+    assert V._mlp_plan(model, names[:-2]) is None  # a frozen layer: vmap path
+    assert V._mlp_plan(build_model("lenet", (1, 8, 8), 10, norm="none", activation="relu", width=0), names) is None
+    data = _clients([37, 64, 5, 90], (1, 8, 8), seed=8)
+    V._DIRECT_AGREES.clear()
+    for opts in (SGD, ADAM):
+        direct = _train_all(model, data, opts)
+        assert V._DIRECT_AGREES and all(V._DIRECT_AGREES.values())  # it was checked, and used
+        with monkeypatch.context() as m:
+            m.setattr(V, "_mlp_plan", lambda *a: None)
+            via_vmap = _train_all(model, data, opts)
+        for a, b in zip(direct, via_vmap):
+            assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_direct_forward_that_disagrees_with_vmap_is_not_used(monkeypatch):
+    torch.manual_seed(9)
+    model = build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0)
+    data = _clients([20, 30], (1, 8, 8), seed=10)
+    with monkeypatch.context() as m:
+        m.setattr(V, "_mlp_plan", lambda *a: None)
+        via_vmap = _train_all(model, data)
+    V._DIRECT_AGREES.clear()
+    real = V._mlp_forward
+    monkeypatch.setattr(V, "_mlp_forward", lambda plan, p, x: real(plan, p, x) * (1 + 1e-6))
+    off = _train_all(model, data)
+    assert V._DIRECT_AGREES and not any(V._DIRECT_AGREES.values())
+    for a, b in zip(off, via_vmap):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    V._DIRECT_AGREES.clear()
+
+
 def test_models_with_batchnorm_or_dropout_are_not_vectorised():
     assert V.supports(build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0))
     assert not V.supports(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))

@@ -204,6 +204,73 @@ def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+# --- the batched forward of a plain MLP, without vmap's per-call overhead --------------------------
+
+#: (layers, input shape) -> whether the direct forward gave vmap's outputs and gradients bit for bit
+_DIRECT_AGREES: dict[tuple, bool] = {}
+
+
+def _mlp_plan(model: nn.Module, trained: list[str]) -> tuple | None:
+    """The layers of a model that is an ``nn.Sequential`` of ``Flatten`` (the default dims),
+    ``Linear`` (with bias, every tensor trained) and ``ReLU`` only: ``(("flatten",), ("linear",
+    weight name, bias name), ("relu",), ...)``; None for any other model."""
+    if type(model) is not nn.Sequential:
+        return None
+    plan = []
+    for name, m in model.named_children():
+        if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
+            plan.append(("flatten",))
+        elif type(m) is nn.ReLU and not m.inplace:
+            plan.append(("relu",))
+        elif type(m) is nn.Linear and m.bias is not None and f"{name}.weight" in trained and f"{name}.bias" in trained:
+            plan.append(("linear", f"{name}.weight", f"{name}.bias"))
+        else:
+            return None
+    if len(trained) != 2 * sum(1 for step in plan if step[0] == "linear"):
+        return None
+    return tuple(plan)
+
+
+def _mlp_forward(plan: tuple, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The forward pass of every client at once, as the very operations ``vmap`` of the model
+    issues for it: a ``Linear`` is ``bias * 1 + bmm(x, weight^T)`` over the client axis, so the
+    outputs, and the gradients autograd derives from the same operations, are the same bits
+    (:func:`_direct_agrees` checks that once per model and input shape)."""
+    for step in plan:
+        if step[0] == "flatten":
+            x = x.flatten(2)
+        elif step[0] == "relu":
+            x = torch.relu(x)
+        else:
+            w, b = p[step[1]], p[step[2]]
+            x = torch.add(torch.mul(b, 1).unsqueeze(1), torch.bmm(x, w.transpose(1, 2)))
+    return x
+
+
+def _direct_agrees(plan: tuple, batched_forward: Callable, leaves: dict[str, torch.Tensor], x: torch.Tensor) -> bool:
+    """Whether :func:`_mlp_forward` gives ``batched_forward``'s (vmap's) outputs and parameter
+    gradients bit for bit, on copies of these tensors; asked once per layer plan and input shape
+    and remembered (it is a property of this torch build's vmap rules and kernels)."""
+    key = (plan, tuple(x.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in leaves.items()))
+    known = _DIRECT_AGREES.get(key)
+    if known is not None:
+        return known
+    gen = torch.Generator().manual_seed(0)  # never the global generator: training draws nothing here
+    results = []
+    for fn in (lambda p: batched_forward(p, x), lambda p: _mlp_forward(plan, p, x)):
+        p = {k: v.detach().clone().requires_grad_(True) for k, v in leaves.items()}
+        with torch.enable_grad():
+            out = fn(p)
+            upstream = torch.randn(out.shape, generator=gen.manual_seed(0))
+            # a scalar to differentiate (explicit grad_outputs would import sympy, slowly, in torch 2.x)
+            grads = torch.autograd.grad((out * upstream).sum(), list(p.values()))
+        results.append((out.detach(), grads))
+    (a, ga), (b, gb) = results
+    agrees = torch.equal(a, b) and all(torch.equal(u, v) for u, v in zip(ga, gb))
+    _DIRECT_AGREES[key] = agrees
+    return agrees
+
+
 def train_clients_stacked(
     model: nn.Module,
     runs: list[ClientRun],
@@ -262,6 +329,7 @@ def train_clients_stacked(
         return functional_call(model, {**fixed, **p}, (xb,), tie_weights=tied)
 
     batched_forward = vmap(forward)
+    plan = _mlp_plan(model, names)
 
     def step(p, xb, yb, mb, denom, full):
         """Per-client gradients of per-client mean losses, from one batched forward and backward:
@@ -269,7 +337,7 @@ def train_clients_stacked(
         slice of a stacked tensor is client c's own gradient."""
         leaves = {k: v.detach().requires_grad_(True) for k, v in p.items()}
         with torch.enable_grad():
-            logits = batched_forward(leaves, xb)
+            logits = _mlp_forward(plan, leaves, xb) if plan is not None and _direct_agrees(plan, batched_forward, leaves, xb) else batched_forward(leaves, xb)
             if loss_fn is None:
                 per = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
             else:
