@@ -93,6 +93,22 @@ def _schedules(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: i
     return out
 
 
+def _uniform_schedule(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int, per_client: list[int] | None) -> tuple[torch.Tensor, int, int] | None:
+    """When every client holds the same number of samples, a multiple of the batch size, and trains
+    the same whole epochs (a cross-device cohort): (every step's batch indices, steps x clients x B,
+    steps, B), drawn exactly as ``_schedules`` draws them (one permutation per epoch from the
+    client's generator, cut into consecutive batches) but without one tensor per batch. None otherwise."""
+    n = len(runs[0].y)
+    bs = n if batch_size <= 0 else batch_size
+    if per_client is not None or n == 0 or n % bs or any(len(r.y) != n for r in runs):
+        return None
+    steps = epochs * (n // bs)
+    if steps == 0 or (max_steps and max_steps < steps):
+        return None
+    orders = torch.stack([torch.cat([torch.randperm(n, generator=r.gen) for _ in range(epochs)]) if epochs > 1 else torch.randperm(n, generator=r.gen) for r in runs])
+    return orders.view(len(runs), steps, bs).transpose(0, 1), steps, bs
+
+
 def _keep(mask: torch.Tensor | None, updated: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """``updated`` where the client is active, ``old`` where it has finished (None: all active)."""
     return updated if mask is None else torch.where(mask, updated, old)
@@ -296,10 +312,16 @@ def train_clients_stacked(
     outputs (e.g. FD's per-label output sums). ``epochs_per_client`` overrides ``epochs`` per client.
     """
     names = list(runs[0].start)
-    schedules = _schedules(runs, epochs, batch_size, max_steps, epochs_per_client)
-    n_steps = [len(s) for s in schedules]
-    T = max(n_steps)
-    B = max((b.shape[0] for s in schedules for b in s), default=1)
+    uniform = _uniform_schedule(runs, epochs, batch_size, max_steps, epochs_per_client)
+    if uniform is not None:
+        idx, T, B = uniform
+        n_steps = [T] * len(runs)
+        mask = torch.ones(idx.shape)
+    else:
+        schedules = _schedules(runs, epochs, batch_size, max_steps, epochs_per_client)
+        n_steps = [len(s) for s in schedules]
+        T = max(n_steps)
+        B = max((b.shape[0] for s in schedules for b in s), default=1)
     C = len(runs)
     fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in runs[0].start}
     shapes = [runs[0].start[k].shape for k in names]
@@ -347,7 +369,8 @@ def train_clients_stacked(
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads)), loss.detach(), logits.detach()
 
-    idx, mask = _step_indices(schedules, T, C, B)
+    if uniform is None:
+        idx, mask = _step_indices(schedules, T, C, B)
     active = torch.arange(T).view(T, 1) < torch.tensor(n_steps).view(1, C)
     # all clients' data in one padded tensor, so a step's batch is one gather
     x_all = _padded([r.x for r in runs])
