@@ -66,9 +66,12 @@ class WeightsClient(ClientHalf):
         self.model = ctx.build_model()
         self.n = flat_state(self.model).numel()
         self.opts = ctx.cfg.section(self.section)
+        self._down_spec: Spec | None = None
 
     def downlink_specs(self, rnd: int) -> dict[str, Spec]:
-        return {WeightsDown.KIND: weights_spec(WeightsDown, self.n, "weights")}
+        if self._down_spec is None:  # the same every round: built once
+            self._down_spec = weights_spec(WeightsDown, self.n, "weights")
+        return {WeightsDown.KIND: self._down_spec}
 
     def update(self, rnd: int, down: WeightsDown, data: ClientData, state: dict) -> Payload:
         load_flat_state(self.model, down.weights)
@@ -175,9 +178,11 @@ class FedAvg(GlobalModelServer):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.n = flat_state(self.global_model).numel()
+        self._up_spec = weights_spec(WeightsUp, self.n, "weights", with_samples=True)
 
     def uplink_specs(self, rnd, cid):
-        return {WeightsUp.KIND: weights_spec(WeightsUp, self.n, "weights", with_samples=True)}
+        # the same for every client and round, and asked once per reply: built once
+        return {WeightsUp.KIND: self._up_spec}
 
     def aggregate(self, rnd, replies):
         cids = sorted(replies)
