@@ -83,7 +83,7 @@ def test_fd_temperature_reaches_the_client_loss_and_uploads(monkeypatch):
 def test_faug_generated_samples_reach_fedavg_local_training(tmp_path, monkeypatch, vectorize):
     """After FAug's setup, the local loop (one by one, or batched) trains on own + generated samples."""
     sizes = []
-    real, real_many = fedavg_module.train_epochs, fedavg_module.vectorized.train_clients
+    real, real_many = fedavg_module.train_epochs, fedavg_module.vectorized.train_clients_stacked
 
     def spy(model, x, y, *a, **kw):
         sizes.append(len(y))
@@ -94,7 +94,7 @@ def test_faug_generated_samples_reach_fedavg_local_training(tmp_path, monkeypatc
         return real_many(model, runs, *a, **kw)
 
     monkeypatch.setattr(fedavg_module, "train_epochs", spy)
-    monkeypatch.setattr(fedavg_module.vectorized, "train_clients", spy_many)
+    monkeypatch.setattr(fedavg_module.vectorized, "train_clients_stacked", spy_many)
     tiny_gan = [("faug.gan_steps", 30), ("faug.gan_batch", 16), ("faug.noise_dim", 8), ("faug.gen_hidden", [32, 32]), ("faug.disc_hidden", [32])]
     cfg = build_config(overrides=[("dataset", "synthetic"), ("clients", 3), ("rounds", 1), ("model.name", "mlp"), ("model.width", 16),
                                   ("partition.name", "label-deficient"), ("fedavg.max_steps", 2), ("engine.threads", 1), ("algorithm", "fedavg"),

@@ -98,14 +98,18 @@ class WeightsClient(ClientHalf):
                 starts[id(down)] = {k: p.detach().clone() for k, p in self.model.named_parameters()}
             x, y = data[cid].x, data[cid].y
             runs.append(vectorized.ClientRun(starts[id(down)], x, y, generator(self.ctx.seed, "fedavg-client", rnd, cid)))
-        rows = torch.empty(len(runs), self.n)  # each client's uplink vector (flat_state's layout)
         params = sum(p.numel() for p in self.model.parameters())
         # float32 state throughout: the trained rows are, bit for bit, what flat_state of the trained model gives
         stacked = all(t.dtype == torch.float32 for _, t in state_tensors(self.model))
         finals: list = [None] * len(runs)
-        for group in vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel()):
+        groups = vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel())
+        rows = None  # each client's uplink vector (flat_state's layout)
+        for group in groups:
             flat, _ = vectorized.train_clients_stacked(self.model, [runs[i] for i in group], self.opts, self.opts.local_epochs, self.opts.batch_size, self.opts.max_steps)
-            if stacked:  # flat_state puts the parameters first, in this order: its rows are the uplink's head
+            if stacked and len(groups) == 1 and params == self.n:
+                rows = flat  # flat_state is the parameters, in this order: the rows are the uplinks
+            elif stacked:  # flat_state puts the parameters first, in this order: its rows are the uplink's head
+                rows = torch.empty(len(runs), self.n) if rows is None else rows
                 rows[group, :params] = flat
             else:
                 finals_of = _per_client(self.model, flat)
