@@ -340,3 +340,20 @@ def test_one_magnitude_reduction_finds_every_nan_and_infinity(dtype):
                 assert wire.decode(data, spec(finite=False, max_abs=100.0)).w.isnan().any()
             else:
                 assert _reason(data, spec(finite=False, max_abs=100.0)) == ("out-of-range", "w: |x| > 100")
+
+
+def test_a_reused_header_gives_the_writers_bytes():
+    """After the first payload of a layout, encode writes the cached header and the data: every
+    later blob must still be what safetensors' writer makes of the same tensors."""
+    from safetensors.torch import save as st_save
+
+    g = torch.Generator().manual_seed(0)
+    layouts = [
+        {"w": lambda: torch.randn(1037, generator=g)},
+        {"z": lambda: torch.randn(3, 5, generator=g).half(), "a": lambda: torch.randint(-9, 9, (4,), generator=g), "m": lambda: torch.rand(6, generator=g) > 0.5, "e": lambda: torch.zeros(0)},
+        {"s": lambda: torch.randn((), generator=g), "b": lambda: torch.randn(7, generator=g).bfloat16()},  # bfloat16: the torch writer
+    ]
+    for layout in layouts:
+        for _ in range(4):
+            tensors = {k: make() for k, make in layout.items()}
+            assert wire._blob(tensors) == st_save(tensors)
