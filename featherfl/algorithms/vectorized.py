@@ -4,7 +4,9 @@ Clients that share an architecture run the same sequence of small matrix product
 one client after another; on a CPU most of that time is Python and dispatch overhead,
 not arithmetic. Here the clients' parameters are stacked along a leading client axis
 and every local step of every client is one ``torch.func.vmap`` of
-``functional_call`` + ``grad`` (the shape of FedJAX's ``for_each_client``).
+``functional_call`` + ``grad`` (the shape of FedJAX's ``for_each_client``). For a plain MLP
+(``nn.Sequential`` of Flatten, Linear, ReLU) the forward pass issues the same operations vmap
+would, without vmap's per-call cost, once a check has found them bit for bit equal.
 
 Each client keeps exactly what the sequential loop (``training.train_epochs``) gives
 it: its own data order (the same seeded generator, consumed in the same order), its
@@ -326,11 +328,12 @@ def train_clients_stacked(
     fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in runs[0].start}
     shapes = [runs[0].start[k].shape for k in names]
     sizes = [int(torch.Size(sh).numel()) for sh in shapes]
-    # one (clients x all trainable entries) tensor: the optimiser's update is a handful of ops;
-    # clients that start from the same tensors (one global model) share one flattening
+
     def unflatten(f: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: part.view((f.shape[0],) + tuple(sh)) for k, sh, part in zip(names, shapes, f.split(sizes, dim=1))}
 
+    # one (clients x all trainable entries) tensor: the optimiser's update is a handful of ops;
+    # clients that start from the same tensors (one global model) share one flattening
     starts: dict[int, torch.Tensor] = {}
     for r in runs:
         if id(r.start) not in starts:
