@@ -3,7 +3,9 @@
 ``featherfl.config`` declares the core keys and knows nothing above itself; each layer
 declares its own section (a method its ``CONFIG``, FAug ``[faug]``, secure aggregation
 ``[secagg]``, tracking ``[log]``). This module puts them together and registers the
-plug-ins a config names by dotted path, so the bottom layer never imports the top.
+plug-ins a config names by dotted path, so the bottom layer never imports the top. The
+built-in methods' sections and FAug's are read from their declarations
+(``featherfl.algorithms.sections``), so building a config imports no method.
 """
 
 from __future__ import annotations
