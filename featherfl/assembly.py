@@ -13,7 +13,6 @@ from typing import Callable
 
 import featherfl.attacks as attacks
 import featherfl.compress as compress
-from featherfl.algorithms import faug
 from featherfl.algorithms.base import Algorithm, ClientHalf, Context, Wrapper
 from featherfl.algorithms.registry import get as get_algorithm
 from featherfl.config import Config
@@ -27,6 +26,13 @@ def _compress_wrapper(cfg: Config) -> type[Wrapper]:
     return Compress
 
 
+def _faug_wrapper(cfg: Config) -> type[Wrapper]:
+    """FAug's wrapper, imported only when a run asks for it (its GAN is a module of its own)."""
+    from featherfl.algorithms.faug import FAug
+
+    return FAug
+
+
 def _secagg_wrapper(cfg: Config) -> type[Wrapper]:
     """SecAgg's wrapper, imported only when a run asks for it (its cryptography is an extra)."""
     from featherfl.secagg.wrapper import SecAgg
@@ -36,7 +42,7 @@ def _secagg_wrapper(cfg: Config) -> type[Wrapper]:
 
 #: (on for this config?, the wrapper class for it), innermost first
 FEATURES: tuple[tuple[Callable[[Config], bool], Callable[[Config], type[Wrapper]]], ...] = (
-    (lambda cfg: cfg["faug.enabled"], lambda cfg: faug.FAug),
+    (lambda cfg: cfg["faug.enabled"], _faug_wrapper),
     (attacks.enabled, lambda cfg: attacks.Attacks),
     (compress.enabled, _compress_wrapper),
     (secagg_enabled, _secagg_wrapper),
@@ -52,7 +58,9 @@ def build_algorithm(ctx: Context) -> Algorithm:
     """The configured method's server inside its features' wrappers."""
     algorithm = get_algorithm(ctx.cfg["algorithm"])(ctx)
     if ctx.cfg["faug.enabled"]:
-        faug.check_input(ctx.input_shape)
+        from featherfl.algorithms.faug import check_input
+
+        check_input(ctx.input_shape)
     for wrapper in wrappers(ctx.cfg):
         algorithm = wrapper(algorithm)
     return algorithm

@@ -3,7 +3,9 @@
 ``featherfl.config`` declares the core keys and knows nothing above itself; each layer
 declares its own section (a method its ``CONFIG``, FAug ``[faug]``, secure aggregation
 ``[secagg]``, tracking ``[log]``). This module puts them together and registers the
-plug-ins a config names by dotted path, so the bottom layer never imports the top.
+plug-ins a config names by dotted path, so the bottom layer never imports the top. The
+built-in methods' sections and FAug's are read from their declarations
+(``featherfl.algorithms.sections``), so building a config imports no method.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import tomllib
 from typing import Any, Iterable
 
 import featherfl.plugins as plugins
-from featherfl.algorithms.faug import FAUG_CONFIG
-from featherfl.algorithms.registry import get as get_algorithm
+from featherfl.algorithms.registry import config as algorithm_config
 from featherfl.algorithms.registry import names as algorithm_names
+from featherfl.algorithms.sections import FAUG as FAUG_CONFIG
 from featherfl.config import CORE_SCHEMA, Config, ConfigError, Field, _coerce, _flatten, brief, check_core, quick_caps, renamed, unknown_key_message
 from featherfl.data.sources import source_names
 from featherfl.models import model_names
@@ -28,7 +30,7 @@ def method_sections() -> dict[str, Field]:
     """Every registered method's keys, and the [faug], [secagg] and [compress] keys of the wrappers that work around any method."""
     out: dict[str, Field] = {**FAUG_CONFIG, **SECAGG_CONFIG, **COMPRESS_CONFIG}
     for n in algorithm_names():
-        out.update(get_algorithm(n).CONFIG)
+        out.update(algorithm_config(n))
     return out
 
 
@@ -157,7 +159,7 @@ def _method_reference(algorithm: str) -> str:
         plugins.register_algorithm_path(algorithm)
     elif algorithm not in algorithm_names():
         raise ConfigError(f"--algorithm: got {algorithm!r}, expected one of {brief(algorithm_names())} or a module:Class plug-in")
-    keys = get_algorithm(algorithm).CONFIG
+    keys = algorithm_config(algorithm)
     lines = [f"## [{algorithm}]" if not plugins.is_dotted(algorithm) else f"## {algorithm}", ""]
     if not keys:
         return "\n".join(lines + ["(no keys of its own)", ""])

@@ -39,17 +39,16 @@ from typing import Callable
 
 import torch
 
-from featherfl.algorithms import baffle_peft, baffle_pool, zo
-from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
+from featherfl.algorithms import baffle_peft, baffle_pool, sections, zo
+from featherfl.algorithms.aggregate import Aggregator
 from featherfl.algorithms.baffle_replay import MAX_DIFF, MAX_SAMPLES, SEED_MAX, ReplayLog, RoundEntry, SyncDown, catch_up, fingerprint, sync_state
 from featherfl.algorithms.baffle_replay import downlink_specs as replay_specs
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.summation import Range, WeightedMean, max_weight
 from featherfl.seeding import derive_seed, generator
 from featherfl.algorithms.training import evaluate_model, torch_optimizer
-from featherfl.config import Config, ConfigError, Field, Options, cohort_size
+from featherfl.config import Config, ConfigError, Options, cohort_size
 from featherfl.models import flat_state, has_batchnorm, load_flat_state
-from featherfl.models.vision import ACTIVATIONS
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
 
@@ -388,32 +387,7 @@ class Baffle(Algorithm):
     client_compute = "forward-only"
     #: a client's local trajectory and the server's replay of it must agree bit for bit
     runs_on_cpu_only = True
-    CONFIG = {
-        "baffle.k": Field("int", 100, "Random directions K per estimate (uplink: 4K bytes per step).", min=1, max=1_000_000),
-        "baffle.sigma": Field("float", 1e-4, "Perturbation scale sigma (delta = sigma * eps).", min=0.0, min_exclusive=True),
-        "baffle.difference": Field("str", "forward", "forward: K+1 passes; central: 2K passes, lower bias.", choices=("forward", "central")),
-        "baffle.mode": Field("str", "fedsgd", "fedsgd: one estimate per client per round; fedavg: local_steps local ZO steps.", choices=("fedsgd", "fedavg")),
-        "baffle.local_steps": Field("int", 10, "fedavg mode: local zeroth-order steps S per round.", min=1, max=100_000),
-        "baffle.local_optimizer": Field("str", "sgd", "fedavg mode: client optimizer on each local estimate (fresh each round).", choices=("sgd", "adam")),
-        "baffle.local_lr": Field("float", 0.05, "fedavg mode: client learning rate.", min=0.0, min_exclusive=True),
-        "baffle.batch_size": Field("int", 0, "Samples per estimate (0 = all local data); steps walk through the data in passes.", min=0),
-        "baffle.directions": Field("str", "shared", "fedsgd mode: shared: one seed set for all clients; per-client: independent seeds (fedavg mode: per client, except shared-all: one seed set per step for every client, which secagg needs).", choices=("shared", "per-client", "shared-all")),
-        "baffle.downlink": Field("str", "weights", "weights: send the model; replay: send seeds + scalars to clients holding the model; pool: send the seed pool's changed coefficients (needs seed_pool).", choices=("weights", "replay", "pool")),
-        "baffle.seed_pool": Field("int", 0, "Draw every direction from a pool of N seeds known to all (FedKSeed); 0 = a fresh seed per direction.", min=0, max=2**31 - 1),
-        "baffle.peft": Field("bool", False, "Train fedpeft.method's subset of a pretrained backbone (model.pretrained, or vit-tiny) with forward passes; the frozen backbone never travels."),
-        "baffle.client_precision": Field("str", "fp32", "Precision of the client's forward passes (the server keeps fp32): int8 = frozen Linear layers dynamically quantized (needs peft), bf16 = autocast.", choices=baffle_peft.PRECISIONS),
-        "baffle.optimizer": Field("str", "adam", "fedsgd mode: server optimizer on the estimate.", choices=("sgd", "adam")),
-        "baffle.lr": Field("float", 0.03, "fedsgd mode: server learning rate.", min=0.0, min_exclusive=True),
-        "baffle.momentum": Field("float", 0.0, "fedsgd mode: server SGD momentum.", min=0.0, max=0.999),
-        "baffle.beta1": Field("float", 0.9, "Adam beta1 (server in fedsgd mode, clients in fedavg mode).", min=0.0, max=0.9999),
-        "baffle.beta2": Field("float", 0.999, "Adam beta2 (the paper uses 0.99).", min=0.0, max=0.99999),
-        "baffle.weight_decay": Field("float", 0.0, "L2 weight decay inside the optimizer that takes the estimate (the paper: 5e-4).", min=0.0),
-        "baffle.server_lr": Field("float", 1.0, "fedavg mode: step toward the averaged client weights.", min=0.0, min_exclusive=True),
-        "baffle.ema": Field("float", 0.0, "Decay of the EMA of server weights used for evaluation (0 = off); warm-up min(decay, (1+n)/(10+n)).", min=0.0, max=0.9999),
-        "baffle.clip": Field("float", 0.0, "Rescale each estimate so its largest entry is at most this (inf-norm clipping, 0 = off).", min=0.0),
-        "baffle.activation": Field("str", "hardswish", "Activation of BAFFLE's models ('model' = use model.activation).", choices=("model", *ACTIVATIONS)),
-        **aggregation_fields("baffle"),
-    }
+    CONFIG = sections.BAFFLE
 
     @classmethod
     def work_warnings(cls, cfg):

@@ -36,8 +36,6 @@ from torch import nn
 from featherfl.algorithms import zo
 from featherfl.config import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "int8")
-
 
 class Int8Linear(nn.Module):
     """A frozen ``nn.Linear`` as PyTorch's dynamic int8 linear (weights int8 per output channel,

@@ -31,30 +31,11 @@ import torch
 
 from featherfl.algorithms.base import Algorithm, ClientData, ClientWrapper, Wrapper
 from featherfl.seeding import generator
-from featherfl.config import ConfigError, Field
+from featherfl.config import ConfigError
 from featherfl.models import flat_state, load_flat_state
 from featherfl.algorithms.faug_gan import augment, build_generator, from_pixels, sample_generator, to_pixels, train_cgan, train_judge  # noqa: F401  (train_judge, augment: the GAN's parts, read by tests)
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
-FAUG_CONFIG: dict[str, Field] = {
-    "faug.enabled": Field("bool", False, "Run federated augmentation as a one-time first phase around the configured method (image data)."),
-    "faug.threshold": Field("float", 0.5, "A label is a target label when the device holds fewer than threshold x (its samples / labels) of it.", min=0.0, max=1.0, min_exclusive=True),
-    "faug.seeds_per_label": Field("int", 5, "Seed samples uploaded per target or redundant label.", min=1, max=10_000),
-    "faug.redundant_labels": Field("int", 2, "Non-target labels each device also uploads seeds of, hiding which labels are targets.", min=0),
-    "faug.gan_steps": Field("int", 10000, "Most server-side conditional GAN training steps (training stops earlier once stop_recognition is reached).", min=1),
-    "faug.check_every": Field("int", 500, "Check the generator's samples every this many GAN steps (0 = never: train all gan_steps).", min=0),
-    "faug.stop_recognition": Field("float", 0.9, "Stop GAN training once a classifier trained on the augmented seeds labels at least this share of generated samples as their label (0 = off).", min=0.0, max=1.0),
-    "faug.patience": Field("int", 0, "Also stop GAN training after this many checks in a row without a higher recognition than the best so far, and keep the best generator (0 = off: run on to gan_steps and keep the last). On digits with the default seed, where recognition stalls near 85 %, 4 cut an FD+FAug run from 339 s to 144 s (docs/methods/fd.md).", min=0),
-    "faug.gan_batch": Field("int", 64, "GAN mini-batch (drawn with replacement from the augmented seeds).", min=2),
-    "faug.gan_lr": Field("float", 2e-4, "Adam learning rate of the generator and the discriminator.", min=0.0, min_exclusive=True),
-    "faug.noise_dim": Field("int", 100, "Generator noise dimension.", min=1),
-    "faug.gen_hidden": Field("list[int]", [256, 512, 1024], "Generator hidden layer widths."),
-    "faug.disc_hidden": Field("list[int]", [512, 512, 512], "Discriminator hidden layer widths."),
-    "faug.aug_rotate": Field("float", 10.0, "Seed oversampling: max random rotation (degrees).", min=0.0, max=180.0),
-    "faug.aug_shift": Field("float", 0.1, "Seed oversampling: max random shift (fraction of the image side).", min=0.0, max=0.5),
-    "faug.aug_noise": Field("float", 0.05, "Seed oversampling: std of added pixel noise (pixels in [0, 1]).", min=0.0),
-    "faug.grid_per_label": Field("int", 8, "Generated samples per label in the run folder's faug_samples.png.", min=1, max=64),
-}
 
 MAX_GENERATED = 10**9
 

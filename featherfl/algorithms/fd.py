@@ -34,13 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featherfl.algorithms.aggregate import Aggregator, aggregation_fields, combine
+from featherfl.algorithms import sections
+from featherfl.algorithms.aggregate import Aggregator, combine
 from featherfl.algorithms import vectorized
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.summation import UPDATE_STEP, Range, Summation, SumStateError
 from featherfl.seeding import derive_seed, generator
-from featherfl.algorithms.training import batches, evaluate_model, make_optimizer, optimizer_fields
-from featherfl.config import ConfigError, Field
+from featherfl.algorithms.training import batches, evaluate_model, make_optimizer
+from featherfl.config import ConfigError
 from featherfl.devices import model_device
 from featherfl.privacy.client_level import clip_rows
 from featherfl.models import count_parameters, model_names
@@ -404,18 +405,7 @@ class FD(Algorithm):
     summation = FDSums
     client_class = FDClient
     has_global_model = False
-    CONFIG = {
-        "fd.local_steps": Field("int", 250, "Local steps n per global iteration (Alg. 1).", min=1),
-        "fd.batch_size": Field("int", 32, "Local mini-batch size.", min=1),
-        **optimizer_fields("fd", lr=0.05, momentum=0.9),
-        "fd.gamma": Field("float", 1.0, "Weight of the distillation regulariser (0 = independent local training).", min=0.0),
-        "fd.temperature": Field("float", 1.0, "Softmax temperature of the uploaded outputs and the regulariser.", min=0.0, min_exclusive=True),
-        "fd.models": Field("list[str]", [], "Per-device architectures, assigned round-robin (empty = model.name)."),
-        "fd.logit_noise": Field("float", 0.0, "Gaussian noise multiplier on uploaded vectors (0 = off); std = multiplier x 2 C sqrt(L).", min=0.0),
-        "fd.noise_clip": Field("float", 1.0, "L2 clip C of each uploaded per-label vector when logit_noise > 0.", min=0.0, min_exclusive=True),
-        "fd.noise_delta": Field("float", 1e-5, "delta of the reported (epsilon, delta) when logit_noise > 0.", min=0.0, max=1.0, min_exclusive=True),
-        **aggregation_fields("fd", weighted=False),
-    }
+    CONFIG = sections.FD
 
     #: each device keeps its own model between rounds (``featherfl.checks.check_client_state_memory``)
     keeps_client_models = True

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
+from featherfl.algorithms import sections
+from featherfl.algorithms.aggregate import Aggregator
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.summation import WeightedMean
 from featherfl.seeding import generator
 from featherfl.algorithms import vectorized
-from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
-from featherfl.config import Field
+from featherfl.algorithms.training import evaluate_model, make_optimizer, train_epochs
 from featherfl.devices import model_device
 from featherfl.models import flat_state, load_flat_state, state_tensors
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
@@ -170,14 +170,7 @@ class GlobalModelServer(Algorithm):
 class FedAvg(GlobalModelServer):
     name = "fedavg"
     client_class = WeightsClient
-    CONFIG = {
-        "fedavg.local_epochs": Field("int", 2, "Local epochs E per round.", min=1),
-        "fedavg.batch_size": Field("int", 32, "Local mini-batch size B (0 = all local data).", min=0),
-        "fedavg.max_steps": Field("int", 0, "Cap on local steps per round (0 = none).", min=0),
-        **optimizer_fields("fedavg", lr=0.05, momentum=0.9),
-        "fedavg.server_lr": Field("float", 1.0, "Server step on the averaged update (1.0 = plain FedAvg).", min=0.0, min_exclusive=True),
-        **aggregation_fields("fedavg"),
-    }
+    CONFIG = sections.FEDAVG
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
@@ -228,14 +221,7 @@ class GradientClient(WeightsClient):
 class FedSGD(GlobalModelServer):
     name = "fedsgd"
     client_class = GradientClient
-    CONFIG = {
-        "fedsgd.batch_size": Field("int", 0, "Samples per client gradient (0 = all local data).", min=0),
-        "fedsgd.lr": Field("float", 0.2, "Server learning rate.", min=0.0, min_exclusive=True),
-        "fedsgd.optimizer": Field("str", "sgd", "Server optimizer.", choices=("sgd", "adam")),
-        "fedsgd.momentum": Field("float", 0.9, "Server SGD momentum.", min=0.0, max=0.999),
-        "fedsgd.weight_decay": Field("float", 0.0, "Server weight decay.", min=0.0),
-        **aggregation_fields("fedsgd"),
-    }
+    CONFIG = sections.FEDSGD
 
     @classmethod
     def validate(cls, cfg) -> None:

@@ -24,15 +24,16 @@ import math
 import numpy as np
 import torch
 
-from featherfl.algorithms.aggregate import Aggregator, aggregation_fields
+from featherfl.algorithms import sections
+from featherfl.algorithms.aggregate import Aggregator
 from featherfl.algorithms.base import Algorithm, ClientData, ClientHalf, Context
 from featherfl.algorithms.summation import UPDATE_STEP, Range, WeightedMean, split
 from featherfl.seeding import derive_seed, generator
-from featherfl.algorithms.training import evaluate_model, make_optimizer, optimizer_fields, train_epochs
-from featherfl.config import ConfigError, Field, cohort_size
+from featherfl.algorithms.training import evaluate_model, make_optimizer, train_epochs
+from featherfl.config import ConfigError, cohort_size
 from featherfl.data.sources import is_text
 from featherfl.devices import model_device
-from featherfl.models.peft_modules import METHODS, apply_method
+from featherfl.models.peft_modules import apply_method
 from featherfl.wire import Payload, ScalarSpec, Spec, TensorSpec
 
 MAX_SAMPLES = 10**9
@@ -241,28 +242,7 @@ class FedPEFT(Algorithm, _PeftShared):
     name = "fedpeft"
     summation = PeftMean
     client_class = PeftClient
-    CONFIG = {
-        "fedpeft.method": Field("str", "bias", "Which tensors train and travel (Sun et al. 2022, Sec. 3.2).", choices=METHODS),
-        "fedpeft.local_epochs": Field("int", 1, "Local epochs E per round.", min=1),
-        "fedpeft.batch_size": Field("int", 32, "Local mini-batch size B (0 = all local data; DP: expected Poisson batch).", min=0),
-        "fedpeft.max_steps": Field("int", 0, "Cap on local steps per round (0 = none).", min=0),
-        **optimizer_fields("fedpeft", lr=0.05, momentum=0.9),
-        "fedpeft.server_lr": Field("float", 1.0, "Server step on the averaged update (1.0 = plain FedAvg).", min=0.0, min_exclusive=True),
-        "fedpeft.adapter_reduction": Field("int", 8, "adapter: bottleneck = width / reduction.", min=1),
-        "fedpeft.adapter_shared": Field("bool", False, "adapter: one adapter shared by every block."),
-        "fedpeft.prompt_tokens": Field("int", 8, "prompt: learnable prompt tokens per layer.", min=1, max=256),
-        "fedpeft.prompt_depth": Field("str", "deep", "prompt: deep = tokens for every layer, shallow = input only.", choices=("deep", "shallow")),
-        "fedpeft.lora_rank": Field("int", 8, "lora: rank r.", min=1),
-        "fedpeft.lora_alpha": Field("float", 16.0, "lora: scaling alpha (update scaled by alpha / r).", min=0.0, min_exclusive=True),
-        "fedpeft.lora_targets": Field("list[str]", [], "lora: names of the linear layers to adapt ([] = qkv for vit-tiny, query+value for text)."),
-        "fedpeft.cache_features": Field("bool", True, "head: compute the frozen backbone's features once per client."),
-        "fedpeft.dp": Field("str", "none", "Differential privacy: none, sample (DP-SGD on clients) or client (DP-FedAvg at the server).", choices=("none", "sample", "client")),
-        "fedpeft.dp_clip": Field("float", 1.0, "DP clipping norm (per example for sample, per client update for client).", min=0.0, min_exclusive=True),
-        "fedpeft.dp_noise": Field("float", 1.0, "DP noise multiplier sigma (ignored when dp_target_epsilon > 0).", min=0.0),
-        "fedpeft.dp_target_epsilon": Field("float", 0.0, "DP: pick sigma so epsilon after all rounds is at most this (0 = use dp_noise).", min=0.0),
-        "fedpeft.dp_delta": Field("float", 1e-5, "DP delta.", min=0.0, max=1.0, min_exclusive=True),
-        **aggregation_fields("fedpeft"),
-    }
+    CONFIG = sections.FEDPEFT
 
     @classmethod
     def validate(cls, cfg) -> None:

@@ -11,6 +11,50 @@ import numpy as np
 
 from featherfl.config import ConfigError
 
+# Below this many clients the Dirichlet split makes all its tries whatever they show (see
+# ``dirichlet``), so every split of a smaller population is the one the plain retry loop gives.
+_ALL_TRIES_BELOW = 10_000
+# A draw that leaves this many clients short ends the tries of a large population: see ``dirichlet``.
+_HOPELESS_SHORT = 32
+
+
+def _stable_order(keys: np.ndarray, span: int | None = None) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for integer keys, the same permutation, in 16-bit passes.
+
+    numpy sorts keys of 16 bits or fewer by counting (radix sort, O(n)); wider keys go through
+    a comparison sort, about five times slower at 6,000,000 keys. Keys spanning under 2^32 are
+    ordered by their low 16 bits, then stably by their high 16 bits: a stable sort by the whole
+    key, so the permutation is the one ``argsort`` gives. ``span``: ``keys`` are known to lie
+    in ``[0, span)`` (saves the min/max scan)."""
+    keys = np.asarray(keys)
+    if keys.dtype.kind not in "iu" or not len(keys):
+        return np.argsort(keys, kind="stable")
+    lo = 0
+    if span is None:
+        lo, hi = int(keys.min()), int(keys.max())
+        span = hi - lo + 1
+    if span > 1 << 32:
+        return np.argsort(keys, kind="stable")
+    k = keys.astype(np.uint64 if keys.dtype.kind == "u" else np.int64, copy=False)
+    if lo:
+        k = k - k.dtype.type(lo)
+    if span <= 1 << 16:
+        return np.argsort(k.astype(np.uint16), kind="stable")
+    order = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
+    return order[np.argsort((k[order] >> 16).astype(np.uint16), kind="stable")]
+
+
+def _classes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(labels, return_counts=True)``; small non-negative integer labels (what the
+    data sources give) by counting, about ten times faster than unique's sort or hash at
+    6,000,000 labels."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iu" and len(labels) and labels.min() >= 0 and labels.max() < 4 * len(labels) + 1024:
+        counts = np.bincount(labels)
+        classes = np.flatnonzero(counts)
+        return classes.astype(labels.dtype), counts[classes]
+    return np.unique(labels, return_counts=True)
+
 
 def iid(labels: np.ndarray, n_clients: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -31,18 +75,28 @@ def dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_s
     if none does (many clients, small alpha), the last draw is repaired by moving
     randomly chosen samples from the largest clients to the short ones, so the split
     always succeeds when ``clients x min_samples`` fits the data (checked up front).
-    Each draw is vectorised over clients (one ``bincount``-style pass per class), so
-    10^5 clients take seconds, not minutes.
+    Each draw is vectorised over clients (one ``bincount``-style pass per class).
+
+    From 10,000 clients on, a draw that leaves 32 or more clients short ends the tries and
+    is the one repaired. Whether a client comes up short is close to independent from client
+    to client, so the count of short clients in a draw is close to Poisson, and a draw with
+    none has a chance of about e^-32 (10^-14) at that rate: the tries left would all fail.
+    They are not skipped for their outcome but for their cost: each try's random draws
+    (a shuffle of every class and a Dirichlet vector over all clients per class, both by
+    rejection sampling, so the random stream cannot be jumped over) take about 0.1 s at
+    10^5 clients x 60 rows, 2 s for 20 tries, and numpy gives no faster way to the state
+    the 20th try starts from. So for such populations the split is the first hopeless draw
+    repaired, where the plain retry loop repaired the last one; below 10,000 clients (or
+    with fewer short clients) every try is made as before and the split is the same.
     """
     n = len(labels)
     if min_samples * n_clients > n:
         raise ConfigError(f"partition.min_samples={min_samples} x clients={n_clients} exceeds the {n} training samples")
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    by_class = np.argsort(labels, kind="stable")  # each class's rows, ascending: one sort, not a scan per class
-    starts = np.searchsorted(labels[by_class], classes)
-    ends = np.append(starts[1:], n)
-    owner = np.empty(n, dtype=np.int64)
+    classes, per_class = _classes(labels)
+    by_class = _stable_order(labels)  # each class's rows, ascending: one sort, not a scan per class
+    ends = np.cumsum(per_class)
+    starts = ends - per_class
     tries = max(1, max_tries)
     for t in range(tries):
         draw, counts = [], np.zeros(n_clients, dtype=np.int64)
@@ -54,14 +108,16 @@ def dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_s
             sizes = np.diff(np.concatenate(([0], cuts, [len(idx)])))
             counts += sizes
             draw.append((idx, sizes))
-        if counts.min() >= min_samples or t == tries - 1:
-            # rows are given their owner only for the draw that is kept: a scatter over every
-            # row per rejected try was most of the time at 10^5 clients
-            for idx, sizes in draw:
-                owner[idx] = np.repeat(np.arange(n_clients), sizes)
-            if counts.min() >= min_samples:
-                return _groups(owner, n_clients)
-    _top_up(owner, counts, min_samples, rng)
+        short = int(np.count_nonzero(counts < min_samples))
+        if not short or (n_clients >= _ALL_TRIES_BELOW and short >= _HOPELESS_SHORT):
+            break
+    # rows are given their owner only for the draw that is kept: a scatter over every row per
+    # rejected try was most of the time at 10^5 clients
+    owner = np.empty(n, dtype=np.int64)
+    for idx, sizes in draw:
+        owner[idx] = np.repeat(np.arange(n_clients), sizes)
+    if short:
+        _top_up(owner, counts, min_samples, rng)
     return _groups(owner, n_clients)
 
 
@@ -79,11 +135,52 @@ class Parts(list):
 
 
 def _groups(owner: np.ndarray, n_clients: int) -> Parts:
-    """Sorted sample indices per client from an owner-per-sample array, in one stable sort."""
-    order = np.argsort(owner, kind="stable").astype(np.int64, copy=False)
+    """Sorted sample indices per client from an owner-per-sample array: one stable grouping.
+
+    Where the owners come in runs (client ids in data files usually do), the runs are grouped
+    instead of the rows: each run is a block of ascending indices, so a client's runs in order
+    are its indices in order."""
     offsets = np.zeros(n_clients + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner, minlength=n_clients), out=offsets[1:])
-    return Parts(order, offsets)
+    n = len(owner)
+    run_start = np.flatnonzero(owner[1:] != owner[:-1]) + 1 if n else np.zeros(0, dtype=np.int64)
+    if len(run_start) < n // 4:
+        starts = np.concatenate(([0], run_start)).astype(np.int64)
+        by_owner = _stable_order(owner[starts], n_clients)
+        return Parts(_expand_runs(starts[by_owner], np.diff(np.append(starts, n))[by_owner]), offsets)
+    return Parts(_stable_order(owner, n_clients), offsets)
+
+
+def _expand_runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, a + k) for a, k in zip(starts, lengths)])``, without the loop."""
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+def _sort_runs(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``values`` with each consecutive run of ``sizes[i]`` entries sorted, as one flat array.
+
+    A sort per run cost 0.4 s at 10^5 runs; instead runs of similar length (up to the same
+    power of two) are padded with the largest value into the rows of one block and sorted
+    along the rows, which numpy does for short rows with sorting networks. ``values`` must not
+    hold its dtype's largest value (indices never do)."""
+    n = len(values)
+    out = values.copy()
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    bits = np.zeros(len(sizes), dtype=np.int64)
+    many = sizes > 1
+    bits[many] = np.ceil(np.log2(sizes[many])).astype(np.int64)
+    pad = np.iinfo(values.dtype).max
+    for b in np.unique(bits[many]).tolist():
+        rows = np.flatnonzero(bits == b)
+        cols = np.arange(1 << b)
+        inside = cols < sizes[rows][:, None]
+        at = starts[rows][:, None] + cols
+        block = np.where(inside, values[np.minimum(at, n - 1)], pad)
+        block.sort(axis=1)
+        out[at[inside]] = block[inside]
+    return out
 
 
 def _top_up(owner: np.ndarray, counts: np.ndarray, min_samples: int, rng: np.random.Generator) -> None:
@@ -92,33 +189,44 @@ def _top_up(owner: np.ndarray, counts: np.ndarray, min_samples: int, rng: np.ran
     Only a client's samples beyond its own first ``min_samples`` (in a random order) may
     move, so no donor drops below the minimum; the movers are drawn uniformly from that
     spare pool, so donors give in proportion to their surplus.
+
+    The pool is every client's spare samples, client by client, each client's in the order of
+    a uniform key per sample (ties by index). Only the clients a mover is drawn from are
+    ordered: a sort of all samples by (client, key) took seconds at 6,000,000 samples, where
+    the movers number hundreds. Drawing positions in the pool is the same draw as drawing
+    from the pool itself.
     """
     need = np.clip(min_samples - counts, 0, None)
-    order = np.lexsort((rng.random(len(owner)), owner))
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    rank = np.arange(len(owner)) - starts[owner[order]]
-    pool = order[rank >= min_samples]
-    moved = rng.choice(pool, size=int(need.sum()), replace=False)
-    owner[moved] = np.repeat(np.arange(len(counts)), need)
+    key = rng.random(len(owner))
+    spare = np.clip(counts - min_samples, 0, None)
+    pool_end = np.cumsum(spare)
+    at = rng.choice(int(pool_end[-1]) if len(pool_end) else 0, size=int(need.sum()), replace=False)
+    donor = np.searchsorted(pool_end, at, side="right")
+    rank = min_samples + at - (pool_end[donor] - spare[donor])  # each mover's place in its donor's order
+    hit = np.zeros(len(counts), dtype=bool)
+    hit[donor] = True
+    rows = np.flatnonzero(hit[owner])
+    rows = rows[np.lexsort((key[rows], owner[rows]))]
+    first = np.searchsorted(owner[rows], donor)
+    owner[rows[first + rank]] = np.repeat(np.arange(len(counts)), need)
 
 
 def shards(labels: np.ndarray, n_clients: int, shards_per_client: int, seed: int) -> list[np.ndarray]:
     """Sort by label, cut into ``n_clients * k`` shards, give each client ``k`` (McMahan et al. 2017)."""
     rng = np.random.default_rng(seed)
-    order = np.argsort(labels, kind="stable")
+    order = _stable_order(labels)
     n_shards = n_clients * shards_per_client
     if n_shards > len(labels):
         raise ConfigError(f"shards: {n_shards} shards for only {len(labels)} samples")
     assign = rng.permutation(n_shards)
-    # The shards np.array_split would cut (the first n % n_shards one longer), as an owner per
-    # sorted row, then one stable grouping: no loop over clients.
+    # The shards np.array_split would cut (the first n % n_shards one longer); client c holds
+    # shards assign[c*k : (c+1)*k]: their rows, one client after another, each client's sorted.
     base, longer = divmod(len(labels), n_shards)
-    shard_of_row = np.repeat(np.arange(n_shards), np.where(np.arange(n_shards) < longer, base + 1, base))
-    client_of_shard = np.empty(n_shards, dtype=np.int64)
-    client_of_shard[assign] = np.arange(n_shards) // shards_per_client
-    owner = np.empty(len(labels), dtype=np.int64)
-    owner[order] = client_of_shard[shard_of_row]
-    return _groups(owner, n_clients)
+    shard_len = np.where(np.arange(n_shards) < longer, base + 1, base)
+    shard_start = np.cumsum(shard_len) - shard_len
+    rows = order[_expand_runs(shard_start[assign], shard_len[assign])]
+    sizes = shard_len[assign].reshape(n_clients, shards_per_client).sum(axis=1)
+    return Parts(_sort_runs(rows, sizes), np.concatenate(([0], np.cumsum(sizes))))
 
 
 def quantity_skew(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_samples: int = 10) -> list[np.ndarray]:
@@ -132,8 +240,7 @@ def quantity_skew(labels: np.ndarray, n_clients: int, alpha: float, seed: int, m
     p = rng.dirichlet(np.full(n_clients, alpha))
     sizes = min_samples + np.floor(p * extra).astype(int)
     sizes[np.argmax(p)] += n - sizes.sum()
-    cuts = np.cumsum(sizes)[:-1]
-    return [np.sort(c) for c in np.split(perm, cuts)]
+    return Parts(_sort_runs(perm, sizes), np.concatenate(([0], np.cumsum(sizes))))  # client i: perm's i-th run, sorted
 
 
 def power_law(labels: np.ndarray, n_clients: int, exponent: float, seed: int, min_samples: int = 10) -> list[np.ndarray]:
@@ -141,7 +248,7 @@ def power_law(labels: np.ndarray, n_clients: int, exponent: float, seed: int, mi
     cross-device populations have: most clients hold little, a few hold much (LEAF's
     FEMNIST/Shakespeare writers, Caldas et al. 2018). Each client gets ``min_samples`` rows plus
     a share of the rest proportional to its Pareto weight; the largest weight takes the
-    rounding remainder. O(n): one permutation and one split."""
+    rounding remainder. One permutation and one grouping by client."""
     n = len(labels)
     if min_samples * n_clients > n:
         raise ConfigError(f"partition.min_samples={min_samples} x clients={n_clients} exceeds the {n} training samples")
@@ -157,7 +264,7 @@ def power_law(labels: np.ndarray, n_clients: int, exponent: float, seed: int, mi
             f"partition.name=power-law gives {empty:,} of {n_clients:,} clients no rows ({n:,} rows, partition.power={exponent:g}); "
             f"set partition.min_samples >= 1, raise partition.power, or use fewer clients"
         )
-    return [np.sort(c) for c in np.split(perm, np.cumsum(sizes)[:-1])]
+    return Parts(_sort_runs(perm, sizes), np.concatenate(([0], np.cumsum(sizes))))  # client i: perm's i-th run, sorted
 
 
 def label_deficient(
@@ -173,7 +280,7 @@ def label_deficient(
     Returns (indices per client, target labels per client).
     """
     n = len(labels)
-    classes = np.unique(labels)
+    classes = _classes(labels)[0]
     s = samples_per_client or n // n_clients
     if overlap and s > n:
         raise ConfigError(f"partition.samples_per_client={s} exceeds the {n} training samples")
@@ -183,22 +290,101 @@ def label_deficient(
         raise ConfigError(f"partition.target_labels={target_labels} exceeds the {len(classes)} labels")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
-    # The draws stay one client at a time, in the same order (the same seed gives the same split);
-    # what each device keeps is then worked out for all devices at once.
-    drawn = np.empty((n_clients, s), dtype=np.int64)
-    tgt = np.empty((n_clients, target_labels), dtype=labels.dtype)
-    for i in range(n_clients):
-        drawn[i] = rng.choice(n, size=s, replace=False) if overlap else perm[i * s : (i + 1) * s]
-        tgt[i] = np.sort(rng.choice(classes, size=target_labels, replace=False))
+    # The draws are those of one client at a time, in the same order (the same seed gives the
+    # same split); what each device keeps is then worked out for all devices at once.
+    if overlap:  # each device's own S-sample draw comes between its target draws: one at a time
+        drawn = np.empty((n_clients, s), dtype=np.int64)
+        tgt = np.empty((n_clients, target_labels), dtype=labels.dtype)
+        for i in range(n_clients):
+            drawn[i] = rng.choice(n, size=s, replace=False)
+            tgt[i] = np.sort(rng.choice(classes, size=target_labels, replace=False))
+    else:
+        drawn = perm[: n_clients * s].reshape(n_clients, s).astype(np.int64, copy=False)
+        tgt = _target_labels(rng, classes, n_clients, target_labels)
     lab = labels[drawn]
     keep = np.ones(drawn.shape, dtype=bool)
     for j in range(target_labels):  # a target label keeps only its first target_keep samples (in draw order)
         hit = lab == tgt[:, j : j + 1]
-        keep &= ~hit | (np.cumsum(hit, axis=1) <= target_keep)
+        keep &= ~hit | (np.cumsum(hit, axis=1, dtype=np.int32 if s < 2**31 else np.int64) <= target_keep)
     counts = keep.sum(axis=1)
     kept = np.sort(np.where(keep, drawn, np.iinfo(np.int64).max), axis=1)
     parts = [row[:k] for row, k in zip(kept, counts)]
     return parts, tgt.astype(int).tolist()
+
+
+def _target_labels(rng: np.random.Generator, classes: np.ndarray, n_clients: int, t: int) -> np.ndarray:
+    """``np.sort(rng.choice(classes, size=t, replace=False))`` for each client in turn, as one
+    (clients, t) array, with ``rng`` left where those calls leave it.
+
+    One call per client cost 1.5 s at 10^5 clients. numpy draws ``t`` of ``L`` classes by
+    Floyd's algorithm (a bounded integer in [0, j] for j = L-t .. L-1, j itself when the draw
+    repeats an earlier pick) and then shuffles the ``t`` picks (a bounded integer in [0, i]
+    for i = t-1 .. 1); each bounded integer takes one 32-bit word of the generator's stream
+    (Lemire's multiply-and-shift) unless the low half of the product falls below
+    ``2^32 mod (bound + 1)`` (odds at most ``L / 2^32``), when it takes another. So the words
+    for many clients are read at once and worked out together; from the first client whose
+    draws would take an extra word, that client's draw is made by ``rng.choice`` itself and
+    the block starts again after it. Only the default generator (PCG64) is read this way.
+    """
+    n_classes = len(classes)
+    out = np.empty((n_clients, t), dtype=classes.dtype)
+    floyd = list(range(n_classes - t, n_classes))
+    width = sum(j > 0 for j in floyd) + t - 1  # words per client: a bound of 0 takes none
+    bg = rng.bit_generator
+    if n_classes > 10_000 or not t or not isinstance(bg, np.random.PCG64):  # choice takes another path above 10,000
+        for i in range(n_clients):
+            out[i] = np.sort(rng.choice(classes, size=t, replace=False))
+        return out
+    done = 0
+    while done < n_clients:
+        todo = n_clients - done
+        start = bg.state
+        words = _read_words(bg, todo * width).reshape(todo, width).astype(np.uint64)
+        ok = np.ones(todo, dtype=bool)
+        picks = np.empty((todo, t), dtype=np.int64)
+        col = 0
+        for c, j in enumerate(floyd):
+            if j == 0:
+                picks[:, c] = 0
+                continue
+            wide = words[:, col] * np.uint64(j + 1)
+            ok &= (wide & np.uint64(0xFFFFFFFF)) >= np.uint64((1 << 32) % (j + 1))
+            val = (wide >> np.uint64(32)).astype(np.int64)
+            seen = (picks[:, :c] == val[:, None]).any(axis=1)
+            picks[:, c] = np.where(seen, j, val)
+            col += 1
+        for i in range(t - 1, 0, -1):
+            wide = words[:, col] * np.uint64(i + 1)
+            ok &= (wide & np.uint64(0xFFFFFFFF)) >= np.uint64((1 << 32) % (i + 1))
+            col += 1
+        good = todo if ok.all() else int(np.argmin(ok))
+        out[done : done + good] = np.sort(classes[picks[:good]], axis=1)
+        if good < todo:  # rewind to just after the good clients' words, then draw the odd one as numpy does
+            bg.state = start
+            _read_words(bg, good * width)
+            out[done + good] = np.sort(rng.choice(classes, size=t, replace=False))
+            good += 1
+        done += good
+    return out
+
+
+def _read_words(bg, count: int) -> np.ndarray:
+    """The next ``count`` 32-bit words of a PCG64 stream as its bounded-integer draws take them
+    (each 64-bit output gives its low half, then its high half, which is kept for the next
+    word), leaving the generator as ``count`` such draws would."""
+    state = bg.state
+    head = [state["uinteger"]] if state["has_uint32"] and count else []
+    rest = count - len(head)
+    raw = bg.random_raw((rest + 1) // 2).astype(np.uint64, copy=False)
+    halves = np.empty(2 * len(raw), dtype=np.uint64)
+    halves[0::2], halves[1::2] = raw & np.uint64(0xFFFFFFFF), raw >> np.uint64(32)
+    state = bg.state
+    if rest % 2:
+        state["has_uint32"], state["uinteger"] = 1, int(halves[-1])
+    elif count:
+        state["has_uint32"], state["uinteger"] = 0, 0
+    bg.state = state
+    return np.concatenate((np.asarray(head, dtype=np.uint64), halves[:rest]))
 
 
 def natural(groups: np.ndarray | None, n_clients: int) -> list[np.ndarray]:
@@ -239,7 +425,7 @@ def partition(cfg, labels: np.ndarray, groups: np.ndarray | None = None) -> tupl
         parts = power_law(labels, n, cfg["partition.power"], seed, cfg["partition.min_samples"])
     elif name == "natural":
         parts = natural(groups, n)
-        info["client_ids_in_data"] = int(len(np.unique(groups)))
+        info["client_ids_in_data"] = int(len(_classes(np.asarray(groups).reshape(-1))[0]))
     elif name == "label-deficient":
         parts, targets = label_deficient(
             labels, n, seed, cfg["partition.samples_per_client"], cfg["partition.target_labels"], cfg["partition.target_keep"], cfg["partition.overlap"]
