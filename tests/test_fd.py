@@ -274,3 +274,26 @@ def test_vectorised_mean_teacher_matches_the_per_label_combine():
     fast, n_fast = leave_one_out(v, present, rule="mean")
     slow, n_slow = leave_one_out(v, present, rule="trimmed-mean", beta=0.0)  # no trimming = plain mean, via combine
     assert torch.allclose(fast, slow, atol=1e-6) and torch.equal(n_fast, n_slow)
+
+
+def test_teachers_of_a_cohort_are_those_rows_of_every_devices_teachers():
+    """The server builds teachers only for the round's devices (a round at 10^5 devices must not
+    cost 10^5 teachers); they equal the same devices' rows of the full computation, for every rule,
+    and the mean is the plain per-device sum over the others."""
+    g = torch.Generator().manual_seed(7)
+    m = 40
+    v = torch.softmax(torch.randn(m, L, L, generator=g), 2)
+    present = torch.rand(m, L, generator=g) > 0.4
+    present[3] = False  # a device that never reported
+    ids = [31, 3, 0, 17]
+    for rule in ("mean", "median", "trimmed-mean", "norm-clip"):
+        full_t, full_n = leave_one_out(v, present, rule=rule)
+        t, n = leave_one_out(v, present, rule=rule, ids=ids)
+        assert torch.equal(t, full_t[ids]) and torch.equal(n, full_n[ids]), rule
+    t, _ = leave_one_out(v, present, rule="mean", ids=ids)
+    w = present.float()
+    for k, i in enumerate(ids):
+        others = w.clone()
+        others[i] = 0
+        expect = (v * others.unsqueeze(2)).sum(0) / others.sum(0).clamp_min(1).unsqueeze(1)
+        assert torch.allclose(t[k], expect, atol=1e-6)

@@ -82,35 +82,42 @@ def label_means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 
 def leave_one_out(
-    vectors: torch.Tensor, present: torch.Tensor, rule: str = "mean", beta: float = 0.1, clip: float = 10.0
+    vectors: torch.Tensor, present: torch.Tensor, rule: str = "mean", beta: float = 0.1, clip: float = 10.0, ids=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher of every device i: per label l, ``rule`` over devices j != i holding l.
+    """Teacher of device i: per label l, ``rule`` over devices j != i holding l.
 
-    ``vectors`` (M, L, L), ``present`` (M, L) bool. Returns teachers (M, L, L) and the
-    contributor counts (M, L). With ``mean`` this is the paper's sum_{j != i} F^(j) / (M - 1)
-    when every device holds every label. ``norm-clip`` clips around the others' median.
+    ``vectors`` (M, L, L), ``present`` (M, L) bool. Returns teachers and contributor counts for
+    the devices ``ids`` (default: all M), in that order: (len(ids), L, L) and (len(ids), L). With
+    ``mean`` this is the paper's sum_{j != i} F^(j) / (M - 1) when every device holds every label,
+    computed as the population's total minus device i's own vectors, the total summed once in
+    float64: O(M L^2 + len(ids) L^2), so a round at 10^5 devices costs what one sum over them
+    costs (a device's own vectors leave the total exactly up to float64 rounding, far below the
+    float32 the teacher is sent in). ``norm-clip`` clips around the others' median.
     """
     m, n_labels, _ = vectors.shape
-    teachers = torch.zeros_like(vectors)
-    contributors = torch.zeros(m, n_labels, dtype=torch.int32)
-    if rule == "mean":  # the common case, vectorised; device i's own vectors get weight exactly 0
-        for i in range(m):
-            w = present.to(vectors.dtype).clone()
-            w[i] = 0
-            n = w.sum(0)
-            teachers[i] = (vectors * w.unsqueeze(2)).sum(0) / n.clamp_min(1).unsqueeze(1)
-            contributors[i] = n.to(torch.int32)
-        return teachers, contributors
+    ids = list(range(m)) if ids is None else [int(i) for i in ids]
+    teachers = torch.zeros(len(ids), n_labels, n_labels, dtype=vectors.dtype)
+    contributors = torch.zeros(len(ids), n_labels, dtype=torch.int32)
+    if rule == "mean":  # the common case, vectorised
+        w = present.to(torch.float64)
+        total = (vectors.to(torch.float64) * w.unsqueeze(2)).sum(0)
+        holders = present.sum(0).to(torch.int64)
+        own_w = w[ids]
+        n = holders.unsqueeze(0) - present[ids].to(torch.int64)
+        others = total.unsqueeze(0) - vectors[ids].to(torch.float64) * own_w.unsqueeze(2)
+        teachers = (others / n.clamp_min(1).unsqueeze(2).to(torch.float64)).to(vectors.dtype)
+        teachers[n == 0] = 0  # a label nobody else holds: no teacher (not rounding left-overs)
+        return teachers, n.to(torch.int32)
     for lab in range(n_labels):
         holders = torch.nonzero(present[:, lab]).flatten().tolist()
-        for i in range(m):
+        for k, i in enumerate(ids):
             others = [j for j in holders if j != i]
             if not others:
                 continue
             stack = vectors[others, lab]
             ref = stack.median(0).values if rule == "norm-clip" else None
-            teachers[i, lab] = combine(stack, torch.ones(len(others)), rule, beta, clip, reference=ref)
-            contributors[i, lab] = len(others)
+            teachers[k, lab] = combine(stack, torch.ones(len(others)), rule, beta, clip, reference=ref)
+            contributors[k, lab] = len(others)
     return teachers, contributors
 
 
@@ -439,8 +446,9 @@ class FD(Algorithm):
 
     def configure(self, rnd, client_ids):
         a = self.aggregator
-        teachers, contributors = leave_one_out(self.vectors, self.present, a.rule, a.trim_beta, a.clip_norm)
-        return {cid: TeacherDown(teachers[cid].contiguous(), contributors[cid].contiguous()) for cid in client_ids}
+        ids = list(client_ids)  # only the round's devices: a teacher costs O(L^2) beside one O(M L^2) total
+        teachers, contributors = leave_one_out(self.vectors, self.present, a.rule, a.trim_beta, a.clip_norm, ids=ids)
+        return {cid: TeacherDown(teachers[k].contiguous(), contributors[k].contiguous()) for k, cid in enumerate(ids)}
 
     def uplink_specs(self, rnd, cid):
         L = self.ctx.num_classes

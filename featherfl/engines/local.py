@@ -46,4 +46,4 @@ class LocalEngine(ServerHeldStates, Engine):
         return out
 
     def evaluate_clients(self, x, y):
-        return {cid: self.client.evaluate(self.peek_state(cid), x, y) for cid in range(len(self.client_data))}
+        return self.evaluate_held(self.client.evaluate, x, y)

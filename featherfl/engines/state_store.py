@@ -107,6 +107,12 @@ class DiskStates:
             self.cache[cid] = self._read(cid) if self.offsets[cid] >= 0 else default
         return self.cache[cid]
 
+    def held_ids(self) -> list[int]:
+        """Clients with a state: written ones and non-empty ones in memory."""
+        ids = set(np.flatnonzero(self.offsets >= 0).tolist())
+        ids.update(c for c, st in self.cache.items() if st)
+        return sorted(ids)
+
     def peek(self, cid) -> dict:
         """The client's state for reading only (evaluation): not kept, not written back."""
         cid = int(cid)
