@@ -42,6 +42,7 @@ RESUMABLE_KEYS = frozenset(
         "eval.every",
         "eval.batch_size",
         "engine.threads",
+        "engine.workers",
         "engine.vectorize",
         "engine.address",
         "engine.num_cpus",

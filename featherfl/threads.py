@@ -47,3 +47,16 @@ def choose_threads(configured: int, model_parameters: int) -> int:
     if model_parameters < SMALL_MODEL:
         return 1
     return max(1, usable_cores() - busy_cores())
+
+
+def choose_workers(configured: int, torch_threads: int) -> int:
+    """Threads that train a round's batched client groups side by side (``engine.workers``).
+
+    ``configured`` if set; otherwise one per core idle at start when torch runs one intra-op
+    thread (small models: each worker then keeps one core busy), and 1 when torch's own threads
+    already use the cores (large models), where more workers would only contend for them."""
+    if configured > 0:
+        return configured
+    if torch_threads > 1:
+        return 1
+    return max(1, usable_cores() - busy_cores())

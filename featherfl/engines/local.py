@@ -1,7 +1,11 @@
-"""The in-process engine: clients run one after another in this process.
+"""The in-process engine: clients run in this process.
 
 The default, and the reference the Ray and Flower engines are checked against.
 Client state lives in a dict keyed by client id and is saved in checkpoints.
+
+Batched rounds (``engine.vectorize``) are cut into fixed groups of clients
+(``engine.group_clients``) that ``engine.workers`` threads train side by side; the
+groups never depend on the number of workers, so neither do the results.
 """
 
 from __future__ import annotations
@@ -9,8 +13,11 @@ from __future__ import annotations
 import time
 import traceback
 
+import torch
+
 from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
-from featherfl.engines.batched import can_batch, run_clients_batched
+from featherfl.engines.batched import GroupThreads, can_batch, client_groups, run_group
+from featherfl.threads import choose_workers
 
 
 class LocalEngine(ServerHeldStates, Engine):
@@ -18,20 +25,28 @@ class LocalEngine(ServerHeldStates, Engine):
         super().__init__(*args, **kw)
         self.client = self.algorithm.make_client()
         self.states: dict[int, dict] = {}
+        self.workers = choose_workers(self.cfg["engine.workers"], torch.get_num_threads())
+        self._threads: GroupThreads | None = None  # made on the first round with several groups
 
     def _execute(self, rnd, jobs):
         if can_batch(self.cfg, self.client, len(jobs)):
-            t = time.perf_counter()
-            states = {cid: self.states.setdefault(cid, {}) for cid in jobs}
-            try:
-                replies = run_clients_batched(self.client, rnd, jobs, {cid: self.client_data[cid] for cid in jobs}, states, self.run_id)
-            except Exception:  # run them one by one: a failure is then attributed to its own client
-                replies = None
-            if replies is not None:
-                # each client is charged an equal share of the batch's time (engine.deadline)
-                share = (time.perf_counter() - t) / len(jobs)
-                return {cid: ClientOutcome(reply=replies[cid], seconds=share) for cid in jobs}
-        out: dict[int, ClientOutcome] = {}
+            states = {cid: self.states.setdefault(cid, {}) for cid in jobs}  # here: the store is not thread-safe
+            groups = client_groups(list(jobs), self.cfg["engine.group_clients"])
+
+            def one(client, group):
+                return run_group(client, rnd, {c: jobs[c] for c in group}, {c: self.client_data[c] for c in group}, {c: states[c] for c in group}, self.run_id)
+
+            if self.workers > 1 and len(groups) > 1:
+                done = self._group_threads().map(one, groups)
+            else:
+                done = (one(self.client, g) for g in groups)
+            out: dict[int, ClientOutcome] = {}
+            for got in done:
+                out.update(got)
+                if self.on_client is not None:
+                    self.on_client(rnd, len(out), len(jobs))
+            return {cid: out[cid] for cid in jobs}
+        out = {}
         for cid, down in jobs.items():
             state = self.states.setdefault(cid, {})
             t = time.perf_counter()
@@ -44,6 +59,23 @@ class LocalEngine(ServerHeldStates, Engine):
             if self.on_client is not None:
                 self.on_client(rnd, len(out), len(jobs))
         return out
+
+    def _group_threads(self) -> GroupThreads:
+        """The worker threads and their client halves: this engine's own half and ``workers - 1``
+        more, each readied here (``can_update_many`` builds what a half builds lazily, e.g. FD's
+        device model from the seed through torch's global generator, which threads must not share)."""
+        if self._threads is None:
+            halves = [self.client] + [self.algorithm.make_client() for _ in range(self.workers - 1)]
+            if not all(h.can_update_many() for h in halves):
+                raise RuntimeError("engine.workers: a copy of the client half cannot train batched where the first can")
+            self._threads = GroupThreads(halves, torch.get_num_threads())
+        return self._threads
+
+    def close(self):
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
+        super().close()
 
     def evaluate_clients(self, x, y):
         return {cid: self.client.evaluate(self.peek_state(cid), x, y) for cid in range(len(self.client_data))}

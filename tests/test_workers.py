@@ -1,0 +1,104 @@
+"""Batched rounds on several worker threads (``engine.workers``): the groups a round is cut into
+(``engine.group_clients``) never depend on the number of workers, so the metrics rows are the
+same, bit for bit, for one worker or two; a failing client inside a group that runs beside
+another is still its own."""
+
+import threading
+
+import pytest
+import torch
+
+from featherfl import wire
+from featherfl.config import ConfigError
+from featherfl.engines import batched
+from featherfl.engines.local import LocalEngine
+from featherfl.experiment import prepare, run_experiment
+from featherfl.schema import build_config
+from featherfl.threads import choose_workers
+from support.rows import metric_rows
+
+#: 9 clients a round in groups of at most 4: three groups (3 + 3 + 3), so two workers share every round
+SMALL = [("rounds", 3), ("clients", 9), ("engine.threads", 1), ("engine.group_clients", 4), ("data.max_train", 600), ("data.max_test", 200), ("log.plots", False)]
+METHOD = {
+    "fedavg": [("algorithm", "fedavg"), ("fedavg.max_steps", 4)],
+    "fd": [("algorithm", "fd"), ("fd.local_steps", 6), ("partition.name", "dirichlet")],
+}
+
+
+def _rows(tmp_path, name, *extra):
+    out, _ = run_experiment(build_config(None, SMALL + list(extra)), tmp_path / name)
+    return metric_rows(out)
+
+
+def test_groups_are_fixed_by_the_cohort_alone():
+    assert batched.client_groups(list(range(500)), 256) == [list(range(250)), list(range(250, 500))]
+    assert batched.client_groups([4, 9, 11], 256) == [[4, 9, 11]]  # a cohort that fits: one call, as before groups
+    assert [len(g) for g in batched.client_groups(list(range(10)), 4)] == [4, 3, 3]
+    assert [len(g) for g in batched.client_groups(list(range(9)), 4)] == [3, 3, 3]
+    assert batched.client_groups([], 4) == []
+    assert batched.client_groups([7], 1) == [[7]]
+
+
+@pytest.mark.parametrize("method", sorted(METHOD))
+def test_rows_are_identical_for_one_and_two_workers(tmp_path, method, monkeypatch):
+    seen: dict[int, set] = {1: set(), 2: set()}
+    groups: dict[int, set] = {1: set(), 2: set()}
+    workers = [1]
+    real = batched.run_clients_batched
+
+    def spy(client, rnd, jobs, *a):
+        # each worker thread keeps the run's one intra-op thread (OpenMP's count is per thread)
+        assert "omp_get_max_threads() : 1\n" in torch.__config__.parallel_info()
+        seen[workers[0]].add((threading.get_ident(), id(client)))
+        groups[workers[0]].add((rnd, tuple(jobs)))
+        return real(client, rnd, jobs, *a)
+
+    monkeypatch.setattr(batched, "run_clients_batched", spy)
+    one = _rows(tmp_path, "one", *METHOD[method], ("engine.workers", 1))
+    workers[0] = 2
+    two = _rows(tmp_path, "two", *METHOD[method], ("engine.workers", 2))
+    assert one == two
+    assert groups[1] == groups[2] and len(groups[1]) == 9  # the same three groups each round, whoever ran them
+    assert all(r["clients_ok"] == 9 for r in one) and one[-1]["accuracy"] is not None
+    assert len({t for t, _ in seen[1]}) == 1  # one worker: every group in the calling thread
+    assert len({t for t, _ in seen[2]}) == 2 and len({c for _, c in seen[2]}) == 2  # two threads, a client half each
+
+
+def test_two_worker_runs_repeat_exactly(tmp_path):
+    a = _rows(tmp_path, "a", *METHOD["fedavg"], ("engine.workers", 2))
+    b = _rows(tmp_path, "b", *METHOD["fedavg"], ("engine.workers", 2))
+    assert a == b
+
+
+def test_a_cohort_within_one_group_trains_in_one_call(tmp_path, monkeypatch):
+    """engine.group_clients at or above the cohort: one batched call a round, as before groups existed."""
+    calls = []
+    real = batched.run_clients_batched
+    monkeypatch.setattr(batched, "run_clients_batched", lambda c, r, jobs, *a: calls.append(len(jobs)) or real(c, r, jobs, *a))
+    _rows(tmp_path, "whole", *METHOD["fedavg"], ("engine.group_clients", 9), ("engine.workers", 2))
+    assert calls == [9, 9, 9]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_client_in_a_parallel_group_is_its_own(workers):
+    cfg = build_config(None, SMALL + METHOD["fedavg"] + [("engine.workers", workers)])
+    p = prepare(cfg)
+    data = list(p.client_data)  # the population gathers a client's rows on demand: change a copy
+    data[4].x = data[4].x.reshape(len(data[4].x), -1)[:, :5]  # inputs the model cannot take: its forward raises
+    eng = LocalEngine(cfg, p.algorithm, data, wire.Ledger(), p.ctx.run_id)
+    try:
+        stats = eng.run_round(1)
+    finally:
+        eng.close()
+    assert [e["cid"] for e in stats.errors] == [4]
+    assert stats.dropped_reasons == {"error": 1} and stats.clients_ok == 8 and stats.aggregated
+
+
+def test_worker_count_is_checked_and_chosen():
+    with pytest.raises(ConfigError, match="engine.workers"):
+        build_config(None, [("engine.workers", -1)])
+    with pytest.raises(ConfigError, match="engine.group_clients"):
+        build_config(None, [("engine.group_clients", 0)])
+    assert choose_workers(3, 1) == 3
+    assert choose_workers(0, 4) == 1  # torch's own threads already use the cores
+    assert 1 <= choose_workers(0, 1) <= len(__import__("os").sched_getaffinity(0))
