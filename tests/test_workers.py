@@ -1,7 +1,8 @@
 """Batched rounds on several worker threads (``engine.workers``): the groups a round is cut into
 (``engine.group_clients``) never depend on the number of workers, so the metrics rows are the
 same, bit for bit, for one worker or two; a failing client inside a group that runs beside
-another is still its own."""
+another is still its own. Clients of very different sizes are grouped by their local steps
+(``batched.plan_groups``), and the rows still match the one-by-one path."""
 
 import threading
 
@@ -37,6 +38,63 @@ def test_groups_are_fixed_by_the_cohort_alone():
     assert [len(g) for g in batched.client_groups(list(range(9)), 4)] == [3, 3, 3]
     assert batched.client_groups([], 4) == []
     assert batched.client_groups([7], 1) == [[7]]
+
+
+def test_groups_follow_the_clients_local_steps():
+    cost = batched.group_cost
+    # nine clients of 3 steps and one of 90: the long one alone, the rest together, costliest first
+    cids, steps = list(range(10)), [3] * 4 + [90] + [3] * 5
+    assert batched.plan_groups(cids, 256, steps, 16) == [[4], [0, 1, 2, 3, 5, 6, 7, 8, 9]]
+    assert cost(90, 1, 16) + cost(3, 9, 16) < 0.8 * cost(90, 10, 16)
+    # equal steps, or a spread that saves less than a fifth: the client-order groups, as without steps
+    assert batched.plan_groups(list(range(500)), 256, [6] * 500, 16) == batched.client_groups(list(range(500)), 256)
+    assert batched.plan_groups(cids, 4, [6, 7] * 5, 16) == batched.client_groups(cids, 4)
+    assert batched.plan_groups(cids, 4, None, 16) == batched.client_groups(cids, 4)
+    # sorted by (steps, client id); at most engine.group_clients each; every client exactly once
+    steps = [1, 50, 2, 1, 48, 2, 49, 1, 2, 50]
+    groups = batched.plan_groups(cids, 3, steps, 0)
+    assert sorted(c for g in groups for c in g) == cids and max(len(g) for g in groups) <= 3
+    # overhead 0: only padding counts, so equal steps share a call (the first cheapest cut: the largest group)
+    assert groups == [[1, 9], [6], [4], [2, 5, 8], [0, 3, 7]]
+    # a large overhead: fewer calls; of two equally cheap cuts, the one whose last group is larger
+    assert batched.plan_groups(cids, 3, steps, 100) == [[6, 1, 9], [4], [2, 5, 8], [0, 3, 7]]
+    with pytest.raises(ValueError, match="step counts"):
+        batched.plan_groups(cids, 4, [1, 2], 16)
+
+
+#: a power-law population (a few clients hold most rows) at batch 10, one local epoch: steps from 1 to dozens
+POWER = [("rounds", 3), ("clients", 24), ("engine.threads", 1), ("data.max_train", 1400), ("data.max_test", 200), ("log.plots", False),
+         ("algorithm", "fedavg"), ("partition.name", "power-law"), ("partition.min_samples", 2), ("fedavg.batch_size", 10), ("fedavg.local_epochs", 1)]
+
+
+def _power_rows(tmp_path, name, *extra):
+    out, _ = run_experiment(build_config(None, POWER + list(extra)), tmp_path / name)
+    return metric_rows(out)
+
+
+def test_a_power_law_cohort_is_grouped_by_size_and_matches_one_by_one(tmp_path, monkeypatch):
+    cfg = build_config(None, POWER)
+    p = prepare(cfg)
+    sizes = [len(d) for d in p.client_data]
+    steps = [-(-n // 10) for n in sizes]
+    assert max(steps) >= 8 * min(steps)  # the population this test is about
+    expected = batched.plan_groups(list(range(24)), 256, steps, 16)
+    assert len(expected) > 1 and expected != batched.client_groups(list(range(24)), 256)
+    for a, b in zip(expected, expected[1:]):  # contiguous runs of the sorted cohort, costliest first
+        assert batched.group_cost(max(steps[c] for c in a), len(a), 16) >= batched.group_cost(max(steps[c] for c in b), len(b), 16)
+    calls = []
+    real = batched.run_clients_batched
+    monkeypatch.setattr(batched, "run_clients_batched", lambda c, r, jobs, *a: calls.append((r, list(jobs))) or real(c, r, jobs, *a))
+    one = _power_rows(tmp_path, "one", ("engine.workers", 1))
+    assert [g for r, g in calls] == expected * 3  # every round, in that order
+    calls.clear()
+    two = _power_rows(tmp_path, "two", ("engine.workers", 2))
+    assert one == two and sorted(map(tuple, (g for r, g in calls))) == sorted(map(tuple, expected * 3))
+    off = _power_rows(tmp_path, "off", ("engine.vectorize", "off"))
+    assert [r["bytes_up"] for r in one] == [r["bytes_up"] for r in off]
+    for a, o in zip(one, off):  # test_vectorized's tolerance for batched against one by one
+        assert a["clients_ok"] == o["clients_ok"] == 24
+        assert abs(a["accuracy"] - o["accuracy"]) < 0.01 and abs(a["loss"] - o["loss"]) < 1e-3
 
 
 @pytest.mark.parametrize("method", sorted(METHOD))

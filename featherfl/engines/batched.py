@@ -6,11 +6,18 @@ step is shared: a client half that offers ``update_many`` trains every client of
 the round at once (``featherfl.algorithms.vectorized``). Each client still gets its
 own bytes, its own reply and its own state.
 
-A round's cohort is cut into fixed groups (:func:`client_groups`, ``engine.group_clients``)
-that depend only on the cohort, never on how many workers or actors run them: a client's
-result can depend on the group it is trained in (padding, kernel blocking), so fixing the
-groups is what makes the rows identical for one worker or many (:func:`run_group` is the unit
-of work both the local engine's threads and the Ray engine's actors run).
+A round's cohort is cut into fixed groups (:func:`plan_groups`, ``engine.group_clients``)
+that depend only on the cohort and its clients' numbers of local steps, never on how many
+workers or actors run them: a client's result can depend on the group it is trained in
+(padding, kernel blocking), so fixing the groups is what makes the rows identical for one
+worker or many (:func:`run_group` is the unit of work both the local engine's threads and the
+Ray engine's actors run).
+
+A batched call runs as many steps as its longest client: a client that finishes early is
+masked, not skipped, so it is still computed. With clients of very different sizes (a power
+law: most hold a few batches, a few hold thousands of rows) one group would make every client
+pay for the largest one's steps, so :func:`plan_groups` sorts the cohort by steps and cuts it
+where the cost model says it pays (:func:`group_cost`).
 
 When anything in a group's batched call fails, that group's clients run one by one
 instead, so a failure is attributed to the client that caused it exactly as on
@@ -25,6 +32,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 import featherfl.wire as wire
@@ -53,6 +61,91 @@ def client_groups(cids: list[int], most: int) -> list[list[int]]:
         out.append(cids[i : i + k])
         i += k
     return out
+
+
+#: What one step of a batched call costs beyond its clients' own arithmetic, in client-steps
+#: (``engine.group_overhead``'s default). Measured on the MLP 64-64-10 at batch 10, one thread
+#: (2-core x86 machine): a step of C clients took about 1.44 ms + 0.087 ms x C, so 16; the call's
+#: own set-up is about one step's overhead. For a small CNN the same fit gave about 2 (its
+#: per-client arithmetic is larger); a value above the true one only makes groups larger.
+GROUP_OVERHEAD = 16
+
+#: Size-aware groups replace the client-order ones only when the cost model says they save at
+#: least this share of the round: a cohort of near-equal clients keeps the groups (and so the
+#: float rounding of its rows) it always had.
+SIZE_AWARE_SAVING = 0.2
+
+
+def group_cost(max_steps: int, clients: int, overhead: int) -> int:
+    """The cost model of one batched call, in client-steps: every one of its ``max_steps`` steps
+    computes all ``clients`` clients (finished ones are masked, not skipped) plus a fixed
+    ``overhead`` (dispatch, the optimiser's handful of ops); the call's set-up costs one more
+    step's overhead."""
+    return max_steps * (overhead + clients) + overhead
+
+
+def plan_groups(cids: list[int], most: int, steps: list[int] | None = None, overhead: int = GROUP_OVERHEAD) -> list[list[int]]:
+    """The round's batched groups, largest cost first (the order workers should take them in).
+
+    Without ``steps`` (a client half that cannot say), :func:`client_groups`. Otherwise the
+    cohort sorted by (local steps, client id) is cut into runs of at most ``most`` clients that
+    minimise the sum of :func:`group_cost` (dynamic programming over the sorted list: groups of
+    an optimal cut of a sorted list are contiguous in it), and that cut is taken if it is at
+    least ``SIZE_AWARE_SAVING`` cheaper than the client-order groups. Within a size-aware group
+    clients stay in sorted order (a memory split inside the call then cuts near-equal clients
+    together). Everything here depends on the cohort, the steps and the two settings alone, so
+    the groups are the same whoever trains them."""
+    even = client_groups(cids, most)
+    if steps is None or len(cids) < 2:
+        return even
+    if len(steps) != len(cids):
+        raise ValueError(f"plan_groups: {len(steps)} step counts for {len(cids)} clients")
+    of = dict(zip(cids, steps))
+    even_cost = sum(group_cost(max(of[c] for c in g), len(g), overhead) for g in even)
+    order = sorted(range(len(cids)), key=lambda i: (steps[i], cids[i]))
+    s = np.array([steps[i] for i in order], dtype=np.int64)
+    n = len(s)
+    best = np.zeros(n + 1, dtype=np.int64)  # best[j]: cheapest cut of the first j sorted clients
+    cut = np.zeros(n + 1, dtype=np.int64)  # where that cut's last group starts
+    for j in range(1, n + 1):
+        lo = max(0, j - most)
+        starts = np.arange(lo, j, dtype=np.int64)
+        costs = best[lo:j] + s[j - 1] * (overhead + (j - starts)) + overhead
+        k = int(np.argmin(costs))  # the first minimum: the largest group among equals
+        best[j], cut[j] = costs[k], lo + k
+    if best[n] > (1 - SIZE_AWARE_SAVING) * even_cost:
+        groups = even
+    else:
+        groups, j = [], n
+        while j > 0:
+            groups.append([cids[order[i]] for i in range(int(cut[j]), j)])
+            j = int(cut[j])
+        groups.reverse()
+    costs = [group_cost(max(of[c] for c in g), len(g), overhead) for g in groups]
+    return [groups[i] for i in sorted(range(len(groups)), key=lambda i: (-costs[i], i))]
+
+
+def cohort_steps(client: ClientHalf, rows: list[int]) -> list[int] | None:
+    """Each client's local steps from its rows (``ClientHalf.local_steps``), or None if the half
+    cannot say (then groups are cut in client order)."""
+    ask = getattr(client, "local_steps", None)
+    if ask is None:
+        return None
+    memo: dict[int, int | None] = {}
+    out = []
+    for r in rows:
+        if r not in memo:
+            memo[r] = ask(r)
+        if memo[r] is None:
+            return None
+        out.append(int(memo[r]))
+    return out
+
+
+def client_rows(client_data) -> list[int]:
+    """Rows per client, without gathering any client's tensors where the population can say."""
+    sizes = getattr(client_data, "sizes", None)
+    return [int(n) for n in sizes()] if sizes is not None else [len(d) for d in client_data]
 
 
 def run_group(client: ClientHalf, rnd: int, jobs: dict[int, bytes], data: dict[int, ClientData], states: dict[int, dict], run_id: int) -> dict[int, ClientOutcome]:

@@ -3,9 +3,10 @@
 The default, and the reference the Ray and Flower engines are checked against.
 Client state lives in a dict keyed by client id and is saved in checkpoints.
 
-Batched rounds (``engine.vectorize``) are cut into fixed groups of clients
-(``engine.group_clients``) that ``engine.workers`` threads train side by side; the
-groups never depend on the number of workers, so neither do the results.
+Batched rounds (``engine.vectorize``) are cut into fixed groups of clients of similar
+local steps (``engine.group_clients``, ``featherfl.engines.batched.plan_groups``) that
+``engine.workers`` threads train side by side, costliest group first; the groups never
+depend on the number of workers, so neither do the results.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import traceback
 import torch
 
 from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
-from featherfl.engines.batched import GroupThreads, can_batch, client_groups, run_group
+from featherfl.engines.batched import GroupThreads, can_batch, client_rows, cohort_steps, plan_groups, run_group
 from featherfl.threads import choose_workers
 
 
@@ -27,11 +28,12 @@ class LocalEngine(ServerHeldStates, Engine):
         self.states: dict[int, dict] = {}
         self.workers = choose_workers(self.cfg["engine.workers"], torch.get_num_threads())
         self._threads: GroupThreads | None = None  # made on the first round with several groups
+        self._rows: list[int] | None = None  # rows per client, for the groups' cost model
 
     def _execute(self, rnd, jobs):
         if can_batch(self.cfg, self.client, len(jobs)):
             states = {cid: self.states.setdefault(cid, {}) for cid in jobs}  # here: the store is not thread-safe
-            groups = client_groups(list(jobs), self.cfg["engine.group_clients"])
+            groups = plan_groups(list(jobs), self.cfg["engine.group_clients"], self._steps(list(jobs)), self.cfg["engine.group_overhead"])
 
             def one(client, group):
                 return run_group(client, rnd, {c: jobs[c] for c in group}, {c: self.client_data[c] for c in group}, {c: states[c] for c in group}, self.run_id)
@@ -59,6 +61,12 @@ class LocalEngine(ServerHeldStates, Engine):
             if self.on_client is not None:
                 self.on_client(rnd, len(out), len(jobs))
         return out
+
+    def _steps(self, cids: list[int]) -> list[int] | None:
+        """The cohort's local steps, from each client's rows (read once per run)."""
+        if self._rows is None:
+            self._rows = client_rows(self.client_data)
+        return cohort_steps(self.client, [self._rows[c] for c in cids])
 
     def _group_threads(self) -> GroupThreads:
         """The worker threads and their client halves: this engine's own half and ``workers - 1``

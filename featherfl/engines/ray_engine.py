@@ -17,8 +17,8 @@ to the actor with the job and back with the reply; it is process-to-process
 traffic inside the simulation, not federated traffic, so the ledger ignores it.
 
 Batched rounds (``engine.vectorize``) go to the actors as the same fixed client groups
-the local engine trains (``engine.group_clients``, :func:`featherfl.engines.batched.run_group`),
-one group per actor call: the rows are then the local engine's whatever the number of
+the local engine trains (``engine.group_clients``, :func:`featherfl.engines.batched.plan_groups`,
+:func:`~featherfl.engines.batched.run_group`), one group per actor call, costliest first: the rows are then the local engine's whatever the number of
 actors (or of local workers).
 """
 
@@ -28,7 +28,7 @@ import time
 
 from featherfl.config import ConfigError
 from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
-from featherfl.engines.batched import client_groups, run_group
+from featherfl.engines.batched import client_rows, cohort_steps, plan_groups, run_group
 
 
 def _import_ray():
@@ -79,6 +79,10 @@ class ClientWorker:
         check = getattr(self.client, "can_update_many", None)  # as featherfl.engines.batched.can_batch asks
         return bool(check and check())
 
+    def local_steps(self, rows: list[int]) -> list[int] | None:
+        """Every client's local steps from its rows, for the groups' cost model (asked once)."""
+        return cohort_steps(self.client, rows)
+
     def train_group(self, rnd: int, jobs: dict[int, bytes], states: dict[int, dict], run_id: int):
         """One fixed group of clients in one batched call (one by one if it fails), as the local engine runs it."""
         out = run_group(self.client, rnd, jobs, {cid: self.client_data[cid] for cid in jobs}, states, run_id)
@@ -113,6 +117,7 @@ class RayEngine(ServerHeldStates, Engine):
         self.actors = [worker.remote(ctx_ref, data_ref, threads) for _ in range(size)]
         self.states: dict[int, dict] = {}
         self._batchable: bool | None = None  # whether the client half trains batched: asked of an actor once
+        self._steps: list[int] | None = None  # every client's local steps: asked of an actor once
 
     def _batches(self, n_jobs: int) -> bool:
         """``featherfl.engines.batched.can_batch``, with the client half's answer from an actor."""
@@ -120,6 +125,8 @@ class RayEngine(ServerHeldStates, Engine):
             return False
         if self._batchable is None:
             self._batchable = bool(self._ray.get(self.actors[0].can_update_many.remote()))
+            if self._batchable:
+                self._steps = self._ray.get(self.actors[0].local_steps.remote(client_rows(self.client_data)))
         return self._batchable
 
     def _map(self, submit, items):
@@ -135,7 +142,8 @@ class RayEngine(ServerHeldStates, Engine):
     def _execute(self, rnd, jobs):
         out: dict[int, ClientOutcome] = {}
         if self._batches(len(jobs)):
-            groups = client_groups(list(jobs), self.cfg["engine.group_clients"])
+            cids = list(jobs)
+            groups = plan_groups(cids, self.cfg["engine.group_clients"], None if self._steps is None else [self._steps[c] for c in cids], self.cfg["engine.group_overhead"])
             submit = lambda actor, g: actor.train_group.remote(rnd, {c: jobs[c] for c in g}, {c: self.states.get(c, {}) for c in g}, self.run_id)
             results = (r for group in self._map(submit, groups) for r in group)
         else:
