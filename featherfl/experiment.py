@@ -43,6 +43,8 @@ RESUMABLE_KEYS = frozenset(
         "eval.batch_size",
         "engine.threads",
         "engine.workers",
+        "engine.parallel",
+        "engine.worker_timeout",
         "engine.vectorize",
         "engine.address",
         "engine.num_cpus",

@@ -96,10 +96,10 @@ def plan_groups(cids: list[int], most: int, steps: list[int] | None = None, over
     together). Everything here depends on the cohort, the steps and the two settings alone, so
     the groups are the same whoever trains them."""
     even = client_groups(cids, most)
-    if steps is None or len(cids) < 2:
-        return even
-    if len(steps) != len(cids):
+    if steps is not None and len(steps) != len(cids):
         raise ValueError(f"plan_groups: {len(steps)} step counts for {len(cids)} clients")
+    if steps is None or len(cids) < 2 or min(steps) == max(steps):  # nothing to sort by
+        return sorted(even, key=len, reverse=True)
     of = dict(zip(cids, steps))
     even_cost = sum(group_cost(max(of[c] for c in g), len(g), overhead) for g in even)
     order = sorted(range(len(cids)), key=lambda i: (steps[i], cids[i]))

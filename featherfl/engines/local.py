@@ -5,8 +5,9 @@ Client state lives in a dict keyed by client id and is saved in checkpoints.
 
 Batched rounds (``engine.vectorize``) are cut into fixed groups of clients of similar
 local steps (``engine.group_clients``, ``featherfl.engines.batched.plan_groups``) that
-``engine.workers`` threads train side by side, costliest group first; the groups never
-depend on the number of workers, so neither do the results.
+``engine.workers`` train side by side, costliest group first, as forked worker processes
+(``engine.parallel = processes``, featherfl/engines/processes.py) or threads; the groups never
+depend on the number of workers or how they run, so neither do the results.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 
 from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
 from featherfl.engines.batched import GroupThreads, can_batch, client_rows, cohort_steps, plan_groups, run_group
-from featherfl.threads import choose_workers
+from featherfl.engines.processes import GroupProcesses
+from featherfl.threads import choose_parallel, choose_workers
 
 
 class LocalEngine(ServerHeldStates, Engine):
@@ -29,6 +31,8 @@ class LocalEngine(ServerHeldStates, Engine):
         self.workers = choose_workers(self.cfg["engine.workers"], torch.get_num_threads())
         self._threads: GroupThreads | None = None  # made on the first round with several groups
         self._rows: list[int] | None = None  # rows per client, for the groups' cost model
+        self.parallel = choose_parallel(self.cfg["engine.parallel"])
+        self._processes: GroupProcesses | None = None  # forked on the first round with several groups
 
     def _execute(self, rnd, jobs):
         if can_batch(self.cfg, self.client, len(jobs)):
@@ -38,7 +42,9 @@ class LocalEngine(ServerHeldStates, Engine):
             def one(client, group):
                 return run_group(client, rnd, {c: jobs[c] for c in group}, {c: self.client_data[c] for c in group}, {c: states[c] for c in group}, self.run_id)
 
-            if self.workers > 1 and len(groups) > 1:
+            if self.workers > 1 and len(groups) > 1 and self.parallel == "processes":
+                done = self._in_processes(rnd, jobs, states, groups)
+            elif self.workers > 1 and len(groups) > 1:
                 done = self._group_threads().map(one, groups)
             else:
                 done = (one(self.client, g) for g in groups)
@@ -68,6 +74,18 @@ class LocalEngine(ServerHeldStates, Engine):
             self._rows = client_rows(self.client_data)
         return cohort_steps(self.client, [self._rows[c] for c in cids])
 
+    def _in_processes(self, rnd, jobs, states, groups):
+        """The groups on the worker processes; each group's updated states written back here."""
+        if self._processes is None:
+            self._processes = GroupProcesses(self.client, self.client_data, self.workers, torch.get_num_threads(), self.cfg["engine.worker_timeout"])
+        tasks = [({c: jobs[c] for c in g}, {c: states[c] for c in g}) for g in groups]
+        for got, new in self._processes.run(rnd, tasks, self.run_id):
+            for cid, st in (new or {}).items():
+                kept = states[cid]  # the store's own dict: replaced in place
+                kept.clear()
+                kept.update(st)
+            yield got
+
     def _group_threads(self) -> GroupThreads:
         """The worker threads and their client halves: this engine's own half and ``workers - 1``
         more, each readied here (``can_update_many`` builds what a half builds lazily, e.g. FD's
@@ -83,6 +101,9 @@ class LocalEngine(ServerHeldStates, Engine):
         if self._threads is not None:
             self._threads.close()
             self._threads = None
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
         super().close()
 
     def evaluate_clients(self, x, y):
