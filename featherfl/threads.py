@@ -12,6 +12,7 @@ and otherwise one thread per core that nothing else is using when the run starts
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 
 #: Below this many parameters a second thread buys little and costs a lot on a busy machine.
@@ -47,3 +48,27 @@ def choose_threads(configured: int, model_parameters: int) -> int:
     if model_parameters < SMALL_MODEL:
         return 1
     return max(1, usable_cores() - busy_cores())
+
+
+def choose_workers(configured: int, torch_threads: int) -> int:
+    """Threads that train a round's batched client groups side by side (``engine.workers``).
+
+    ``configured`` if set; otherwise one per core idle at start when torch runs one intra-op
+    thread (small models: each worker then keeps one core busy), and 1 when torch's own threads
+    already use the cores (large models), where more workers would only contend for them."""
+    if configured > 0:
+        return configured
+    if torch_threads > 1:
+        return 1
+    return max(1, usable_cores() - busy_cores())
+
+
+def choose_parallel(configured: str) -> str:
+    """How ``engine.workers`` run side by side (``engine.parallel``): ``threads`` or ``processes``.
+
+    ``auto`` is processes where fork is available (Linux): a batched step of a small model is
+    mostly Python and dispatch, which threads of one interpreter take turns at (the GIL), so
+    forked processes are what let two cores do twice the work (benchmarks/results/cores.md)."""
+    if configured != "auto":
+        return configured
+    return "processes" if "fork" in multiprocessing.get_all_start_methods() else "threads"

@@ -103,3 +103,26 @@ def test_failing_client_is_dropped_not_fatal(tmp_path):
         eng.close()
     assert stats.dropped_reasons.get("error") == 1
     assert stats.clients_ok == 3 and stats.aggregated
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fd"])
+def test_batched_groups_give_the_same_rows_on_any_number_of_actors_or_workers(tmp_path, method):
+    """engine.vectorize=auto: Ray actors train the local engine's fixed client groups (9 clients in
+    groups of at most 4), so one actor, two actors, one local worker and two give identical rows."""
+    extra = [("algorithm", method), ("engine.vectorize", "auto"), ("clients", 9), ("engine.group_clients", 4)] + FAST.get(method, [])
+    runs = {
+        "local-1": [("engine.workers", 1)],
+        "local-2": [("engine.workers", 2)],
+        "ray-1": [("engine.name", "ray"), ("engine.num_cpus", 1)],
+        "ray-2": [("engine.name", "ray"), ("engine.num_cpus", 2)],
+    }
+    rows = {}
+    for name, more in runs.items():
+        exp = Experiment(prepare(build_config(overrides=SMALL + extra + more)), tmp_path / name, progress=False)
+        engine = exp.engine
+        exp.run()
+        if name.startswith("ray"):
+            assert engine._batchable and len(engine.actors) == 0  # batched groups were sent; the actors are gone after the run
+        rows[name] = metric_rows(tmp_path / name / "metrics.jsonl")
+    assert rows["local-1"][-1]["clients_ok"] == 9
+    assert rows["ray-1"] == rows["ray-2"] == rows["local-1"] == rows["local-2"]

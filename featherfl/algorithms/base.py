@@ -132,6 +132,13 @@ class ClientHalf(ABC):
         """Whether ``update_many`` (a round's clients trained as one batched computation) serves now."""
         return False
 
+    def local_steps(self, rows: int) -> int | None:
+        """How many local steps ``update_many`` takes for a client of ``rows`` rows, or None where
+        unknown. A batched call computes every client for its longest client's steps, so engines
+        group clients of similar steps together (``featherfl.engines.batched.plan_groups``); a
+        cost estimate only: results never depend on it beyond which clients share a call."""
+        return None
+
     def summation_around(self, summation: type | None) -> type | None:
         """The ``Algorithm.summation`` a sum of this client's replies follows: the method's own, or
         a feature's around it (a wrapper that changes what the reply holds, e.g. compression)."""
@@ -163,6 +170,9 @@ class ClientWrapper(ClientHalf):
 
     def can_update_many(self) -> bool:
         return self.inner.can_update_many()
+
+    def local_steps(self, rows: int) -> int | None:
+        return self.inner.local_steps(rows)
 
     def update_many(self, rnd: int, downs: dict, data: dict, states: dict) -> dict:
         return self.inner.update_many(rnd, downs, data, states)

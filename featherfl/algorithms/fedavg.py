@@ -86,6 +86,13 @@ class WeightsClient(ClientHalf):
         dropout (``vectorized.supports``)."""
         return type(self).update is _SEQUENTIAL_UPDATE and vectorized.supports(self.model)
 
+    def local_steps(self, rows: int) -> int:
+        """``train_epochs``'s steps on ``rows`` rows: E epochs of ceil(rows / B) batches, at most ``max_steps``."""
+        o = self.opts
+        per_epoch = (1 if rows else 0) if o.batch_size <= 0 else -(-rows // o.batch_size)
+        steps = o.local_epochs * per_epoch
+        return min(steps, o.max_steps) if o.max_steps else steps
+
     def update_many(self, rnd: int, downs: dict[int, WeightsDown], data: dict[int, ClientData], states: dict[int, dict]) -> dict[int, Payload]:
         """Every client's E local epochs as one batched computation (``engine.vectorize``): each client
         starts from its own downlink, with its own batch order (the same seeded generator as ``update``),

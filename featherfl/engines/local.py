@@ -1,7 +1,13 @@
-"""The in-process engine: clients run one after another in this process.
+"""The in-process engine: clients run in this process.
 
 The default, and the reference the Ray and Flower engines are checked against.
 Client state lives in a dict keyed by client id and is saved in checkpoints.
+
+Batched rounds (``engine.vectorize``) are cut into fixed groups of clients of similar
+local steps (``engine.group_clients``, ``featherfl.engines.batched.plan_groups``) that
+``engine.workers`` train side by side, costliest group first, as forked worker processes
+(``engine.parallel = processes``, featherfl/engines/processes.py) or threads; the groups never
+depend on the number of workers or how they run, so neither do the results.
 """
 
 from __future__ import annotations
@@ -9,8 +15,12 @@ from __future__ import annotations
 import time
 import traceback
 
+import torch
+
 from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
-from featherfl.engines.batched import can_batch, run_clients_batched
+from featherfl.engines.batched import GroupThreads, can_batch, client_rows, cohort_steps, plan_groups, run_group
+from featherfl.engines.processes import GroupProcesses
+from featherfl.threads import choose_parallel, choose_workers
 
 
 class LocalEngine(ServerHeldStates, Engine):
@@ -18,20 +28,33 @@ class LocalEngine(ServerHeldStates, Engine):
         super().__init__(*args, **kw)
         self.client = self.algorithm.make_client()
         self.states: dict[int, dict] = {}
+        self.workers = choose_workers(self.cfg["engine.workers"], torch.get_num_threads())
+        self._threads: GroupThreads | None = None  # made on the first round with several groups
+        self._rows: list[int] | None = None  # rows per client, for the groups' cost model
+        self.parallel = choose_parallel(self.cfg["engine.parallel"])
+        self._processes: GroupProcesses | None = None  # forked on the first round with several groups
 
     def _execute(self, rnd, jobs):
         if can_batch(self.cfg, self.client, len(jobs)):
-            t = time.perf_counter()
-            states = {cid: self.states.setdefault(cid, {}) for cid in jobs}
-            try:
-                replies = run_clients_batched(self.client, rnd, jobs, {cid: self.client_data[cid] for cid in jobs}, states, self.run_id)
-            except Exception:  # run them one by one: a failure is then attributed to its own client
-                replies = None
-            if replies is not None:
-                # each client is charged an equal share of the batch's time (engine.deadline)
-                share = (time.perf_counter() - t) / len(jobs)
-                return {cid: ClientOutcome(reply=replies[cid], seconds=share) for cid in jobs}
-        out: dict[int, ClientOutcome] = {}
+            states = {cid: self.states.setdefault(cid, {}) for cid in jobs}  # here: the store is not thread-safe
+            groups = plan_groups(list(jobs), self.cfg["engine.group_clients"], self._steps(list(jobs)), self.cfg["engine.group_overhead"])
+
+            def one(client, group):
+                return run_group(client, rnd, {c: jobs[c] for c in group}, {c: self.client_data[c] for c in group}, {c: states[c] for c in group}, self.run_id)
+
+            if self.workers > 1 and len(groups) > 1 and self.parallel == "processes":
+                done = self._in_processes(rnd, jobs, states, groups)
+            elif self.workers > 1 and len(groups) > 1:
+                done = self._group_threads().map(one, groups)
+            else:
+                done = (one(self.client, g) for g in groups)
+            out: dict[int, ClientOutcome] = {}
+            for got in done:
+                out.update(got)
+                if self.on_client is not None:
+                    self.on_client(rnd, len(out), len(jobs))
+            return {cid: out[cid] for cid in jobs}
+        out = {}
         for cid, down in jobs.items():
             state = self.states.setdefault(cid, {})
             t = time.perf_counter()
@@ -44,6 +67,44 @@ class LocalEngine(ServerHeldStates, Engine):
             if self.on_client is not None:
                 self.on_client(rnd, len(out), len(jobs))
         return out
+
+    def _steps(self, cids: list[int]) -> list[int] | None:
+        """The cohort's local steps, from each client's rows (read once per run)."""
+        if self._rows is None:
+            self._rows = client_rows(self.client_data)
+        return cohort_steps(self.client, [self._rows[c] for c in cids])
+
+    def _in_processes(self, rnd, jobs, states, groups):
+        """The groups on the worker processes; each group's updated states written back here."""
+        if self._processes is None:
+            self._processes = GroupProcesses(self.client, self.client_data, self.workers, torch.get_num_threads(), self.cfg["engine.worker_timeout"])
+        tasks = [({c: jobs[c] for c in g}, {c: states[c] for c in g}) for g in groups]
+        for got, new in self._processes.run(rnd, tasks, self.run_id):
+            for cid, st in (new or {}).items():
+                kept = states[cid]  # the store's own dict: replaced in place
+                kept.clear()
+                kept.update(st)
+            yield got
+
+    def _group_threads(self) -> GroupThreads:
+        """The worker threads and their client halves: this engine's own half and ``workers - 1``
+        more, each readied here (``can_update_many`` builds what a half builds lazily, e.g. FD's
+        device model from the seed through torch's global generator, which threads must not share)."""
+        if self._threads is None:
+            halves = [self.client] + [self.algorithm.make_client() for _ in range(self.workers - 1)]
+            if not all(h.can_update_many() for h in halves):
+                raise RuntimeError("engine.workers: a copy of the client half cannot train batched where the first can")
+            self._threads = GroupThreads(halves, torch.get_num_threads())
+        return self._threads
+
+    def close(self):
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
+        super().close()
 
     def evaluate_clients(self, x, y):
         return self.evaluate_held(self.client.evaluate, x, y)

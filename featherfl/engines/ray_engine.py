@@ -15,6 +15,11 @@ Ray gives the local engine's metrics and bytes for the same seed. Client state
 lives here in the driver (so checkpoints and resume work as locally): it travels
 to the actor with the job and back with the reply; it is process-to-process
 traffic inside the simulation, not federated traffic, so the ledger ignores it.
+
+Batched rounds (``engine.vectorize``) go to the actors as the same fixed client groups
+the local engine trains (``engine.group_clients``, :func:`featherfl.engines.batched.plan_groups`,
+:func:`~featherfl.engines.batched.run_group`), one group per actor call, costliest first: the rows are then the local engine's whatever the number of
+actors (or of local workers).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 
 from featherfl.config import ConfigError
 from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
+from featherfl.engines.batched import client_rows, cohort_steps, plan_groups, run_group
 
 
 def _import_ray():
@@ -69,6 +75,19 @@ class ClientWorker:
             return cid, None, ClientFailure.of(e, traceback.format_exc()), time.perf_counter() - t, state
         return cid, reply, None, time.perf_counter() - t, state
 
+    def can_update_many(self) -> bool:
+        check = getattr(self.client, "can_update_many", None)  # as featherfl.engines.batched.can_batch asks
+        return bool(check and check())
+
+    def local_steps(self, rows: list[int]) -> list[int] | None:
+        """Every client's local steps from its rows, for the groups' cost model (asked once)."""
+        return cohort_steps(self.client, rows)
+
+    def train_group(self, rnd: int, jobs: dict[int, bytes], states: dict[int, dict], run_id: int):
+        """One fixed group of clients in one batched call (one by one if it fails), as the local engine runs it."""
+        out = run_group(self.client, rnd, jobs, {cid: self.client_data[cid] for cid in jobs}, states, run_id)
+        return [(cid, o.reply, o.failure, o.seconds, states[cid]) for cid, o in out.items()]
+
     def evaluate(self, cid: int, state: dict, x, y):
         return cid, self.client.evaluate(state, x, y), state
 
@@ -97,6 +116,18 @@ class RayEngine(ServerHeldStates, Engine):
         data_ref = ray.put(self.client_data)
         self.actors = [worker.remote(ctx_ref, data_ref, threads) for _ in range(size)]
         self.states: dict[int, dict] = {}
+        self._batchable: bool | None = None  # whether the client half trains batched: asked of an actor once
+        self._steps: list[int] | None = None  # every client's local steps: asked of an actor once
+
+    def _batches(self, n_jobs: int) -> bool:
+        """``featherfl.engines.batched.can_batch``, with the client half's answer from an actor."""
+        if self.cfg["engine.vectorize"] == "off" or n_jobs < 2:
+            return False
+        if self._batchable is None:
+            self._batchable = bool(self._ray.get(self.actors[0].can_update_many.remote()))
+            if self._batchable:
+                self._steps = self._ray.get(self.actors[0].local_steps.remote(client_rows(self.client_data)))
+        return self._batchable
 
     def _map(self, submit, items):
         """Run ``submit(actor, item)`` over an ActorPool; yields results as they finish."""
@@ -110,10 +141,17 @@ class RayEngine(ServerHeldStates, Engine):
 
     def _execute(self, rnd, jobs):
         out: dict[int, ClientOutcome] = {}
-        submit = lambda actor, job: actor.train.remote(job[0], rnd, job[1], self.states.get(job[0], {}), self.run_id)
+        if self._batches(len(jobs)):
+            cids = list(jobs)
+            groups = plan_groups(cids, self.cfg["engine.group_clients"], None if self._steps is None else [self._steps[c] for c in cids], self.cfg["engine.group_overhead"])
+            submit = lambda actor, g: actor.train_group.remote(rnd, {c: jobs[c] for c in g}, {c: self.states.get(c, {}) for c in g}, self.run_id)
+            results = (r for group in self._map(submit, groups) for r in group)
+        else:
+            submit = lambda actor, job: actor.train.remote(job[0], rnd, job[1], self.states.get(job[0], {}), self.run_id)
+            results = self._map(submit, sorted(jobs.items()))
         pending = set(jobs)
         try:
-            for cid, reply, failure, seconds, state in self._map(submit, sorted(jobs.items())):
+            for cid, reply, failure, seconds, state in results:
                 pending.discard(cid)
                 self.states[cid] = state
                 out[cid] = ClientOutcome.raised(failure, seconds) if failure else ClientOutcome(reply=reply, seconds=seconds)

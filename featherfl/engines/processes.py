@@ -1,0 +1,198 @@
+"""Worker processes that train a round's batched client groups (``engine.parallel = processes``).
+
+Threads share one interpreter: torch kernels release the GIL, but a batched step of small
+models is mostly Python and dispatch, so two threads on two cores measured barely faster than
+one (benchmarks/results/cores.md). Here each worker is a process of its own, forked once per run
+from the engine's process when the first round with several groups starts:
+
+- what it needs it inherits: the client half (a copy: a half's model is scratch space) and the
+  client data, whose arrays the fork shares copy-on-write: nothing writes them, so the pages
+  stay the parent's (a client's rows are gathered per group, as in the parent);
+- a round sends it one group at a time over its pipe: (round, the group's downlink bytes, the
+  group's client states, run id, grad mode), pickled by value (no shared-memory handles), and
+  it answers with :func:`featherfl.engines.batched.run_group`'s outcomes and the updated
+  states, which the engine writes back into its own state store;
+- groups go costliest first to whichever worker is idle.
+
+A worker that dies (killed, out of memory) or takes longer than ``engine.worker_timeout``
+seconds for one group is stopped and its group's clients count as failed clients
+(``WorkerLost``), like any client that raised; the next round forks a fresh worker. Workers
+ignore SIGINT (Ctrl-C stops the run in the parent, which then stops them), die with the parent
+(``PR_SET_PDEATHSIG`` on Linux; otherwise they leave at the end of their pipe), and are stopped
+by :meth:`GroupProcesses.close`, which the engine calls when the run ends, also on errors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+import traceback
+from multiprocessing.connection import wait
+from typing import Iterator
+
+import torch
+
+from featherfl.algorithms.base import ClientHalf
+from featherfl.engines.base import ClientFailure, ClientOutcome
+
+#: Seconds a worker gets to leave after being asked to stop, before it is killed.
+STOP_GRACE = 5.0
+
+
+def fork_available() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when the parent exits, even if the parent is killed."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent left before the call took effect
+        os._exit(1)
+
+
+def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads: int, parent: int) -> None:
+    """A worker's loop: one group per message until told to stop (None) or the pipe closes."""
+    from featherfl.engines.batched import run_group
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    for c in inherited:  # the engine's pipe ends, copied by the fork: closed, so the pipe ends when the engine goes
+        c.close()
+    torch.set_num_threads(torch_threads)
+    while True:
+        try:
+            msg = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        rnd, jobs, states, run_id, grad = msg
+        try:
+            with torch.set_grad_enabled(grad):
+                out = run_group(client, rnd, jobs, {cid: client_data[cid] for cid in jobs}, states, run_id)
+            answer = ("ok", out, states)
+        except BaseException as e:  # run_group keeps a client's failure its own; anything else fails the group
+            answer = ("failed", ClientFailure.of(e, traceback.format_exc()), None)
+        try:
+            conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, OSError):
+            return
+
+
+class GroupProcesses:
+    """``workers`` forked worker processes that run client groups (see the module's docstring)."""
+
+    def __init__(self, client: ClientHalf, client_data, workers: int, torch_threads: int, timeout: float):
+        if not fork_available():
+            raise RuntimeError("engine.parallel=processes needs the fork start method (Linux); use engine.parallel=threads")
+        self._mp = multiprocessing.get_context("fork")
+        self._client = client
+        self._data = client_data
+        self._threads = torch_threads
+        self._timeout = timeout
+        self._procs: list = [None] * workers
+        self._conns: list = [None] * workers
+        self._busy: dict[int, tuple[int, float]] = {}  # worker -> (group, start) of the round under way
+
+    def _start(self, i: int) -> None:
+        ours, theirs = self._mp.Pipe(duplex=True)
+        inherited = [c for c in self._conns if c is not None] + [ours]
+        p = self._mp.Process(
+            target=_serve, args=(theirs, inherited, self._client, self._data, self._threads, os.getpid()), name=f"featherfl-group-{i}", daemon=True
+        )
+        p.start()
+        theirs.close()
+        self._procs[i], self._conns[i] = p, ours
+
+    def _stop(self, i: int, kill: bool) -> None:
+        p, c = self._procs[i], self._conns[i]
+        self._procs[i] = self._conns[i] = None
+        if p is None:
+            return
+        if not kill:
+            try:
+                c.send_bytes(pickle.dumps(None))
+            except (BrokenPipeError, OSError):
+                pass
+            p.join(STOP_GRACE)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        c.close()
+
+    def run(self, rnd: int, groups: list[tuple[dict[int, bytes], dict[int, dict]]], run_id: int) -> Iterator[tuple[dict[int, ClientOutcome], dict[int, dict] | None]]:
+        """Each group's ``(outcomes, updated states)`` as it finishes (states None where the group
+        failed as a whole); ``groups`` are (jobs, states) in the order to hand them out."""
+        grad = torch.is_grad_enabled()
+        todo = list(range(len(groups)))
+        busy = self._busy = {}  # worker -> (group, start)
+        try:
+            while todo or busy:
+                for i in range(len(self._procs)):
+                    if todo and i not in busy:
+                        if self._procs[i] is None or not self._procs[i].is_alive():
+                            self._stop(i, kill=True)
+                            self._start(i)
+                        g = todo.pop(0)
+                        jobs, states = groups[g]
+                        try:
+                            self._conns[i].send_bytes(pickle.dumps((rnd, jobs, states, run_id, grad), protocol=pickle.HIGHEST_PROTOCOL))
+                        except (BrokenPipeError, OSError) as e:
+                            self._stop(i, kill=True)
+                            yield self._lost(jobs, f"worker process could not be given its group ({e.__class__.__name__})"), None
+                            continue
+                        busy[i] = (g, time.monotonic())
+                if not busy:
+                    continue
+                limit = None
+                if self._timeout > 0:
+                    limit = max(0.0, min(t for _, t in busy.values()) + self._timeout - time.monotonic())
+                ready = wait([self._conns[i] for i in busy] + [self._procs[i].sentinel for i in busy], timeout=limit)
+                for i in list(busy):
+                    g, started = busy[i]
+                    jobs = groups[g][0]
+                    conn, proc = self._conns[i], self._procs[i]
+                    if conn in ready or proc.sentinel in ready:
+                        del busy[i]
+                        try:
+                            status, got, states = pickle.loads(conn.recv_bytes())
+                        except (EOFError, OSError):
+                            proc.join(1.0)
+                            code = proc.exitcode
+                            self._stop(i, kill=True)
+                            yield self._lost(jobs, f"worker process {proc.pid} exited (code {code}) while training this client's group"), None
+                            continue
+                        if status == "ok":
+                            yield got, states
+                        else:
+                            yield {cid: ClientOutcome.raised(got, time.monotonic() - started) for cid in jobs}, None
+                    elif self._timeout > 0 and time.monotonic() - started >= self._timeout:
+                        del busy[i]
+                        self._stop(i, kill=True)
+                        yield self._lost(jobs, f"worker process {proc.pid} took over engine.worker_timeout={self._timeout:g} s for this client's group; stopped"), None
+        except BaseException:
+            for i in busy:  # an error or an interrupt here: no worker is left training for nobody
+                self._stop(i, kill=True)
+            raise
+
+    @staticmethod
+    def _lost(jobs: dict[int, bytes], why: str) -> dict[int, ClientOutcome]:
+        return {cid: ClientOutcome.raised(ClientFailure("WorkerLost", why)) for cid in jobs}
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.is_alive()]
+
+    def close(self) -> None:
+        """Stop every worker: asked to leave, killed if it does not; one still training a group
+        (a round that ended in an error or an interrupt) is killed at once."""
+        busy, self._busy = self._busy, {}
+        for i in range(len(self._procs)):
+            self._stop(i, kill=i in busy)
