@@ -9,9 +9,11 @@ from the engine's process when the first round with several groups starts:
   client data, whose arrays the fork shares copy-on-write: nothing writes them, so the pages
   stay the parent's (a client's rows are gathered per group, as in the parent);
 - a round sends it one group at a time over its pipe: (round, the group's downlink bytes, the
-  group's client states, run id, grad mode), pickled by value (no shared-memory handles), and
-  it answers with :func:`featherfl.engines.batched.run_group`'s outcomes and the updated
-  states, which the engine writes back into its own state store;
+  group's client states, run id, grad mode) as plain data (ints, bytes, strings, tensors) written
+  by ``torch.save`` and read back with ``weights_only=True``, as the disk state store reads
+  states: nothing on a pipe is unpickled into arbitrary objects. It answers with
+  :func:`featherfl.engines.batched.run_group`'s outcomes (reply bytes, failure, seconds) and the
+  updated states, which the engine writes back into its own state store;
 - groups go costliest first to whichever worker is idle.
 
 A worker that dies (killed, out of memory) or takes longer than ``engine.worker_timeout``
@@ -25,9 +27,9 @@ by :meth:`GroupProcesses.close`, which the engine calls when the run ends, also 
 from __future__ import annotations
 
 import ctypes
+import io
 import multiprocessing
 import os
-import pickle
 import signal
 import time
 import traceback
@@ -41,6 +43,32 @@ from featherfl.engines.base import ClientFailure, ClientOutcome
 
 #: Seconds a worker gets to leave after being asked to stop, before it is killed.
 STOP_GRACE = 5.0
+
+
+def _pack(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _unpack(raw: bytes):
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+
+def _failure_out(f: ClientFailure | None):
+    return None if f is None else (f.type, f.message, f.traceback)
+
+
+def _failure_in(t) -> ClientFailure | None:
+    return None if t is None else ClientFailure(str(t[0]), str(t[1]), None if t[2] is None else str(t[2]))
+
+
+def _outcomes_out(out: dict[int, ClientOutcome]) -> dict:
+    return {int(cid): (o.reply, o.error, float(o.seconds), _failure_out(o.failure), list(o.duplicates)) for cid, o in out.items()}
+
+
+def _outcomes_in(raw: dict) -> dict[int, ClientOutcome]:
+    return {int(cid): ClientOutcome(reply=r, error=e, seconds=float(s), failure=_failure_in(f), duplicates=list(d)) for cid, (r, e, s, f, d) in raw.items()}
 
 
 def fork_available() -> bool:
@@ -69,7 +97,7 @@ def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads
     torch.set_num_threads(torch_threads)
     while True:
         try:
-            msg = pickle.loads(conn.recv_bytes())
+            msg = _unpack(conn.recv_bytes())
         except (EOFError, OSError):
             return
         if msg is None:
@@ -78,11 +106,11 @@ def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads
         try:
             with torch.set_grad_enabled(grad):
                 out = run_group(client, rnd, jobs, {cid: client_data[cid] for cid in jobs}, states, run_id)
-            answer = ("ok", out, states)
+            answer = ("ok", _outcomes_out(out), states)
         except BaseException as e:  # run_group keeps a client's failure its own; anything else fails the group
-            answer = ("failed", ClientFailure.of(e, traceback.format_exc()), None)
+            answer = ("failed", _failure_out(ClientFailure.of(e, traceback.format_exc())), None)
         try:
-            conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+            conn.send_bytes(_pack(answer))
         except (BrokenPipeError, OSError):
             return
 
@@ -119,7 +147,7 @@ class GroupProcesses:
             return
         if not kill:
             try:
-                c.send_bytes(pickle.dumps(None))
+                c.send_bytes(_pack(None))
             except (BrokenPipeError, OSError):
                 pass
             p.join(STOP_GRACE)
@@ -144,7 +172,7 @@ class GroupProcesses:
                         g = todo.pop(0)
                         jobs, states = groups[g]
                         try:
-                            self._conns[i].send_bytes(pickle.dumps((rnd, jobs, states, run_id, grad), protocol=pickle.HIGHEST_PROTOCOL))
+                            self._conns[i].send_bytes(_pack((rnd, jobs, states, run_id, grad)))
                         except (BrokenPipeError, OSError) as e:
                             self._stop(i, kill=True)
                             yield self._lost(jobs, f"worker process could not be given its group ({e.__class__.__name__})"), None
@@ -163,7 +191,7 @@ class GroupProcesses:
                     if conn in ready or proc.sentinel in ready:
                         del busy[i]
                         try:
-                            status, got, states = pickle.loads(conn.recv_bytes())
+                            status, got, states = _unpack(conn.recv_bytes())
                         except (EOFError, OSError):
                             proc.join(1.0)
                             code = proc.exitcode
@@ -171,9 +199,9 @@ class GroupProcesses:
                             yield self._lost(jobs, f"worker process {proc.pid} exited (code {code}) while training this client's group"), None
                             continue
                         if status == "ok":
-                            yield got, states
+                            yield _outcomes_in(got), states
                         else:
-                            yield {cid: ClientOutcome.raised(got, time.monotonic() - started) for cid in jobs}, None
+                            yield {cid: ClientOutcome.raised(_failure_in(got), time.monotonic() - started) for cid in jobs}, None
                     elif self._timeout > 0 and time.monotonic() - started >= self._timeout:
                         del busy[i]
                         self._stop(i, kill=True)
