@@ -290,7 +290,12 @@ def main(grid: Grid, context: Context) -> None:
     net.load_state_dict(torch.load(init, weights_only=True))
     strategy = FedAvg(fraction_train=cohort / clients, fraction_evaluate=0.0, min_train_nodes=cohort, min_evaluate_nodes=0, min_available_nodes=clients)
     t0 = time.perf_counter()
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(net.state_dict()), num_rounds=rounds)
+
+    def progress(server_round, arrays):  # Flower calls it after each round: a run cut off still says how far it got
+        json.dump({"rounds": server_round, "seconds": time.perf_counter() - t0}, open(out + ".progress", "w"))
+        return None
+
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(net.state_dict()), num_rounds=rounds, evaluate_fn=progress)
     seconds = time.perf_counter() - t0
     net.load_state_dict(result.arrays.to_torch_state_dict())
     with torch.no_grad():
@@ -392,6 +397,12 @@ def compare(job: Job, pairs: int, work: Path, pfl_py: Path | None, extra: tuple[
                     res[who].append({"wall": wall, "rss": rss, "per_round": r["seconds"] / job.rounds, "accuracy": r["accuracy"]})
                 elif who == "flower":
                     res["flower_note"] = f"did not finish within {flower_timeout:.0f} s" if code == 124 else f"failed (exit {code})"
+                    prog = Path(str(js) + ".progress")
+                    if prog.exists():
+                        p = json.loads(prog.read_text())
+                        if p["rounds"] > 0:
+                            res["flower_partial"] = {"rounds": p["rounds"], "per_round": p["seconds"] / p["rounds"]}
+                            res["flower_note"] += f" ({p['rounds']} of {job.rounds} rounds done, {p['seconds'] / p['rounds']:.2f} s per round)"
             else:
                 subprocess.run(["rm", "-rf", str(out)])
                 wall, rss, code = timed(featherfl_cmd(job, npz, init, out, "off" if who == "fl_off" else "auto"), ROOT, env)
@@ -640,6 +651,9 @@ def main() -> None:
             if r["flower"]:
                 f = r["flower"][0]
                 lines.append(f"| {job.label} | {f['wall']:.1f} | **{_med(r['fl'], 'wall') / f['wall']:.3f}** | {f['per_round']:.3f} | **{_med(r['fl'], 'per_round') / f['per_round']:.3f}** | {f['rss']:.0f} | {f['accuracy']:.4f} |")
+            elif r.get("flower_partial"):
+                pr = r["flower_partial"]["per_round"]
+                lines.append(f"| {job.label} | {r['flower_note']} | | {pr:.3f} | **{_med(r['fl'], 'per_round') / pr:.3f}** | | |")
             else:
                 lines.append(f"| {job.label} | {r['flower_note']} | | | | | |")
     lines += ["", "featherfl maps the npz (uncompressed) instead of reading it, and lets go of the pages its finite-values check read; what stays"
