@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from population import ENV, featherfl_cmd  # noqa: E402  (the job's data, model and flags: one definition)
+from population import ENV, fixed_rows_cmd as featherfl_cmd  # noqa: E402  (the job's data, model and flags: one definition)
 
 COHORT = 500
 TIMING = {"seconds", "wall_seconds"}
@@ -155,7 +155,7 @@ def main() -> None:
     npz, init = work / f"pop{a.clients}.npz", work / "init.pt"
     env = {**os.environ, **ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"}
     if not npz.exists() or not init.exists():
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "population.py"), "--make", str(npz), str(init), str(a.clients)], check=True, env=env)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "population.py"), "--make-fixed", str(npz), str(init), str(a.clients)], check=True, env=env)
     t0 = time.perf_counter()
     load_start = os.getloadavg()
     uptime_start = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

@@ -89,13 +89,13 @@ def power_sizes(clients: int, mean_rows: int, min_rows: int, seed: int = 0):
     return np.array([len(p) for p in power_law(np.zeros(clients * mean_rows, dtype=np.int64), clients, POWER, seed, min_rows)])
 
 
-def make_synthetic(path: Path, clients: int, seed: int = 0) -> None:
+def make_synthetic(path: Path, clients: int, seed: int = 0, fixed: bool = False) -> None:
     """Gaussian class clusters, noisy enough that 30 rounds land well below 100 %; rows of one client
-    are contiguous, their number follows the power law and their labels are skewed (a Dirichlet(1)
-    mix per client), as devices' data are."""
+    are contiguous, their number follows the power law (``fixed``: ``ROWS`` each) and their labels
+    are skewed (a Dirichlet(1) mix per client), as devices' data are."""
     import numpy as np
 
-    sizes = power_sizes(clients, ROWS, MIN_ROWS, seed)
+    sizes = np.full(clients, ROWS) if fixed else power_sizes(clients, ROWS, MIN_ROWS, seed)
     rng = np.random.default_rng(seed)
     centers = rng.normal(0.0, 1.0, (CLASSES, FEATURES)).astype(np.float32)
     cum = np.cumsum(rng.dirichlet(np.ones(CLASSES), size=clients), axis=1)
@@ -111,6 +111,16 @@ def make_synthetic(path: Path, clients: int, seed: int = 0) -> None:
     ty = rng.integers(0, CLASSES, TEST_ROWS)
     tx = (centers[ty] + rng.normal(0.0, 3.2, (TEST_ROWS, FEATURES))).astype(np.float32)
     np.savez(path, x_train=x, y_train=y, x_test=tx, y_test=ty.astype(np.int64), client_train=owner)
+
+
+def make_npz(path: Path, clients: int, seed: int = 0) -> None:
+    """``ROWS`` rows per client: the equal-clients job of ``benchmarks/cores.py`` and ``round_profile.py``."""
+    make_synthetic(path, clients, seed, fixed=True)
+
+
+def fixed_rows_cmd(npz: Path, init: Path, clients: int, out: Path) -> list[str]:
+    """``featherfl run`` of the MLP job at cohort 50 over an npz of :func:`make_npz`."""
+    return featherfl_cmd(Job("mlp", clients, 50, 0.1), npz, init, out)
 
 
 def _idx(path: Path):
@@ -145,7 +155,7 @@ def make_mnist_writers(path: Path, mnist: Path, writers: int = WRITERS, seed: in
     np.savez(path, x_train=norm(images[order]), y_train=labels[order], x_test=norm(images[np.sort(test)]), y_test=labels[np.sort(test)], client_train=owner)
 
 
-def make_init(path: Path, model: str, shape: tuple[int, ...]) -> None:
+def make_init(path: Path, model: str = "mlp", shape: tuple[int, ...] = (FEATURES,)) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -158,13 +168,13 @@ def make_init(path: Path, model: str, shape: tuple[int, ...]) -> None:
 # --- the jobs -------------------------------------------------------------------------------------
 
 
-def featherfl_cmd(job: Job, npz: Path, init: Path, out: Path, vectorize: str = "auto") -> list[str]:
+def featherfl_cmd(job: Job, npz: Path, init: Path, out: Path, vectorize: str = "auto", seed: int = 0) -> list[str]:
     a = job.algorithm
     cmd = [
         sys.executable, "-m", "featherfl", "run", "--algorithm", a, "--dataset", "npz", "--clients", str(job.clients), "--rounds", str(job.rounds),
         "--model", f"population_model:{job.model}", "--out", str(out), "--quiet",
         "--set", f"data.dir={npz}", "--set", "partition.name=natural", "--set", f"engine.cohort={job.cohort}", "--set", f"model.init={init}",
-        "--set", f"eval.every={job.rounds}", "--set", "log.plots=false", "--set", "engine.threads=1", "--set", f"engine.vectorize={vectorize}",
+        "--set", f"eval.every={job.rounds}", "--set", "log.plots=false", "--set", "engine.threads=1", "--set", f"engine.vectorize={vectorize}", "--set", f"seed={seed}",
     ]
     if a == "fedavg":
         cmd += ["--set", f"fedavg.lr={job.lr}", "--set", "fedavg.momentum=0", "--set", f"fedavg.batch_size={job.batch}", "--set", "fedavg.local_epochs=1",
@@ -180,6 +190,7 @@ import numpy as np, torch
 torch.set_num_threads(1)
 npz, init, out, models, model_name = sys.argv[1:6]
 rounds, cohort, lr, batch = int(sys.argv[6]), int(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
+seed = int(sys.argv[10]) if len(sys.argv) > 10 else 0
 sys.path.insert(0, models)
 import population_model
 from pfl.aggregate.simulate import SimulatedBackend
@@ -212,7 +223,7 @@ class Net(torch.nn.Module):
         return {"loss": Weighted(float(torch.nn.functional.cross_entropy(out, b.long(), reduction="sum")), n),
                 "accuracy": Weighted(float((out.argmax(1) == b).sum()), n)}
 
-torch.manual_seed(0); np.random.seed(0)
+torch.manual_seed(seed); np.random.seed(seed)
 model = Net()
 model.net.load_state_dict(torch.load(init, weights_only=True))
 users = list(range(clients))
@@ -414,6 +425,28 @@ def compare(job: Job, pairs: int, work: Path, pfl_py: Path | None, extra: tuple[
     return res
 
 
+def accuracy_seeds(job: Job, seeds: int, work: Path, pfl_py: Path | None) -> dict:
+    """Final accuracy of featherfl and pfl over ``seeds`` seeds each (0..seeds-1: featherfl's ``seed``,
+    pfl's torch and numpy seeds), not timed: the two samplers draw different cohorts, so one run of
+    each differs by the spread of cohort draws; the means over seeds are what to compare."""
+    npz, init = prepare_data(job, work)
+    env = {**os.environ, **ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"}
+    (work / "pfl_job.py").write_text(PFL_JOB)
+    out: dict = {"fl": [], "pfl": []}
+    for seed in range(seeds):
+        run = work / f"acc-fl-{job.model}-{job.clients}-{job.cohort}-{seed}"
+        subprocess.run(["rm", "-rf", str(run)])
+        if subprocess.run(featherfl_cmd(job, npz, init, run, seed=seed), cwd=ROOT, env=env, capture_output=True).returncode == 0:
+            out["fl"].append(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["accuracy"])
+        if pfl_py is not None:
+            js = work / f"acc-pfl-{job.model}-{job.clients}-{job.cohort}-{seed}.json"
+            args = [str(pfl_py), str(work / "pfl_job.py"), str(npz), str(init), str(js), str(ROOT / "benchmarks"), job.model, str(job.rounds), str(job.cohort), str(job.lr), str(job.batch), str(seed)]
+            if subprocess.run(args, cwd=work, env={**os.environ, **ENV}, capture_output=True).returncode == 0:
+                out["pfl"].append(json.loads(js.read_text())["accuracy"])
+        print(f"  accuracy {job.label} seed {seed}: fl {out['fl'][-1:]} pfl {out['pfl'][-1:]}", flush=True)
+    return out
+
+
 def fd_population(work: Path, sizes: list[int], cohort: int = 50, rounds: int = 5) -> list[dict]:
     """FD (a method with per-client state: each device keeps its own model) at each population, featherfl only."""
     env = {**os.environ, **ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"}
@@ -556,6 +589,10 @@ def main() -> None:
             make_synthetic(npz, clients)
             make_init(init, "mlp", (FEATURES,))
         return
+    if sys.argv[1:2] == ["--make-fixed"]:  # cores.py's data, made in a child process
+        make_npz(Path(sys.argv[2]), int(sys.argv[4]))
+        make_init(Path(sys.argv[3]))
+        return
     if sys.argv[1:2] == ["--partition-times"]:
         print(json.dumps(_partition_times()))
         return
@@ -567,6 +604,7 @@ def main() -> None:
     ap.add_argument("--no-flower", action="store_true", help="skip Flower's run_simulation (run once on the first MLP job and on the CNN job)")
     ap.add_argument("--flower-timeout", type=float, default=600.0)
     ap.add_argument("--no-fd", action="store_true", help="skip FD at 10^3 and 10^5 clients")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds for the accuracy comparison of the 1,000-client cohort-50 jobs (0 = none)")
     ap.add_argument("--data-dir", default=str(MNIST.parent), help="the folder holding mnist-t10k/ (default ../shared/data)")
     ap.add_argument("--work", default="/tmp/featherfl-population")
     ap.add_argument("--pfl-venv", default="/tmp/pflvenv")
@@ -599,11 +637,12 @@ def main() -> None:
             results.append((job, compare(job, pairs[0], work, pfl_py, () if a.no_flower else ("flower",), a.flower_timeout)))
         else:
             print(f"no MNIST under {MNIST}: CNN job skipped", flush=True)
+    acc = [(job, accuracy_seeds(job, a.seeds, work, pfl_py)) for job, _ in results if a.seeds and job.clients == WRITERS and job.cohort == 50]
     fd = [] if a.no_fd else fd_population(work, sorted({sizes[0], sizes[-1]}))
     parts = [] if a.skip_extras else partition_times()
     store = [] if a.skip_extras else store_rss(work)
     versions = subprocess.run([sys.executable, "-c", "import numpy, torch, flwr; print(torch.__version__, numpy.__version__, flwr.__version__)"], capture_output=True, text=True).stdout.split()
-    command = f".venv/bin/python benchmarks/population.py --sizes {a.sizes} --cohorts {a.cohorts} --pairs {a.pairs}" + "".join(
+    command = f".venv/bin/python benchmarks/population.py --sizes {a.sizes} --cohorts {a.cohorts} --pairs {a.pairs} --seeds {a.seeds}" + "".join(
         f" --{k}" for k, v in (("no-cnn", a.no_cnn), ("no-flower", a.no_flower), ("no-fd", a.no_fd), ("skip-extras", a.skip_extras)) if v)
     lines = [
         "# Cross-device at population scale: featherfl vs pfl-research and Flower",
@@ -659,6 +698,15 @@ def main() -> None:
     lines += ["", "featherfl maps the npz (uncompressed) instead of reading it, and lets go of the pages its finite-values check read; what stays"
               " resident is what the rounds gather, so its peak RSS can sit below the training array; pfl's `np.load` reads every array.",
               "", "npz file per MLP population: " + ", ".join(f"{n:,}: {mb:.0f} MB" for n, mb in sizes_seen.items()) + "."]
+    if acc:
+        lines += ["", f"## Accuracy over seeds", "",
+                  "The timed runs above use seed 0 for both; one run of each differs by the spread of the cohorts the two samplers draw.",
+                  f"Final accuracy over seeds 0-{a.seeds - 1} (featherfl `seed`; pfl's torch and numpy seeds), not timed:", "",
+                  "| job | featherfl mean (min-max) | pfl mean (min-max) | difference of means |", "|---|---:|---:|---:|"]
+        for job, r in acc:
+            if r["fl"] and r["pfl"]:
+                fm, pm = statistics.mean(r["fl"]), statistics.mean(r["pfl"])
+                lines.append(f"| {job.label} | {fm:.4f} ({min(r['fl']):.4f}-{max(r['fl']):.4f}) | {pm:.4f} ({min(r['pfl']):.4f}-{max(r['pfl']):.4f}) | {fm - pm:+.4f} |")
     if fd:
         lines += ["", "## FD, a method with per-client state, against the population (featherfl only)", "",
                   "FD keeps a model per device between rounds (`engine.client_state`: in memory up to 1,000 clients, on disk above). Same MLP",

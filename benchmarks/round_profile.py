@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from population import ENV, featherfl_cmd, make_init, make_npz  # noqa: E402
+from population import ENV, fixed_rows_cmd as featherfl_cmd, make_init, make_npz  # noqa: E402
 
 CLIENTS = 1000
 

@@ -8,10 +8,10 @@ from the engine's process when the first round with several groups starts:
 - what it needs it inherits: the client half (a copy: a half's model is scratch space) and the
   client data, whose arrays the fork shares copy-on-write: nothing writes them, so the pages
   stay the parent's (a client's rows are gathered per group, as in the parent);
-- a round sends it one group at a time over its pipe: (round, the group's downlink bytes, the
-  group's client states, run id, grad mode) as plain data (ints, bytes, strings, tensors) written
-  by ``torch.save`` and read back with ``weights_only=True``, as the disk state store reads
-  states: nothing on a pipe is unpickled into arbitrary objects. It answers with
+- a round sends it one group at a time over its pipe: a JSON header (round, run id, grad mode,
+  client ids), the group's downlink bytes as they are, and the group's client states written by
+  ``torch.save`` and read back with ``weights_only=True``, as the disk state store reads states:
+  nothing on a pipe is unpickled into arbitrary objects. It answers with
   :func:`featherfl.engines.batched.run_group`'s outcomes (reply bytes, failure, seconds) and the
   updated states, which the engine writes back into its own state store;
 - groups go costliest first to whichever worker is idle.
@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import ctypes
 import io
+import json
 import multiprocessing
 import os
 import signal
+import struct
 import time
 import traceback
 from multiprocessing.connection import wait
@@ -45,30 +47,67 @@ from featherfl.engines.base import ClientFailure, ClientOutcome
 STOP_GRACE = 5.0
 
 
-def _pack(obj) -> bytes:
+def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
 
 
-def _unpack(raw: bytes):
-    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+def _pack(header: dict, blobs: list[bytes] = (), states: dict | None = None) -> bytes:
+    """One pipe message: a JSON header, then the byte blobs (downlinks or replies) back to back, then
+    the clients' states (``torch.save``) when any is non-empty. Blobs travel as they are: a cohort's
+    replies cost a copy, not a serialisation per reply."""
+    st = _torch_bytes(states) if states and any(states.values()) else b""
+    head = json.dumps({**header, "blobs": [len(b) for b in blobs], "states": len(st)}).encode()
+    return struct.pack("<Q", len(head)) + head + b"".join(blobs) + st
+
+
+def _unpack(raw: bytes) -> tuple[dict, list[bytes], dict | None]:
+    """The header, the blobs and the states of :func:`_pack`'s message; states are read with
+    ``weights_only=True`` (plain containers and tensors only)."""
+    (n,) = struct.unpack_from("<Q", raw, 0)
+    header = json.loads(raw[8 : 8 + n])
+    pos, blobs = 8 + n, []
+    for size in header["blobs"]:
+        blobs.append(bytes(raw[pos : pos + size]))
+        pos += size
+    states = None
+    if header["states"]:
+        states = torch.load(io.BytesIO(raw[pos : pos + header["states"]]), map_location="cpu", weights_only=True)
+    return header, blobs, states
 
 
 def _failure_out(f: ClientFailure | None):
-    return None if f is None else (f.type, f.message, f.traceback)
+    return None if f is None else [f.type, f.message, f.traceback]
 
 
 def _failure_in(t) -> ClientFailure | None:
     return None if t is None else ClientFailure(str(t[0]), str(t[1]), None if t[2] is None else str(t[2]))
 
 
-def _outcomes_out(out: dict[int, ClientOutcome]) -> dict:
-    return {int(cid): (o.reply, o.error, float(o.seconds), _failure_out(o.failure), list(o.duplicates)) for cid, o in out.items()}
+def _answer(out: dict[int, ClientOutcome], states: dict) -> bytes:
+    cids = list(out)
+    blobs = [out[c].reply for c in cids if out[c].reply is not None] + [d for c in cids for d in out[c].duplicates]
+    header = {
+        "status": "ok",
+        "cids": cids,
+        "replied": [out[c].reply is not None for c in cids],
+        "errors": [out[c].error for c in cids],
+        "seconds": [float(out[c].seconds) for c in cids],
+        "failures": [_failure_out(out[c].failure) for c in cids],
+        "duplicates": [len(out[c].duplicates) for c in cids],
+    }
+    return _pack(header, blobs, states)
 
 
-def _outcomes_in(raw: dict) -> dict[int, ClientOutcome]:
-    return {int(cid): ClientOutcome(reply=r, error=e, seconds=float(s), failure=_failure_in(f), duplicates=list(d)) for cid, (r, e, s, f, d) in raw.items()}
+def _outcomes_in(header: dict, blobs: list[bytes]) -> dict[int, ClientOutcome]:
+    it = iter(blobs)
+    replies = [next(it) if r else None for r in header["replied"]]
+    out = {}
+    for k, cid in enumerate(header["cids"]):
+        dups = [next(it) for _ in range(header["duplicates"][k])]
+        out[int(cid)] = ClientOutcome(reply=replies[k], error=header["errors"][k], seconds=float(header["seconds"][k]), failure=_failure_in(header["failures"][k]), duplicates=dups)
+    return out
 
 
 def fork_available() -> bool:
@@ -97,20 +136,22 @@ def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads
     torch.set_num_threads(torch_threads)
     while True:
         try:
-            msg = _unpack(conn.recv_bytes())
+            header, blobs, states = _unpack(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        if msg is None:
+        if header.get("stop"):
             return
-        rnd, jobs, states, run_id, grad = msg
+        cids = [int(c) for c in header["cids"]]
+        jobs = dict(zip(cids, blobs))
+        states = {cid: (states or {}).get(cid, {}) for cid in cids}
         try:
-            with torch.set_grad_enabled(grad):
-                out = run_group(client, rnd, jobs, {cid: client_data[cid] for cid in jobs}, states, run_id)
-            answer = ("ok", _outcomes_out(out), states)
+            with torch.set_grad_enabled(bool(header["grad"])):
+                out = run_group(client, int(header["rnd"]), jobs, {cid: client_data[cid] for cid in jobs}, states, int(header["run_id"]))
+            answer = _answer(out, states)
         except BaseException as e:  # run_group keeps a client's failure its own; anything else fails the group
-            answer = ("failed", _failure_out(ClientFailure.of(e, traceback.format_exc())), None)
+            answer = _pack({"status": "failed", "failure": _failure_out(ClientFailure.of(e, traceback.format_exc()))})
         try:
-            conn.send_bytes(_pack(answer))
+            conn.send_bytes(answer)
         except (BrokenPipeError, OSError):
             return
 
@@ -147,7 +188,7 @@ class GroupProcesses:
             return
         if not kill:
             try:
-                c.send_bytes(_pack(None))
+                c.send_bytes(_pack({"stop": True}))
             except (BrokenPipeError, OSError):
                 pass
             p.join(STOP_GRACE)
@@ -172,7 +213,7 @@ class GroupProcesses:
                         g = todo.pop(0)
                         jobs, states = groups[g]
                         try:
-                            self._conns[i].send_bytes(_pack((rnd, jobs, states, run_id, grad)))
+                            self._conns[i].send_bytes(_pack({"rnd": rnd, "run_id": run_id, "grad": grad, "cids": list(jobs)}, [jobs[c] for c in jobs], states))
                         except (BrokenPipeError, OSError) as e:
                             self._stop(i, kill=True)
                             yield self._lost(jobs, f"worker process could not be given its group ({e.__class__.__name__})"), None
@@ -191,17 +232,17 @@ class GroupProcesses:
                     if conn in ready or proc.sentinel in ready:
                         del busy[i]
                         try:
-                            status, got, states = _unpack(conn.recv_bytes())
+                            header, blobs, states = _unpack(conn.recv_bytes())
                         except (EOFError, OSError):
                             proc.join(1.0)
                             code = proc.exitcode
                             self._stop(i, kill=True)
                             yield self._lost(jobs, f"worker process {proc.pid} exited (code {code}) while training this client's group"), None
                             continue
-                        if status == "ok":
-                            yield _outcomes_in(got), states
+                        if header["status"] == "ok":
+                            yield _outcomes_in(header, blobs), {cid: (states or {}).get(cid, {}) for cid in jobs}
                         else:
-                            yield {cid: ClientOutcome.raised(_failure_in(got), time.monotonic() - started) for cid in jobs}, None
+                            yield {cid: ClientOutcome.raised(_failure_in(header["failure"]), time.monotonic() - started) for cid in jobs}, None
                     elif self._timeout > 0 and time.monotonic() - started >= self._timeout:
                         del busy[i]
                         self._stop(i, kill=True)
