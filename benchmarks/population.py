@@ -495,23 +495,10 @@ def partition_times() -> list[tuple[str, float]]:
 
 
 def _partition_times(clients: int = 100_000, rows: int = ROWS) -> list[tuple[str, float]]:
-    import numpy as np
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from partition_speed import jobs as partition_jobs  # the same data and partitioner settings, one definition
 
-    sys.path.insert(0, str(ROOT))
-    from featherfl.data import partition as P
-
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, CLASSES, clients * rows)
-    groups = np.repeat(rng.permutation(clients), rows)
-    jobs = [
-        ("natural", lambda: P.natural(groups, clients)),
-        ("iid", lambda: P.iid(labels, clients, 0)),
-        ("dirichlet(0.5), min 10", lambda: P.dirichlet(labels, clients, 0.5, 0, 10)),
-        ("shards (2 per client)", lambda: P.shards(labels, clients, 2, 0)),
-        ("quantity-skew(0.5), min 10", lambda: P.quantity_skew(labels, clients, 0.5, 0, 10)),
-        ("power-law(1.5), min 10", lambda: P.power_law(labels, clients, 1.5, 0, 10)),
-        ("label-deficient (T=3, R=5)", lambda: P.label_deficient(labels, clients, 0, 0, 3, 5)),
-    ]
+    jobs = partition_jobs(clients, rows, CLASSES)
     out = []
     for name, fn in jobs:
         t = time.perf_counter()
