@@ -146,6 +146,7 @@ def test_a_direct_forward_that_disagrees_with_vmap_is_not_used(monkeypatch):
         m.setattr(V, "_mlp_plan", lambda *a: None)
         via_vmap = _train_all(model, data)
     V._DIRECT_AGREES.clear()
+    V._MANUAL_AGREES.clear()
     real = V._mlp_forward
     monkeypatch.setattr(V, "_mlp_forward", lambda plan, p, x: real(plan, p, x) * (1 + 1e-6))
     off = _train_all(model, data)
@@ -153,6 +154,55 @@ def test_a_direct_forward_that_disagrees_with_vmap_is_not_used(monkeypatch):
     for a, b in zip(off, via_vmap):
         assert all(torch.equal(a[k], b[k]) for k in a)
     V._DIRECT_AGREES.clear()
+    V._MANUAL_AGREES.clear()
+
+
+@pytest.mark.parametrize("opts", [{"optimizer": "sgd", "lr": 0.1}, SGD, ADAM], ids=["sgd", "momentum", "adam"])
+def test_plain_mlp_steps_without_autograd_and_only_for_clients_still_training(monkeypatch, opts):
+    """A plain MLP's step runs its backward as autograd's kernels without the engine, and computes
+    only the clients still training (the cohort sorted by steps, most first): every client's
+    trained tensors and mean loss must be the very bits of the masked, autograd, vmap path, in the
+    caller's order, for clients of very different sizes (a 3-row client pads its one batch)."""
+    torch.manual_seed(11)
+    model = build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0)
+    assert V.computes_only_active(model) and not V.computes_only_active(build_model("lenet", (1, 8, 8), 10, norm="none", activation="relu", width=0))
+    data = _clients([37, 3, 90, 16, 64, 16], (1, 8, 8), seed=12)
+    V._MANUAL_AGREES.clear()
+    calls = []
+    real_step = V._mlp_step
+    monkeypatch.setattr(V, "_mlp_step", lambda *a: calls.append(a[2].shape[0]) or real_step(*a))
+    fast, fast_metrics = _vectorised(model, data, opts, 2, 8, 0)
+    assert V._MANUAL_AGREES and all(V._MANUAL_AGREES.values())
+    assert max(calls) == 6 and min(calls) == 1  # the 90-row client's last steps compute it alone
+    with monkeypatch.context() as m:
+        m.setattr(V, "_mlp_plan", lambda *a: None)  # vmap, autograd, every client masked to the end
+        slow, slow_metrics = _vectorised(model, data, opts, 2, 8, 0)
+    assert fast_metrics == slow_metrics
+    for a, b in zip(fast, slow):
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    V._MANUAL_AGREES.clear()
+
+
+def test_a_manual_step_that_disagrees_with_autograd_is_not_used(monkeypatch):
+    torch.manual_seed(13)
+    model = build_model("mlp", (1, 8, 8), 10, norm="none", activation="relu", width=0)
+    data = _clients([20, 30, 7], (1, 8, 8), seed=14)
+    with monkeypatch.context() as m:
+        m.setattr(V, "_manual_agrees", lambda *a: False)
+        autograd = _train_all(model, data)
+    V._MANUAL_AGREES.clear()
+    real = V._mlp_step
+
+    def off_by_a_little(*a):
+        grads, loss, logits = real(*a)
+        return {k: g * (1 + 1e-6) for k, g in grads.items()}, loss, logits
+
+    monkeypatch.setattr(V, "_mlp_step", off_by_a_little)
+    checked = _train_all(model, data)
+    assert V._MANUAL_AGREES and not any(V._MANUAL_AGREES.values())
+    for a, b in zip(checked, autograd):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    V._MANUAL_AGREES.clear()
 
 
 def test_models_with_batchnorm_or_dropout_are_not_vectorised():

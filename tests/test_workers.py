@@ -8,6 +8,7 @@ dies or hangs fails its own group's clients, and no worker outlives its run."""
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 
@@ -19,7 +20,7 @@ from featherfl.config import ConfigError
 from featherfl.algorithms import fedavg
 from featherfl.engines import batched, processes
 from featherfl.engines.local import LocalEngine
-from featherfl.experiment import prepare, run_experiment
+from featherfl.experiment import prepare_client, prepare, run_experiment
 from featherfl.schema import build_config
 from featherfl.threads import choose_parallel, choose_workers
 from support.rows import metric_rows
@@ -83,6 +84,9 @@ def _power_rows(tmp_path, name, *extra):
 
 
 def test_a_power_law_cohort_is_grouped_by_size_and_matches_one_by_one(tmp_path, monkeypatch):
+    # a CNN: its batched steps compute every client of the call (a plain MLP's compute only the
+    # clients still training, so it is not grouped by size: the test after this one)
+    monkeypatch.setattr(sys.modules[__name__], "POWER", POWER + [("model.name", "lenet")])
     cfg = build_config(None, POWER)
     p = prepare(cfg)
     sizes = [len(d) for d in p.client_data]
@@ -107,6 +111,18 @@ def test_a_power_law_cohort_is_grouped_by_size_and_matches_one_by_one(tmp_path, 
     for a, o in zip(one, off):  # test_vectorized's tolerance for batched against one by one
         assert a["clients_ok"] == o["clients_ok"] == 24
         assert abs(a["accuracy"] - o["accuracy"]) < 0.01 and abs(a["loss"] - o["loss"]) < 1e-3
+
+
+def test_a_plain_mlp_cohort_is_not_grouped_by_size(tmp_path, monkeypatch):
+    """Its batched steps compute only the clients still training, so grouping by steps would buy
+    nothing: one group in client order, rows identical for one worker or two."""
+    assert prepare_client(build_config(None, POWER), 0).client.local_steps(50) is None
+    calls = []
+    real = batched.run_clients_batched
+    monkeypatch.setattr(batched, "run_clients_batched", lambda c, r, jobs, *a: calls.append((r, list(jobs))) or real(c, r, jobs, *a))
+    one = _power_rows(tmp_path, "one", ("engine.workers", 1))
+    assert [g for r, g in calls] == [list(range(24))] * 3
+    assert _power_rows(tmp_path, "two", ("engine.workers", 2), ("engine.parallel", "threads"), ("engine.group_clients", 12)) == one
 
 
 @pytest.mark.parametrize("method", sorted(METHOD))

@@ -134,9 +134,11 @@ class ClientHalf(ABC):
 
     def local_steps(self, rows: int) -> int | None:
         """How many local steps ``update_many`` takes for a client of ``rows`` rows, or None where
-        unknown. A batched call computes every client for its longest client's steps, so engines
-        group clients of similar steps together (``featherfl.engines.batched.plan_groups``); a
-        cost estimate only: results never depend on it beyond which clients share a call."""
+        unknown or where it does not matter. A batched call that computes every client for its
+        longest client's steps makes engines group clients of similar steps together
+        (``featherfl.engines.batched.plan_groups``); one that computes only the clients still
+        training answers None (groups are then cut in client order). A cost estimate only: results
+        never depend on it beyond which clients share a call."""
         return None
 
     def summation_around(self, summation: type | None) -> type | None:

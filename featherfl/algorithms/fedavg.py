@@ -86,8 +86,12 @@ class WeightsClient(ClientHalf):
         dropout (``vectorized.supports``)."""
         return type(self).update is _SEQUENTIAL_UPDATE and vectorized.supports(self.model)
 
-    def local_steps(self, rows: int) -> int:
-        """``train_epochs``'s steps on ``rows`` rows: E epochs of ceil(rows / B) batches, at most ``max_steps``."""
+    def local_steps(self, rows: int) -> int | None:
+        """``train_epochs``'s steps on ``rows`` rows: E epochs of ceil(rows / B) batches, at most
+        ``max_steps``; None for a model whose batched steps compute only the clients still training
+        (``vectorized.computes_only_active``), where grouping clients by steps buys nothing."""
+        if vectorized.computes_only_active(self.model):
+            return None
         o = self.opts
         per_epoch = (1 if rows else 0) if o.batch_size <= 0 else -(-rows // o.batch_size)
         steps = o.local_epochs * per_epoch

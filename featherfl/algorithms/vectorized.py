@@ -122,6 +122,7 @@ class _Optimizer:
     def __init__(self, params: dict[str, torch.Tensor], opts: dict):
         self.kind = opts["optimizer"]
         self.lr = float(opts["lr"])
+        self._lr: torch.Tensor | None = None
         self.wd = float(opts.get("weight_decay", 0.0))
         self.momentum = float(opts.get("momentum", 0.0))
         self.betas = tuple(opts.get("betas", (0.9, 0.999)))
@@ -132,26 +133,39 @@ class _Optimizer:
         #: back each step, e.g. views into one buffer); others get a new tensor per step
         self.owned: set[str] = set()
 
-    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One step for every client; clients with ``active`` False keep parameters and state."""
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor | None, n: int | None = None) -> dict[str, torch.Tensor]:
+        """One step for every client; clients with ``active`` False keep parameters and state. With
+        ``n``, ``params`` and ``grads`` hold only the first ``n`` clients (every one of them active)
+        and the state of the others is left as it is."""
         self.t += 1
-        every = bool(active.all())
+        every = n is not None or bool(active.all())
+        if every and self.kind == "sgd" and not self.momentum and not self.wd and self.owned.issuperset(params):
+            # plain SGD on tensors it owns: p - lr * g for all of them in two calls, the same two roundings
+            if self._lr is None:  # a 0-dim tensor of the parameters' dtype: the value a Python float becomes in mul
+                self._lr = torch.tensor(self.lr, dtype=next(iter(params.values())).dtype)
+            torch._foreach_sub_(list(params.values()), torch._foreach_mul([grads[k] for k in params], self._lr))
+            return params
         new = {}
         for k, p in params.items():
             g = grads[k]
             if self.wd:
                 g = g + self.wd * p
             st = self.state[k]
-            mask = active.view([-1] + [1] * (p.dim() - 1))
-            if every:
-                mask = None
+            mask = None if every else active.view([-1] + [1] * (p.dim() - 1))
             if self.kind == "adam":
                 b1, b2 = self.betas
                 m = st.get("m", torch.zeros_like(p))
                 v = st.get("v", torch.zeros_like(p))
+                if n is not None:
+                    st["m"], st["v"] = m, v  # full-size, written a prefix at a time
+                    m, v = m[:n], v[:n]
                 m2 = _keep(mask, m * b1 + (1 - b1) * g, m)
                 v2 = _keep(mask, v * b2 + (1 - b2) * g * g, v)
-                st["m"], st["v"] = m2, v2
+                if n is None:
+                    st["m"], st["v"] = m2, v2
+                else:
+                    m.copy_(m2)
+                    v.copy_(v2)
                 # every active client is at the same step count: all start at step 1 together
                 c1 = 1 - b1**self.t
                 c2 = 1 - b2**self.t
@@ -163,19 +177,18 @@ class _Optimizer:
                     if buf is None:
                         st["buf"] = g
                     elif mask is None:
-                        st["buf"] = buf.mul_(self.momentum).add_(g)  # in place: the same two roundings as buf * m + g
+                        g = (buf if n is None else buf[:n]).mul_(self.momentum).add_(g)  # in place: the same two roundings as buf * m + g
                     else:
-                        st["buf"] = _keep(mask, buf * self.momentum + g, buf)
-                    g = st["buf"]
+                        st["buf"] = g = _keep(mask, buf * self.momentum + g, buf)
                 if mask is None and k in self.owned:
                     # in place, through one scratch buffer reused every step: the same two roundings as
                     # p - lr * g, without allocating two (clients x entries) tensors per step. The
                     # scratch takes the gradient's layout (a weight's gradient comes back transposed),
                     # so only the subtraction reads across the grain
                     scratch = st.get("scratch")
-                    if scratch is None or scratch.shape != g.shape or scratch.stride() != g.stride():
+                    if scratch is None or scratch.shape[1:] != g.shape[1:] or scratch.shape[0] < g.shape[0] or scratch[: g.shape[0]].stride() != g.stride():
                         scratch = st["scratch"] = torch.empty_like(g)
-                    new[k] = p.sub_(torch.mul(g, self.lr, out=scratch))
+                    new[k] = p.sub_(torch.mul(g, self.lr, out=scratch[: g.shape[0]]))
                     continue
                 new[k] = _keep(mask, p - self.lr * g, p)
             if k in self.owned:
@@ -249,6 +262,13 @@ def _mlp_plan(model: nn.Module, trained: list[str]) -> tuple | None:
     return tuple(plan)
 
 
+def computes_only_active(model: nn.Module) -> bool:
+    """Whether :func:`train_clients_stacked` (every parameter trained, cross-entropy, no ``observe``)
+    computes at each step only the clients still training, so a client's cost is its own steps
+    and not its group's longest: a plain MLP (:func:`_mlp_plan`)."""
+    return _mlp_plan(model, [k for k, _ in model.named_parameters()]) is not None
+
+
 def _mlp_forward(plan: tuple, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """The forward pass of every client at once, as the very operations ``vmap`` of the model
     issues for it: a ``Linear`` is ``bias * 1 + bmm(x, weight^T)`` over the client axis, so the
@@ -289,6 +309,74 @@ def _direct_agrees(plan: tuple, batched_forward: Callable, leaves: dict[str, tor
     return agrees
 
 
+#: (layers, shapes, padded or not) -> whether :func:`_mlp_step` gave autograd's step bit for bit
+_MANUAL_AGREES: dict[tuple, bool] = {}
+
+
+#: the ``total_weight`` argument of ``nll_loss_backward`` (unused without class weights)
+_ONE = torch.ones(())
+
+
+def _mlp_step(plan: tuple, p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, denom: torch.Tensor, full: bool, up: torch.Tensor | None = None):
+    """One step of every client of a plain MLP under mean cross-entropy, forward and backward,
+    without the autograd engine: the forward is :func:`_mlp_forward`'s operations (a bias times 1
+    is the bias) and the backward calls, in the order the engine would, the very kernels
+    autograd's formulas call for them (``nll_loss_backward``, ``_log_softmax_backward_data``,
+    ``threshold_backward``, the two ``bmm`` of a product, the bias's ``sum``). ``up`` is the
+    gradient of the summed per-client mean losses w.r.t. each sample's loss, ``mb / denom``
+    (computed here when not given). It returns what ``step`` returns: (gradients by name,
+    per-client mean losses, logits); :func:`_manual_agrees` checks the bits against autograd
+    once per shape."""
+    saved = []  # (step, its input) for linears; (step, its output) for ReLUs
+    x = xb
+    for st in plan:
+        if st[0] == "flatten":
+            x = x.flatten(2)
+        elif st[0] == "relu":
+            x = torch.relu(x)
+            saved.append((st, x))
+        else:
+            saved.append((st, x))
+            x = torch.add(p[st[2]].unsqueeze(1), torch.bmm(x, p[st[1]].transpose(1, 2)))
+    logits = x
+    C, B, K = logits.shape
+    flat_logits = logits.view(C * B, K)
+    logp = torch.log_softmax(flat_logits, 1)
+    target = yb.view(C * B)
+    per = F.nll_loss(logp, target, reduction="none").view(C, B)
+    loss = (per if full else per * mb).sum(1) / denom
+    # backward of loss.sum(): d/d(per) = 1 / denom for a real sample, 0 for padding
+    if up is None:
+        up = mb / denom.unsqueeze(1)
+    g = torch.ops.aten.nll_loss_backward(up.view(C * B), logp, target, None, 0, -100, _ONE)
+    g = torch.ops.aten._log_softmax_backward_data(g, logp, 1, flat_logits.dtype).view(C, B, K)
+    grads: dict[str, torch.Tensor] = {}
+    for i in range(len(saved) - 1, -1, -1):
+        st, a = saved[i]
+        if st[0] == "relu":
+            g = torch.ops.aten.threshold_backward(g, a, 0)
+            continue
+        grads[st[2]] = g.sum(1)
+        grads[st[1]] = a.transpose(1, 2).bmm(g).transpose(1, 2)
+        if any(s[0] == "linear" for s, _ in saved[:i]):  # the data needs no gradient
+            g = g.bmm(p[st[1]])
+    return {k: grads[k] for k in p}, loss, logits
+
+
+def _manual_agrees(plan: tuple, autograd_step: Callable, args: tuple) -> bool:
+    """Whether :func:`_mlp_step` gives ``autograd_step``'s gradients, losses and logits bit for bit
+    on these inputs; asked once per layer plan, shapes (clients aside) and padding, and remembered."""
+    p, xb, yb, mb, denom, full = args
+    key = (plan, tuple(xb.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in p.items()), bool(full))
+    known = _MANUAL_AGREES.get(key)
+    if known is not None:
+        return known
+    (ga, la, oa), (gb, lb, ob) = autograd_step(*args), _mlp_step(plan, *args)
+    agrees = list(ga) == list(gb) and torch.equal(la, lb) and torch.equal(oa, ob) and all(torch.equal(ga[k], gb[k]) for k in ga)
+    _MANUAL_AGREES[key] = agrees
+    return agrees
+
+
 def train_clients_stacked(
     model: nn.Module,
     runs: list[ClientRun],
@@ -314,6 +402,11 @@ def train_clients_stacked(
     outputs (e.g. FD's per-label output sums). ``epochs_per_client`` overrides ``epochs`` per client.
     """
     names = list(runs[0].start)
+    back: list[int] | None = None  # where each caller's client went, when they were reordered
+    # a step may compute only the clients still training: for a plain MLP under cross-entropy, whose
+    # products give each client the same bits whatever the number of clients beside it (a vmapped
+    # convolution does not: it becomes one grouped convolution whose rounding follows the group count)
+    prefix = loss_fn is None and observe is None and _mlp_plan(model, names) is not None
     uniform = _uniform_schedule(runs, epochs, batch_size, max_steps, epochs_per_client)
     if uniform is not None:
         idx, T, B = uniform
@@ -323,6 +416,14 @@ def train_clients_stacked(
         schedules = _schedules(runs, epochs, batch_size, max_steps, epochs_per_client)
         n_steps = [len(s) for s in schedules]
         T = max(n_steps)
+        if prefix:
+            # clients by steps, most first: the clients still training at a step are then the first
+            # ones, and a step computes and updates only them (a slice, no mask); each client's numbers
+            # are its own whatever its position, and the results go back in the caller's order
+            order = sorted(range(len(runs)), key=lambda c: -n_steps[c])
+            if order != list(range(len(runs))):
+                runs, schedules, n_steps = [runs[c] for c in order], [schedules[c] for c in order], [n_steps[c] for c in order]
+                back = sorted(range(len(order)), key=order.__getitem__)
         B = max((b.shape[0] for s in schedules for b in s), default=1)
     C = len(runs)
     fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in runs[0].start}
@@ -344,8 +445,6 @@ def train_clients_stacked(
     params = unflatten(flat)
     opt = _Optimizer(params, opts)
     opt.owned.update(names)  # made here, never seen by the caller until the end: stepped in place
-    totals = torch.zeros(C, dtype=torch.float64)
-    rows = torch.arange(C).view(C, 1)
 
     # a model without tied tensors (one tensor under two names) needs no untying on every call
     tied = _has_tied_tensors(model)
@@ -355,8 +454,15 @@ def train_clients_stacked(
 
     batched_forward = vmap(forward)
     plan = _mlp_plan(model, names)
+    # a plain MLP under cross-entropy whose direct forward is vmap's: its whole step without autograd
+    manual = plan is not None and loss_fn is None
 
-    def step(p, xb, yb, mb, denom, full):
+    def step(p, xb, yb, mb, denom, full, up=None):
+        if manual and _manual_agrees(plan, autograd_step, (p, xb, yb, mb, denom, full)):
+            return _mlp_step(plan, p, xb, yb, mb, denom, full, up)
+        return autograd_step(p, xb, yb, mb, denom, full)
+
+    def autograd_step(p, xb, yb, mb, denom, full):
         """Per-client gradients of per-client mean losses, from one batched forward and backward:
         the clients' losses are independent, so the gradient of their sum w.r.t. client c's
         slice of a stacked tensor is client c's own gradient."""
@@ -375,34 +481,74 @@ def train_clients_stacked(
     if uniform is None:
         idx, mask = _step_indices(schedules, T, C, B)
     active = torch.arange(T).view(T, 1) < torch.tensor(n_steps).view(1, C)
-    # all clients' data in one padded tensor, so a step's batch is one gather
-    x_all = _padded([r.x for r in runs])
-    y_all = _padded([r.y for r in runs])
-    # steps' batches gathered a block at a time (about one epoch of the largest client: no more
-    # memory than x_all); each step's count of real samples and whether it has padding
-    block = max(1, x_all.shape[1] // max(B, 1))
     denoms = mask.sum(2).clamp_min(1.0)
-    full = mask.flatten(1).all(1).tolist()
     losses = []
     was = model.training
     model.train()
     try:
-        for t in range(T):
-            if t % block == 0:
-                x_steps = x_all[rows, idx[t : t + block]]
-                y_steps = y_all[rows, idx[t : t + block]]
-            yb = y_steps[t % block]
-            g, loss, logits = step(params, x_steps[t % block], yb, mask[t], denoms[t], full[t])
-            if observe is not None:
-                observe(logits, yb, mask[t] * active[t].to(mask.dtype).unsqueeze(1))
-            opt.step(params, g, active[t])
-            losses.append(loss)
+        if prefix:
+            # the clients still training at each step are the first ``counts[t]``; their batches are
+            # gathered a step at a time from the clients' rows laid end to end, with one zero row
+            # (label 0) for the padding of a short last batch, as a padded layout would hold
+            counts = active.sum(1).tolist()
+            full = ((mask == 0) & active.unsqueeze(2)).flatten(1).any(1).logical_not().tolist()
+            sizes_ = torch.tensor([len(r.y) for r in runs])
+            offsets = (torch.cumsum(sizes_, 0) - sizes_).view(1, C, 1)
+            x_cat = torch.cat([r.x for r in runs] + [torch.zeros((1,) + tuple(runs[0].x.shape[1:]), dtype=runs[0].x.dtype)])
+            y_cat = torch.cat([r.y for r in runs] + [torch.zeros(1, dtype=runs[0].y.dtype)])
+            where = torch.where(mask.bool(), idx + offsets, x_cat.shape[0] - 1).unbind(0)
+            ups = (mask / denoms.unsqueeze(2)).unbind(0)  # each sample's weight in its client's mean loss
+            masks, dens = mask.unbind(0), denoms.unbind(0)
+            views = {C: params}
+            shape = tuple(x_cat.shape[1:])
+            for t in range(T):
+                n = counts[t]
+                if n not in views:
+                    views[n] = unflatten(flat[:n])
+                sel = where[t][:n].reshape(-1)
+                xb = x_cat.index_select(0, sel).view((n, -1) + shape)
+                yb = y_cat.index_select(0, sel).view(n, -1)
+                g, loss, _ = step(views[n], xb, yb, masks[t][:n], dens[t][:n], full[t], ups[t][:n])
+                opt.step(views[n], g, None, n=n)
+                losses.append(loss)
+        else:
+            # all clients' data in one padded tensor, so a step's batch is one gather; steps' batches
+            # gathered a block at a time (about one epoch of the largest client: no more memory than
+            # x_all); whether each step has padding
+            x_all = _padded([r.x for r in runs])
+            y_all = _padded([r.y for r in runs])
+            block = max(1, x_all.shape[1] // max(B, 1))
+            full = mask.flatten(1).all(1).tolist()
+            rows = torch.arange(C).view(C, 1)
+            for t in range(T):
+                if t % block == 0:
+                    x_steps = x_all[rows, idx[t : t + block]]
+                    y_steps = y_all[rows, idx[t : t + block]]
+                yb = y_steps[t % block]
+                g, loss, logits = step(params, x_steps[t % block], yb, mask[t], denoms[t], full[t])
+                if observe is not None:
+                    observe(logits, yb, mask[t] * active[t].to(mask.dtype).unsqueeze(1))
+                opt.step(params, g, active[t])
+                losses.append(loss)
     finally:
         model.train(was)
+    return _finish(flat, losses, n_steps, back, active, prefix)
+
+
+def _finish(flat: torch.Tensor, losses: list[torch.Tensor], n_steps: list[int], back: list[int] | None, active: torch.Tensor, prefix: bool) -> tuple[torch.Tensor, list[dict]]:
+    """``train_clients_stacked``'s result from its trained rows and every step's losses: each client's
+    mean loss over its own steps, rows and metrics back in the caller's order."""
+    C = len(n_steps)
+    totals = torch.zeros(C, dtype=torch.float64)
     zero = torch.zeros((), dtype=torch.float64)
     for t, loss in enumerate(losses):
-        totals += torch.where(active[t], loss.double(), zero)
+        if prefix:  # x + 0 is x: the clients past the prefix would add nothing
+            totals[: loss.shape[0]] += loss.double()
+        else:
+            totals += torch.where(active[t], loss.double(), zero)
     metrics = [{"train_loss": float(totals[c]) / max(n_steps[c], 1), "steps": n_steps[c]} for c in range(C)]
+    if back is not None:
+        flat, metrics = flat[back], [metrics[c] for c in back]
     return flat, metrics
 
 
