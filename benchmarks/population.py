@@ -227,7 +227,20 @@ torch.manual_seed(seed); np.random.seed(seed)
 model = Net()
 model.net.load_state_dict(torch.load(init, weights_only=True))
 users = list(range(clients))
-data = FederatedDataset(lambda u: Dataset((x[starts[u]:starts[u + 1]], y[starts[u]:starts[u + 1]]), user_id=str(u)), get_user_sampler("random", users))
+if len(sys.argv) > 11:
+    # another simulator's draws, in order: [client, its rows in the order that simulator's local epoch
+    # takes them] per client per round, so pfl trains the same clients on the same batches
+    import itertools
+    draws = [(int(u), np.asarray(rows, dtype=np.int64)) for u, rows in json.load(open(sys.argv[11]))]
+    keys = itertools.cycle(range(len(draws)))
+    sampler = lambda: next(keys)
+    def make(k):
+        u, rows = draws[k]
+        return Dataset((x[starts[u]:starts[u + 1]][rows], y[starts[u]:starts[u + 1]][rows]), user_id=str(u))
+else:
+    sampler = get_user_sampler("random", users)
+    make = lambda u: Dataset((x[starts[u]:starts[u + 1]], y[starts[u]:starts[u + 1]]), user_id=str(u))
+data = FederatedDataset(make, sampler)
 pmodel = PyTorchModel(model=model, local_optimizer_create=torch.optim.SGD, central_optimizer=torch.optim.SGD(model.parameters(), lr=1.0))
 backend = SimulatedBackend(training_data=data, val_data=None)
 t0 = time.perf_counter()
@@ -425,25 +438,58 @@ def compare(job: Job, pairs: int, work: Path, pfl_py: Path | None, extra: tuple[
     return res
 
 
+def draw_orders(job: Job, npz: Path, seed: int, cohorts: list[list[int]]) -> list:
+    """[client, its rows in featherfl's order] for every client of every round, round by round: the
+    order FedAvg's one local epoch takes a client's rows in (``featherfl.seeding.generator`` of the
+    run's seed, the round and the client, as ``FedAvg.update`` draws it); rows are the client's own,
+    counted from its first row in the npz (``partition.name=natural`` keeps the stored order)."""
+    import numpy as np
+    import torch
+
+    from featherfl.seeding import generator
+
+    with np.load(npz) as z:
+        owner = z["client_train"]
+    sizes = np.bincount(owner, minlength=job.clients)
+    if job.batch <= 0:
+        raise ValueError("draw_orders: a batch size is needed")
+    return [[c, torch.randperm(int(sizes[c]), generator=generator(seed, "fedavg-client", rnd, c)).tolist()] for rnd, cohort in enumerate(cohorts, start=1) for c in cohort]
+
+
 def accuracy_seeds(job: Job, seeds: int, work: Path, pfl_py: Path | None) -> dict:
     """Final accuracy of featherfl and pfl over ``seeds`` seeds each (0..seeds-1: featherfl's ``seed``,
     pfl's torch and numpy seeds), not timed: the two samplers draw different cohorts, so one run of
-    each differs by the spread of cohort draws; the means over seeds are what to compare."""
+    each differs by the spread of cohort draws; the means over seeds are what to compare.
+
+    Each seed also runs pfl on featherfl's own draws: the clients of each round (read from the run's
+    metrics rows) with each client's rows in the order featherfl's local epoch takes them (its
+    seeded generator, :func:`draw_orders`), fed to pfl as its user sampler and datasets. The two
+    then run the same local steps on the same batches from the same weights, and only float
+    rounding differs; ``paired`` holds those (featherfl, pfl) accuracies seed by seed."""
     npz, init = prepare_data(job, work)
     env = {**os.environ, **ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"}
     (work / "pfl_job.py").write_text(PFL_JOB)
-    out: dict = {"fl": [], "pfl": []}
+    out: dict = {"fl": [], "pfl": [], "paired": []}
     for seed in range(seeds):
         run = work / f"acc-fl-{job.model}-{job.clients}-{job.cohort}-{seed}"
         subprocess.run(["rm", "-rf", str(run)])
+        fl = None
         if subprocess.run(featherfl_cmd(job, npz, init, run, seed=seed), cwd=ROOT, env=env, capture_output=True).returncode == 0:
-            out["fl"].append(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["accuracy"])
+            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            fl = rows[-1]["accuracy"]
+            out["fl"].append(fl)
         if pfl_py is not None:
             js = work / f"acc-pfl-{job.model}-{job.clients}-{job.cohort}-{seed}.json"
             args = [str(pfl_py), str(work / "pfl_job.py"), str(npz), str(init), str(js), str(ROOT / "benchmarks"), job.model, str(job.rounds), str(job.cohort), str(job.lr), str(job.batch), str(seed)]
             if subprocess.run(args, cwd=work, env={**os.environ, **ENV}, capture_output=True).returncode == 0:
                 out["pfl"].append(json.loads(js.read_text())["accuracy"])
-        print(f"  accuracy {job.label} seed {seed}: fl {out['fl'][-1:]} pfl {out['pfl'][-1:]}", flush=True)
+            if fl is not None:
+                cohorts = work / f"cohorts-{job.model}-{job.clients}-{job.cohort}-{seed}.json"
+                cohorts.write_text(json.dumps(draw_orders(job, npz, seed, [sorted(int(c) for c in r["bytes_down_per_client"]) for r in rows])))
+                paired = work / f"acc-pfl-paired-{job.model}-{job.clients}-{job.cohort}-{seed}.json"
+                if subprocess.run(args[:4] + [str(paired)] + args[5:] + [str(cohorts)], cwd=work, env={**os.environ, **ENV}, capture_output=True).returncode == 0:
+                    out["paired"].append((fl, json.loads(paired.read_text())["accuracy"]))
+        print(f"  accuracy {job.label} seed {seed}: fl {out['fl'][-1:]} pfl {out['pfl'][-1:]} paired {out['paired'][-1:]}", flush=True)
     return out
 
 
@@ -694,6 +740,18 @@ def main() -> None:
             if r["fl"] and r["pfl"]:
                 fm, pm = statistics.mean(r["fl"]), statistics.mean(r["pfl"])
                 lines.append(f"| {job.label} | {fm:.4f} ({min(r['fl']):.4f}-{max(r['fl']):.4f}) | {pm:.4f} ({min(r['pfl']):.4f}-{max(r['pfl']):.4f}) | {fm - pm:+.4f} |")
+        if any(r.get("paired") for _, r in acc):
+            lines += ["", "The same seeds with pfl replaying featherfl's draws: its user sampler gives the clients each featherfl run",
+                      "sampled, round by round (from that run's metrics rows), and each client's rows come in the order featherfl's",
+                      "local epoch took them (its seeded generator; pfl takes a client's rows as they come). The same clients,",
+                      "batches, model, initial weights and optimiser: only float rounding differs.", "",
+                      "| job | seeds | featherfl mean | pfl mean, same cohorts | difference of means | largest difference of one seed |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for job, r in acc:
+                if r.get("paired"):
+                    f_, p_ = [a for a, _ in r["paired"]], [b for _, b in r["paired"]]
+                    worst = max((a - b for a, b in r["paired"]), key=abs)
+                    lines.append(f"| {job.label} | {len(f_)} | {statistics.mean(f_):.4f} | {statistics.mean(p_):.4f} | {statistics.mean(f_) - statistics.mean(p_):+.4f} | {worst:+.4f} |")
     if fd:
         lines += ["", "## FD, a method with per-client state, against the population (featherfl only)", "",
                   "FD keeps a model per device between rounds (`engine.client_state`: in memory up to 1,000 clients, on disk above). Same MLP",
