@@ -254,6 +254,7 @@ class Experiment:
         if states_on_disk(self.cfg) and hasattr(self.engine, "keep_states_on_disk"):
             self.engine.keep_states_on_disk(self.out)
         self.metrics: list[dict] = []
+        self._metric_lines: list[str] = []  # each row as JSON, written once: metrics.jsonl and checkpoints
         self.start_round = 1
 
     # --- run folder ---------------------------------------------------------------
@@ -279,11 +280,13 @@ class Experiment:
         try:
             self.p.algorithm.load_state_dict(ck["algorithm"])
             self.engine.load_client_states(ck["client_states"])
-            metrics = [dict(m) for m in ck["metrics"]]
+            rows = ck["metrics"]  # one JSON text (a list of rows, in older checkpoints)
+            metrics = [dict(m) for m in (json.loads(rows) if isinstance(rows, str) else rows)]
             start = int(ck["round"]) + 1
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {self.out / 'checkpoint.pt'} does not fit this run ({e.__class__.__name__})") from None
         self.metrics = metrics
+        self._metric_lines = [json.dumps(m) for m in metrics]
         self.start_round = start
         self._init_folder(clients=False)
         write_jsonl(self.out / "metrics.jsonl", self.metrics)
@@ -297,7 +300,9 @@ class Experiment:
                 "identity": identity(self.cfg),
                 "algorithm": self.p.algorithm.state_dict(),
                 "client_states": self.engine.client_states(),
-                "metrics": self.metrics,
+                # the rows as one JSON text, each row serialised once: pickling every row's nested
+                # dicts again each round made checkpoints grow slower with the run
+                "metrics": "[" + ",".join(self._metric_lines) + "]",
             },
         )
 
@@ -379,8 +384,9 @@ class Experiment:
         ev = self._evaluate() if evaluates(self.cfg, rnd) else {}
         row = self._row(rnd, stats, ev, t0)
         self.metrics.append(row)
+        self._metric_lines.append(json.dumps(row))
         self._checkpoint(rnd)
-        append_jsonl(self.out / "metrics.jsonl", row)
+        append_jsonl(self.out / "metrics.jsonl", row, self._metric_lines[-1])
         trackers.log(row)
         if bar is not None:
             mb = (row["cumulative_bytes_up"] + row["cumulative_bytes_down"]) / 1e6

@@ -202,9 +202,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def append_jsonl(path: Path, row: dict) -> None:
+def append_jsonl(path: Path, row: dict, line: str | None = None) -> None:
+    """Append ``row`` (``line``: its JSON text, when the caller has it) and sync it to disk."""
     with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write((json.dumps(row) if line is None else line) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

@@ -33,6 +33,19 @@ def test_resume_discards_lines_after_checkpoint(tmp_path):
     assert [r["round"] for r in rows] == [1, 2, 3] and "junk" not in rows[2]
 
 
+def test_checkpoint_holds_the_rows_as_json_and_older_checkpoints_still_resume(tmp_path):
+    """The rows travel as one JSON text (each row serialised once per run, not re-pickled every
+    round); a checkpoint that holds them as a list of dicts, as older ones do, resumes the same."""
+    common = ["--quiet", "--set", "engine.fraction=0.5"]
+    assert main(["run", "--rounds", "3", "--out", str(tmp_path / "full")] + common) == 0
+    assert main(["run", "--rounds", "2", "--out", str(tmp_path / "part")] + common) == 0
+    ck = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert isinstance(ck["metrics"], str) and json.loads(ck["metrics"]) == metric_rows(tmp_path / "part" / "metrics.jsonl", drop=())
+    save_checkpoint(tmp_path / "part" / "checkpoint.pt", {**ck, "metrics": json.loads(ck["metrics"])})
+    assert main(["run", "--resume", "--rounds", "3", "--out", str(tmp_path / "part"), "--quiet"]) == 0
+    assert metric_rows(tmp_path / "full" / "metrics.jsonl") == metric_rows(tmp_path / "part" / "metrics.jsonl")
+
+
 def test_corrupt_checkpoint_detected(tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["run", "--rounds", "2", "--out", str(out), "--quiet"]) == 0

@@ -116,7 +116,7 @@ class WeightsClient(ClientHalf):
         groups = vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel())
         rows = None  # each client's uplink vector (flat_state's layout)
         for group in groups:
-            flat, _ = vectorized.train_clients_stacked(self.model, [runs[i] for i in group], self.opts, self.opts.local_epochs, self.opts.batch_size, self.opts.max_steps)
+            flat, _ = vectorized.train_clients_stacked(self.model, [runs[i] for i in group], self.opts, self.opts.local_epochs, self.opts.batch_size, self.opts.max_steps, train_loss=False)
             if stacked and len(groups) == 1 and params == self.n:
                 rows = flat  # flat_state is the parameters, in this order: the rows are the uplinks
             elif stacked:  # flat_state puts the parameters first, in this order: its rows are the uplink's head

@@ -317,62 +317,80 @@ _MANUAL_AGREES: dict[tuple, bool] = {}
 _ONE = torch.ones(())
 
 
-def _mlp_step(plan: tuple, p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, denom: torch.Tensor, full: bool, up: torch.Tensor | None = None):
-    """One step of every client of a plain MLP under mean cross-entropy, forward and backward,
-    without the autograd engine: the forward is :func:`_mlp_forward`'s operations (a bias times 1
-    is the bias) and the backward calls, in the order the engine would, the very kernels
-    autograd's formulas call for them (``nll_loss_backward``, ``_log_softmax_backward_data``,
-    ``threshold_backward``, the two ``bmm`` of a product, the bias's ``sum``). ``up`` is the
-    gradient of the summed per-client mean losses w.r.t. each sample's loss, ``mb / denom``
-    (computed here when not given). It returns what ``step`` returns: (gradients by name,
-    per-client mean losses, logits); :func:`_manual_agrees` checks the bits against autograd
-    once per shape."""
-    saved = []  # (step, its input) for linears; (step, its output) for ReLUs
-    x = xb
-    for st in plan:
-        if st[0] == "flatten":
-            x = x.flatten(2)
-        elif st[0] == "relu":
-            x = torch.relu(x)
-            saved.append((st, x))
+def _mlp_layers(plan: tuple) -> tuple | None:
+    """``plan`` as (flatten first?, ((weight, bias, ReLU after?), ...)) when it is an optional
+    Flatten followed by Linear layers each optionally followed by one ReLU (the shape
+    :func:`_mlp_step` computes); None otherwise."""
+    steps = list(plan)
+    flatten = bool(steps) and steps[0] == ("flatten",)
+    if flatten:
+        steps = steps[1:]
+    layers = []
+    for st in steps:
+        if st[0] == "linear":
+            layers.append([st[1], st[2], False])
+        elif st[0] == "relu" and layers and not layers[-1][2]:
+            layers[-1][2] = True
         else:
-            saved.append((st, x))
-            x = torch.add(p[st[2]].unsqueeze(1), torch.bmm(x, p[st[1]].transpose(1, 2)))
+            return None
+    return (flatten, tuple(tuple(layer) for layer in layers)) if layers else None
+
+
+def _mlp_step(layers: tuple, p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, denom: torch.Tensor, full: bool, up: torch.Tensor | None = None, want_loss: bool = True):
+    """One step of every client of a plain MLP (:func:`_mlp_layers`) under mean cross-entropy,
+    forward and backward, without the autograd engine: the forward is :func:`_mlp_forward`'s
+    operations (a bias times 1 is the bias) and the backward calls, in the order the engine would,
+    the very kernels autograd's formulas call for them (``nll_loss_backward``,
+    ``_log_softmax_backward_data``, ``threshold_backward``, the two ``bmm`` of a product, the
+    bias's ``sum``). ``up`` is the gradient of the summed per-client mean losses w.r.t. each
+    sample's loss, ``mb / denom`` (computed here when not given). It returns what ``step``
+    returns: (gradients by name, per-client mean losses or None without ``want_loss``, logits);
+    :func:`_manual_agrees` checks the bits against autograd once per shape."""
+    flatten, stack = layers
+    x = xb.flatten(2) if flatten else xb
+    ins, outs = [], []  # each layer's input, and its ReLU's output
+    for w, b, relu in stack:
+        ins.append(x)
+        x = torch.add(p[b].unsqueeze(1), torch.bmm(x, p[w].transpose(1, 2)))
+        if relu:
+            x = torch.relu(x)
+        outs.append(x)
     logits = x
     C, B, K = logits.shape
     flat_logits = logits.view(C * B, K)
     logp = torch.log_softmax(flat_logits, 1)
     target = yb.view(C * B)
-    per = F.nll_loss(logp, target, reduction="none").view(C, B)
-    loss = (per if full else per * mb).sum(1) / denom
+    loss = None
+    if want_loss:
+        per = F.nll_loss(logp, target, reduction="none").view(C, B)
+        loss = (per if full else per * mb).sum(1) / denom
     # backward of loss.sum(): d/d(per) = 1 / denom for a real sample, 0 for padding
     if up is None:
         up = mb / denom.unsqueeze(1)
     g = torch.ops.aten.nll_loss_backward(up.view(C * B), logp, target, None, 0, -100, _ONE)
     g = torch.ops.aten._log_softmax_backward_data(g, logp, 1, flat_logits.dtype).view(C, B, K)
     grads: dict[str, torch.Tensor] = {}
-    for i in range(len(saved) - 1, -1, -1):
-        st, a = saved[i]
-        if st[0] == "relu":
-            g = torch.ops.aten.threshold_backward(g, a, 0)
-            continue
-        grads[st[2]] = g.sum(1)
-        grads[st[1]] = a.transpose(1, 2).bmm(g).transpose(1, 2)
-        if any(s[0] == "linear" for s, _ in saved[:i]):  # the data needs no gradient
-            g = g.bmm(p[st[1]])
-    return {k: grads[k] for k in p}, loss, logits
+    for i in range(len(stack) - 1, -1, -1):
+        w, b, relu = stack[i]
+        if relu:
+            g = torch.ops.aten.threshold_backward(g, outs[i], 0)
+        grads[b] = g.sum(1)
+        grads[w] = ins[i].transpose(1, 2).bmm(g).transpose(1, 2)
+        if i:  # the first layer's input is the data: no gradient
+            g = g.bmm(p[w])
+    return grads, loss, logits
 
 
-def _manual_agrees(plan: tuple, autograd_step: Callable, args: tuple) -> bool:
+def _manual_agrees(layers: tuple, autograd_step: Callable, args: tuple) -> bool:
     """Whether :func:`_mlp_step` gives ``autograd_step``'s gradients, losses and logits bit for bit
     on these inputs; asked once per layer plan, shapes (clients aside) and padding, and remembered."""
     p, xb, yb, mb, denom, full = args
-    key = (plan, tuple(xb.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in p.items()), bool(full))
+    key = (layers, tuple(xb.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in p.items()), bool(full))
     known = _MANUAL_AGREES.get(key)
     if known is not None:
         return known
-    (ga, la, oa), (gb, lb, ob) = autograd_step(*args), _mlp_step(plan, *args)
-    agrees = list(ga) == list(gb) and torch.equal(la, lb) and torch.equal(oa, ob) and all(torch.equal(ga[k], gb[k]) for k in ga)
+    (ga, la, oa), (gb, lb, ob) = autograd_step(*args), _mlp_step(layers, *args)
+    agrees = ga.keys() == gb.keys() and torch.equal(la, lb) and torch.equal(oa, ob) and all(torch.equal(ga[k], gb[k]) for k in ga)
     _MANUAL_AGREES[key] = agrees
     return agrees
 
@@ -387,6 +405,7 @@ def train_clients_stacked(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
     epochs_per_client: list[int] | None = None,
+    train_loss: bool = True,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Train every client in ``runs`` from its ``start`` tensors; return the final tensors as one
     float32 (clients x trainable entries) tensor, each row the client's ``start`` tensors
@@ -400,6 +419,7 @@ def train_clients_stacked(
     detached (clients x batch x classes) outputs before the update, with the mask of the samples
     that count (padding and finished clients are 0), as a sequential loop sees its batch's
     outputs (e.g. FD's per-label output sums). ``epochs_per_client`` overrides ``epochs`` per client.
+    Without ``train_loss`` the metrics hold only each client's steps, and a step may skip its loss.
     """
     names = list(runs[0].start)
     back: list[int] | None = None  # where each caller's client went, when they were reordered
@@ -454,12 +474,17 @@ def train_clients_stacked(
 
     batched_forward = vmap(forward)
     plan = _mlp_plan(model, names)
-    # a plain MLP under cross-entropy whose direct forward is vmap's: its whole step without autograd
-    manual = plan is not None and loss_fn is None
+    # a plain MLP under cross-entropy whose step autograd's kernels give without the engine
+    layers = _mlp_layers(plan) if plan is not None and loss_fn is None else None
+    verdicts: dict[bool, bool] = {}  # padded step or not -> whether the manual step is used
 
     def step(p, xb, yb, mb, denom, full, up=None):
-        if manual and _manual_agrees(plan, autograd_step, (p, xb, yb, mb, denom, full)):
-            return _mlp_step(plan, p, xb, yb, mb, denom, full, up)
+        if layers is not None:
+            use = verdicts.get(full)
+            if use is None:
+                use = verdicts[full] = _manual_agrees(layers, autograd_step, (p, xb, yb, mb, denom, full))
+            if use:
+                return _mlp_step(layers, p, xb, yb, mb, denom, full, up, train_loss)
         return autograd_step(p, xb, yb, mb, denom, full)
 
     def autograd_step(p, xb, yb, mb, denom, full):
@@ -510,7 +535,8 @@ def train_clients_stacked(
                 yb = y_cat.index_select(0, sel).view(n, -1)
                 g, loss, _ = step(views[n], xb, yb, masks[t][:n], dens[t][:n], full[t], ups[t][:n])
                 opt.step(views[n], g, None, n=n)
-                losses.append(loss)
+                if train_loss:
+                    losses.append(loss)
         else:
             # all clients' data in one padded tensor, so a step's batch is one gather; steps' batches
             # gathered a block at a time (about one epoch of the largest client: no more memory than
@@ -532,13 +558,17 @@ def train_clients_stacked(
                 losses.append(loss)
     finally:
         model.train(was)
-    return _finish(flat, losses, n_steps, back, active, prefix)
+    return _finish(flat, losses if train_loss else None, n_steps, back, active, prefix)
 
 
-def _finish(flat: torch.Tensor, losses: list[torch.Tensor], n_steps: list[int], back: list[int] | None, active: torch.Tensor, prefix: bool) -> tuple[torch.Tensor, list[dict]]:
+def _finish(flat: torch.Tensor, losses: list[torch.Tensor] | None, n_steps: list[int], back: list[int] | None, active: torch.Tensor, prefix: bool) -> tuple[torch.Tensor, list[dict]]:
     """``train_clients_stacked``'s result from its trained rows and every step's losses: each client's
-    mean loss over its own steps, rows and metrics back in the caller's order."""
+    mean loss over its own steps (without ``losses``, its steps only), rows and metrics back in the
+    caller's order."""
     C = len(n_steps)
+    if losses is None:
+        metrics = [{"steps": n_steps[c]} for c in range(C)]
+        return (flat, metrics) if back is None else (flat[back], [metrics[c] for c in back])
     totals = torch.zeros(C, dtype=torch.float64)
     zero = torch.zeros((), dtype=torch.float64)
     for t, loss in enumerate(losses):
