@@ -270,3 +270,31 @@ def test_fedavg_round_split_by_the_memory_budget_equals_one_batched_call(tmp_pat
     assert [r["bytes_up"] for r in r_one] == [r["bytes_up"] for r in r_split]
     for a, b in zip(r_one, r_split):
         assert abs(a["accuracy"] - b["accuracy"]) < 0.01 and abs(a["loss"] - b["loss"]) < 1e-3
+
+
+def test_ragged_schedule_places_every_batch_as_the_per_batch_schedule_does():
+    """The batch indices and mask built a client at a time equal those built a batch at a time
+    (``_schedules`` then ``_step_indices``): sizes, batch sizes, epochs, ``max_steps`` and
+    per-client epochs that cut, pad and skip in every way, each generator consumed the same."""
+    import random
+
+    rnd = random.Random(0)
+    for trial in range(150):
+        C = rnd.randint(1, 6)
+        ns = [rnd.choice([1, 2, 3, 9, 10, 11, 37, 64]) for _ in range(C)]
+        bs, ep, ms = rnd.choice([0, 1, 4, 10, 200]), rnd.randint(1, 3), rnd.choice([0, 0, 1, 3, 7])
+        per = [rnd.randint(0, 3) for _ in range(C)] if trial % 3 == 0 else None
+
+        def runs():
+            return [V.ClientRun({}, torch.zeros(n, 2), torch.zeros(n, dtype=torch.long), torch.Generator().manual_seed(10 * trial + i)) for i, n in enumerate(ns)]
+
+        plain = V._schedules(runs(), ep, bs, ms, per)
+        steps = [len(s) for s in plain]
+        got = V._ragged_schedule(runs(), ep, bs, ms, per)
+        if max(steps) == 0:
+            assert got is None
+            continue
+        B = max(b.shape[0] for s in plain for b in s)
+        idx, mask = V._step_indices(plain, max(steps), C, B)
+        assert got is not None and got[2] == steps and got[3] == B
+        assert torch.equal(got[0], idx) and torch.equal(got[1], mask)

@@ -95,6 +95,52 @@ def _schedules(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: i
     return out
 
 
+#: (rows, batch size, slots per step) -> each row's place in its epoch's steps x slots grid
+_PLACES: dict[tuple[int, int, int], torch.Tensor] = {}
+
+
+def _ragged_schedule(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int, per_client: list[int] | None) -> tuple[torch.Tensor, torch.Tensor, list[int], int] | None:
+    """Every step's batch indices and mask (steps x clients x B, padded with 0 and masked), each
+    client's steps and B, drawn exactly as :func:`_schedules` then :func:`_step_indices` give them
+    (one ``randperm`` per client and epoch from the client's generator, cut into batches of
+    ``batch_size``, the last one short, at most ``max_steps`` steps), but placed with a few tensor
+    operations per client instead of one tensor per batch. None when a client holds no rows."""
+    ns = [len(r.y) for r in runs]
+    if not ns or min(ns) == 0:
+        return None
+    C = len(runs)
+    eps = [epochs if per_client is None else per_client[i] for i in range(C)]
+    bss = [n if batch_size <= 0 else batch_size for n in ns]
+    per_epoch = [-(-n // bs) for n, bs in zip(ns, bss)]
+    n_steps = [min(e * s, max_steps) if max_steps else e * s for e, s in zip(eps, per_epoch)]
+    T = max(n_steps)
+    if T == 0:
+        return None
+    B = max(min(n, bs) for n, bs, k in zip(ns, bss, n_steps) if k)
+    values, targets = [], []
+    for c, r in enumerate(runs):
+        n, bs, s, k = ns[c], bss[c], per_epoch[c], n_steps[c]
+        perms = [torch.randperm(n, generator=r.gen) for _ in range(eps[c])]  # every epoch's draw, as batches() makes it
+        if k == 0:
+            continue
+        places = _PLACES.get((n, bs, B))
+        if places is None:
+            j = torch.arange(n)
+            places = _PLACES[(n, bs, B)] = (j // bs) * B + j % bs
+        full_epochs, rest = divmod(k, s)
+        used = perms[:full_epochs] + ([perms[full_epochs][: min(rest * bs, n)]] if rest else [])
+        base = c * T * B
+        for e, perm in enumerate(used):
+            values.append(perm)
+            targets.append(places[: perm.shape[0]] + (base + e * s * B))
+    idx = torch.zeros(C * T * B, dtype=torch.long)
+    mask = torch.zeros(C * T * B)
+    where = torch.cat(targets)
+    idx[where] = torch.cat(values)
+    mask[where] = 1.0
+    return idx.view(C, T, B).transpose(0, 1).contiguous(), mask.view(C, T, B).transpose(0, 1).contiguous(), n_steps, B
+
+
 def _uniform_schedule(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int, per_client: list[int] | None) -> tuple[torch.Tensor, int, int] | None:
     """When every client holds the same number of samples, a multiple of the batch size, and trains
     the same whole epochs (a cross-device cohort): (every step's batch indices, steps x clients x B,
@@ -433,8 +479,14 @@ def train_clients_stacked(
         n_steps = [T] * len(runs)
         mask = torch.ones(idx.shape)
     else:
-        schedules = _schedules(runs, epochs, batch_size, max_steps, epochs_per_client)
-        n_steps = [len(s) for s in schedules]
+        ragged = _ragged_schedule(runs, epochs, batch_size, max_steps, epochs_per_client)
+        if ragged is not None:
+            idx, mask, n_steps, B = ragged
+        else:
+            schedules = _schedules(runs, epochs, batch_size, max_steps, epochs_per_client)
+            n_steps = [len(s) for s in schedules]
+            B = max((b.shape[0] for s in schedules for b in s), default=1)
+            idx, mask = _step_indices(schedules, max(n_steps), len(runs), B)
         T = max(n_steps)
         if prefix:
             # clients by steps, most first: the clients still training at a step are then the first
@@ -442,9 +494,9 @@ def train_clients_stacked(
             # are its own whatever its position, and the results go back in the caller's order
             order = sorted(range(len(runs)), key=lambda c: -n_steps[c])
             if order != list(range(len(runs))):
-                runs, schedules, n_steps = [runs[c] for c in order], [schedules[c] for c in order], [n_steps[c] for c in order]
+                runs, n_steps = [runs[c] for c in order], [n_steps[c] for c in order]
+                idx, mask = idx[:, order], mask[:, order]
                 back = sorted(range(len(order)), key=order.__getitem__)
-        B = max((b.shape[0] for s in schedules for b in s), default=1)
     C = len(runs)
     fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in runs[0].start}
     shapes = [runs[0].start[k].shape for k in names]
@@ -503,8 +555,6 @@ def train_clients_stacked(
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads)), loss.detach(), logits.detach()
 
-    if uniform is None:
-        idx, mask = _step_indices(schedules, T, C, B)
     active = torch.arange(T).view(T, 1) < torch.tensor(n_steps).view(1, C)
     denoms = mask.sum(2).clamp_min(1.0)
     losses = []
