@@ -13,32 +13,7 @@ from featherfl.data.files import NpzArrays
 from featherfl.data.population import ClientPopulation
 
 
-def _old_dirichlet(labels, n_clients, alpha, seed, min_samples=10, max_tries=20):
-    """The per-class scan the sort-based version replaced (reference for identical lists)."""
-    n = len(labels)
-    rng = np.random.default_rng(seed)
-    owner = np.empty(n, dtype=np.int64)
-    for _ in range(max(1, max_tries)):
-        for c in np.unique(labels):
-            idx = np.flatnonzero(labels == c)
-            rng.shuffle(idx)
-            p = rng.dirichlet(np.full(n_clients, alpha))
-            cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
-            sizes = np.diff(np.concatenate(([0], cuts, [len(idx)])))
-            owner[idx] = np.repeat(np.arange(n_clients), sizes)
-        counts = np.bincount(owner, minlength=n_clients)
-        if counts.min() >= min_samples:
-            return P._groups(owner, n_clients)
-    P._top_up(owner, counts, min_samples, rng)
-    return P._groups(owner, n_clients)
-
-
-@pytest.mark.parametrize("seed,clients,alpha", [(0, 7, 0.5), (3, 20, 0.1), (5, 4, 100.0)])
-def test_dirichlet_gives_the_same_lists_as_before(seed, clients, alpha):
-    labels = np.random.default_rng(seed).integers(0, 10, 600)
-    new = P.dirichlet(labels, clients, alpha, seed, min_samples=5)
-    old = _old_dirichlet(labels, clients, alpha, seed, min_samples=5)
-    assert len(new) == len(old) and all(np.array_equal(a, b) for a, b in zip(new, old))
+# Dirichlet lists against a plain reference: tests/test_partition_reference.py
 
 
 def test_label_histograms_match_per_client_bincounts():
