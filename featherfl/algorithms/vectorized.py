@@ -6,11 +6,16 @@ not arithmetic. Here the clients' parameters are stacked along a leading client 
 and every local step of every client is one ``torch.func.vmap`` of
 ``functional_call`` + ``grad`` (the shape of FedJAX's ``for_each_client``). For a plain MLP
 (``nn.Sequential`` of Flatten, Linear, ReLU) the forward pass issues the same operations vmap
-would, without vmap's per-call cost, once a check has found them bit for bit equal.
+would, without vmap's per-call cost, once a check has found them bit for bit equal; under
+cross-entropy its whole step runs without the autograd engine (the backward kernels autograd
+would call, in its order, again checked bit for bit once per shape), and a step computes only
+the clients still training: the cohort is sorted by steps, so they are the first ones, and a
+client of 5 batches in a call with one of 90 costs 5 steps, not 90 (:func:`computes_only_active`).
 
 Each client keeps exactly what the sequential loop (``training.train_epochs``) gives
 it: its own data order (the same seeded generator, consumed in the same order), its
-own number of steps (clients that finish early stop updating: an ``active`` mask),
+own number of steps (clients that finish early stop updating: an ``active`` mask, or, for the
+plain MLP, a prefix of the clients that shrinks),
 its own last short batch (batches are padded to a common size and the padding is
 masked out of the mean loss), and its own optimiser state (SGD momentum buffers and
 Adam moments are stacked per client and follow ``torch.optim``'s update rules). The
