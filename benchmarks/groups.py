@@ -10,9 +10,11 @@ Dirichlet(1) mix each), the MLP 64-64-10 from ``benchmarks/population_model.py``
 weights, SGD lr 0.1 without momentum, batch 10, 1 local epoch, ``engine.cohort=500``, one core
 (``taskset -c 0``, ``engine.threads=1``, ``engine.workers=1``).
 
-A batched call computes every client for its longest client's steps, so with these sizes one group
-of 250 makes every client pay for a ~100-200-step client; ``featherfl.engines.batched.plan_groups``
-sorts the cohort by steps and cuts it by a cost model. Each ``--src`` is a featherfl source tree (a
+A batched call of a model it masks (a CNN) computes every client for its longest client's steps, so
+with these sizes one group of 250 makes every client pay for a ~100-200-step client, and
+``featherfl.engines.batched.plan_groups`` sorts the cohort by steps and cuts it by a cost model; a
+plain MLP's batched steps compute only the clients still training (``vectorized.computes_only_active``),
+so its cohort keeps the client-order groups. Each ``--src`` is a featherfl source tree (a
 label and a folder: e.g. an export of an older commit, to measure before and after); every tree runs
 both ``auto`` and ``off``, in alternating order, ``--pairs`` times. Reported: medians (and spread) of
 the in-process seconds per round (``seconds`` in ``metrics.jsonl``, the first round left out) and of
