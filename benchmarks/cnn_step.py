@@ -1,0 +1,136 @@
+"""Seconds per round of batched FedAvg on the population benchmark's small CNN, with the conv nets'
+hand-stepped local step (featherfl/algorithms/conv_batched.py) and without it (the vmap step).
+
+The job: 1000 MNIST writers (natural partition), cohort 50, 30 rounds, batch 10, one local epoch,
+one thread, the CNN of ``population_model.py``. Runs alternate (without, with, without, ...), each
+in a fresh process pinned to one core; a run's figure is the mean of ``seconds`` over its rounds
+in metrics.jsonl, and the table gives every run and the medians. Writes
+benchmarks/results/cnn_step.md.
+
+    python benchmarks/cnn_step.py --data /tmp/pp/mnist-writers1000.npz --init /tmp/pp/init-cnn.pt --reps 5 --core 0
+
+(the data and initial weights are the files benchmarks/population.py writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def job_args(data: str, init: str, out: str, rounds: int) -> list[str]:
+    return [
+        "run", "--algorithm", "fedavg", "--dataset", "npz", "--clients", "1000", "--rounds", str(rounds),
+        "--model", "population_model:cnn", "--out", out, "--quiet",
+        "--set", f"data.dir={data}", "--set", "partition.name=natural", "--set", "engine.cohort=50",
+        "--set", f"model.init={init}", "--set", f"eval.every={rounds}", "--set", "log.plots=false",
+        "--set", "engine.threads=1", "--set", "fedavg.lr=0.05", "--set", "fedavg.momentum=0",
+        "--set", "fedavg.batch_size=10", "--set", "fedavg.local_epochs=1", "--set", "fedavg.weighting=uniform",
+    ]
+
+
+def child(mode: str, args: list[str]) -> None:
+    """Run the featherfl CLI in this process; ``vmap`` switches the conv lowering off."""
+    sys.path[:0] = [str(ROOT), str(HERE)]
+    if mode == "vmap":
+        from featherfl.algorithms import conv_batched
+
+        conv_batched.plan = lambda *a: None
+    from featherfl.cli import main
+
+    sys.argv = ["featherfl"] + args
+    main()
+
+
+def one(mode: str, data: str, init: str, rounds: int, core: int | None) -> tuple[float, float, float]:
+    out = f"/tmp/cnn_step-{mode}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--"] + job_args(data, init, out, rounds)
+    if core is not None:
+        cmd = ["taskset", "-c", str(core)] + cmd
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), FLWR_TELEMETRY_ENABLED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t
+    rows = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+    secs = [r["seconds"] for r in rows if "seconds" in r]
+    return statistics.mean(secs), wall, rows[-1].get("accuracy", float("nan"))
+
+
+def main() -> None:
+    if "--child" in sys.argv:
+        i = sys.argv.index("--child")
+        child(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1 :])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="/tmp/pp/mnist-writers1000.npz")
+    ap.add_argument("--init", default="/tmp/pp/init-cnn.pt")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--core", type=int, default=0, help="CPU core to pin the runs to (-1: no pinning)")
+    ap.add_argument("--out", default=str(HERE / "results" / "cnn_step.md"))
+    a = ap.parse_args()
+    core = None if a.core < 0 else a.core
+    load_before = os.getloadavg()
+    runs: dict[str, list[tuple[float, float, float]]] = {"vmap": [], "lowered": []}
+    for rep in range(a.reps):
+        for mode in ("vmap", "lowered"):
+            r = one(mode, a.data, a.init, a.rounds, core)
+            runs[mode].append(r)
+            print(f"rep {rep} {mode}: {r[0]:.4f} s/round, wall {r[1]:.2f} s, accuracy {r[2]:.4f}", flush=True)
+    load_after = os.getloadavg()
+    med = {m: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for m, v in runs.items()}
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    lines = [
+        "# Small CNN: hand-stepped batched local step vs the vmap step",
+        "",
+        "FedAvg, 1000 MNIST writers (natural partition), cohort 50, batch 10, one local epoch, lr 0.05, no momentum,",
+        f"{a.rounds} rounds, one thread, the CNN of benchmarks/population_model.py (Conv 1-8 5x5, ReLU, max-pool 2,",
+        "Conv 8-16 5x5, ReLU, max-pool 2, Linear 256-10). `vmap`: the conv lowering switched off (every local",
+        "step is vmap of functional_call + grad, as before it); `lowered`: featherfl/algorithms/conv_batched.py.",
+        "s/round: the mean of `seconds` in metrics.jsonl (the in-process round time); wall: the whole process.",
+        "Runs alternate, each in a fresh process" + (f" pinned to core {core}" if core is not None else "") + ".",
+        "",
+        "```",
+        f"python benchmarks/cnn_step.py --data {a.data} --init {a.init} --rounds {a.rounds} --reps {a.reps} --core {a.core}",
+        "```",
+        "",
+        f"Machine: {cpu}, {os.cpu_count()} logical CPUs; load average (1, 5, 15 min) {tuple(round(x, 2) for x in load_before)} before,"
+        f" {tuple(round(x, 2) for x in load_after)} after (other jobs shared the machine when it is above 0).",
+        "",
+        "| run | vmap s/round | lowered s/round | vmap wall s | lowered wall s | vmap accuracy | lowered accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, (v, l) in enumerate(zip(runs["vmap"], runs["lowered"])):
+        lines.append(f"| {i} | {v[0]:.4f} | {l[0]:.4f} | {v[1]:.2f} | {l[1]:.2f} | {v[2]:.4f} | {l[2]:.4f} |")
+    lines += [
+        f"| median | {med['vmap'][0]:.4f} | {med['lowered'][0]:.4f} | {med['vmap'][1]:.2f} | {med['lowered'][1]:.2f} | | |",
+        "",
+        f"Lowered / vmap, medians: {med['lowered'][0] / med['vmap'][0]:.2f} per round, {med['lowered'][1] / med['vmap'][1]:.2f} wall.",
+        "",
+    ]
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
