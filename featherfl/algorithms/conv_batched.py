@@ -79,6 +79,13 @@ def plan(model: nn.Module, trained: list[str]) -> tuple | None:
             used += len(names)
     if used != len(trained) or not any(s[0] == "conv" for s in steps):
         return None
+    # ReLU then max pooling is max pooling then ReLU, value for value (ReLU is monotone), and so is
+    # the gradient: where a window's maximum is positive both send it to the window's first
+    # maximum; where it is not, ReLU's gradient is 0 either way. Pooling first, ReLU and its
+    # backward run on the pooled, smaller tensor
+    for i in range(len(steps) - 1):
+        if steps[i][0] == "relu" and steps[i + 1][0] == "maxpool":
+            steps[i], steps[i + 1] = steps[i + 1], steps[i]
     return tuple(steps)
 
 
@@ -166,7 +173,7 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
                 gw = torch.bmm(go, sv.transpose(1, 2))
             else:
                 hin, flatw = sv
-                gi, gw, _ = _aten.convolution_backward(go.view(1, n * cout, g.shape[2], g.shape[3]), hin, flatw, None, list(s), list(pad), list(d), False, [0, 0], n, [True, True, False])
+                gi, gw, _ = _aten.convolution_backward(go.reshape(1, n * cout, g.shape[2], g.shape[3]), hin, flatw, None, list(s), list(pad), list(d), False, [0, 0], n, [True, True, False])
                 g = gi.view(n, -1, hin.shape[2], hin.shape[3])
             grads[wn] = torch.zeros((clients,) + tuple(p[wn].shape[1:])).index_add_(0, client, gw.view((n,) + tuple(p[wn].shape[1:])))
             if bn is not None:
@@ -185,7 +192,8 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
         elif kind == "maxpool":
             _, k, s, pad, d, ceil = st
             hc, ind = sv
-            g = _aten.max_pool2d_with_indices_backward(g.contiguous(memory_format=torch.channels_last), hc, k, s, pad, d, ceil, ind).contiguous()
+            # channels-last as it comes: the layers below read it through views (no copy back)
+            g = _aten.max_pool2d_with_indices_backward(g.contiguous(memory_format=torch.channels_last), hc, k, s, pad, d, ceil, ind)
         else:
             g = g.view(sv)
     return grads, per, logits
