@@ -136,7 +136,8 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
         elif kind == "linear":
             _, wn, bn = st
             wg = p[wn][client]
-            out = torch.bmm(wg, h.unsqueeze(2)).squeeze(2)
+            # a product and a sum, not bmm: bmm of matrix-vector products is one BLAS call per sample
+            out = (wg * h.unsqueeze(1)).sum(2)
             if bn is not None:
                 out = out + p[bn][client]
             saved.append((h, wg))
@@ -186,7 +187,7 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
             if bn is not None:
                 grads[bn] = torch.zeros(p[bn].shape).index_add_(0, client, g)
             if i > 0:
-                g = torch.bmm(g.unsqueeze(1), wg).squeeze(1)
+                g = (g.unsqueeze(2) * wg).sum(1)
         elif kind == "relu":
             g = _aten.threshold_backward(g, sv, 0)
         elif kind == "maxpool":
