@@ -9,7 +9,10 @@ benchmarks/results/cnn_step.md.
 
     python benchmarks/cnn_step.py --data /tmp/pp/mnist-writers1000.npz --init /tmp/pp/init-cnn.pt --reps 5 --core 0
 
-(the data and initial weights are the files benchmarks/population.py writes).
+(the data and initial weights are the files benchmarks/population.py writes). With ``--pfl-python``
+(the interpreter of the environment where population.py installs pfl-research 0.6.0), pfl's
+FedAvg on the same job (population.py's pfl script: the time inside ``FederatedAveraging.run``,
+divided by the rounds) runs in the same alternation.
 """
 
 from __future__ import annotations
@@ -68,6 +71,24 @@ def one(mode: str, data: str, init: str, rounds: int, core: int | None) -> tuple
     return statistics.mean(secs), wall, rows[-1].get("accuracy", float("nan"))
 
 
+def one_pfl(pfl_py: str, data: str, init: str, rounds: int, core: int | None) -> tuple[float, float, float]:
+    sys.path.insert(0, str(HERE))
+    from population import PFL_JOB
+
+    script = Path("/tmp/cnn_step-pfl_job.py")
+    script.write_text(PFL_JOB)
+    out = Path("/tmp/cnn_step-pfl.json")
+    out.unlink(missing_ok=True)
+    cmd = [pfl_py, str(script), data, init, str(out), str(HERE), "cnn", str(rounds), "50", "0.05", "10", "0"]
+    if core is not None:
+        cmd = ["taskset", "-c", str(core)] + cmd
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    wall = time.perf_counter() - t
+    r = json.loads(out.read_text())
+    return r["seconds"] / rounds, wall, r["accuracy"]
+
+
 def main() -> None:
     if "--child" in sys.argv:
         i = sys.argv.index("--child")
@@ -80,17 +101,19 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--core", type=int, default=0, help="CPU core to pin the runs to (-1: no pinning)")
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_step.md"))
+    ap.add_argument("--pfl-python", default="", help="python of an environment with pfl 0.6.0 (empty: no pfl runs)")
     a = ap.parse_args()
     core = None if a.core < 0 else a.core
     load_before = os.getloadavg()
-    runs: dict[str, list[tuple[float, float, float]]] = {"vmap": [], "lowered": []}
+    modes = ["vmap", "lowered"] + (["pfl"] if a.pfl_python else [])
+    runs: dict[str, list[tuple[float, float, float]]] = {m: [] for m in modes}
     for rep in range(a.reps):
-        for mode in ("vmap", "lowered"):
-            r = one(mode, a.data, a.init, a.rounds, core)
+        for mode in modes:
+            r = one_pfl(a.pfl_python, a.data, a.init, a.rounds, core) if mode == "pfl" else one(mode, a.data, a.init, a.rounds, core)
             runs[mode].append(r)
             print(f"rep {rep} {mode}: {r[0]:.4f} s/round, wall {r[1]:.2f} s, accuracy {r[2]:.4f}", flush=True)
     load_after = os.getloadavg()
-    med = {m: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for m, v in runs.items()}
+    med = {m: (statistics.median([x[0] for x in v]), statistics.median([x[1] for x in v])) for m, v in runs.items()}
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -105,28 +128,33 @@ def main() -> None:
         "FedAvg, 1000 MNIST writers (natural partition), cohort 50, batch 10, one local epoch, lr 0.05, no momentum,",
         f"{a.rounds} rounds, one thread, the CNN of benchmarks/population_model.py (Conv 1-8 5x5, ReLU, max-pool 2,",
         "Conv 8-16 5x5, ReLU, max-pool 2, Linear 256-10). `vmap`: the conv lowering switched off (every local",
-        "step is vmap of functional_call + grad, as before it); `lowered`: featherfl/algorithms/conv_batched.py.",
+        "step is vmap of functional_call + grad, as before it); `lowered`: featherfl/algorithms/conv_batched.py;",
+        "`pfl`: pfl-research 0.6.0's FedAvg on the same data, model and initial weights (population.py's script; its",
+        "seconds are the time inside FederatedAveraging.run divided by the rounds; wall: its whole process).",
         "s/round: the mean of `seconds` in metrics.jsonl (the in-process round time); wall: the whole process.",
         "Runs alternate, each in a fresh process" + (f" pinned to core {core}" if core is not None else "") + ".",
         "",
         "```",
-        f"python benchmarks/cnn_step.py --data {a.data} --init {a.init} --rounds {a.rounds} --reps {a.reps} --core {a.core}",
+        f"python benchmarks/cnn_step.py --data {a.data} --init {a.init} --rounds {a.rounds} --reps {a.reps} --core {a.core}" + (f" --pfl-python {a.pfl_python}" if a.pfl_python else ""),
         "```",
         "",
         f"Machine: {cpu}, {os.cpu_count()} logical CPUs; load average (1, 5, 15 min) {tuple(round(x, 2) for x in load_before)} before,"
         f" {tuple(round(x, 2) for x in load_after)} after (other jobs shared the machine when it is above 0).",
         "",
-        "| run | vmap s/round | lowered s/round | vmap wall s | lowered wall s | vmap accuracy | lowered accuracy |",
-        "|---|---|---|---|---|---|---|",
+        "| run | " + " | ".join(f"{m} s/round" for m in modes) + " | " + " | ".join(f"{m} wall s" for m in modes) + " | " + " | ".join(f"{m} accuracy" for m in modes) + " |",
+        "|---" * (1 + 3 * len(modes)) + "|",
     ]
-    for i, (v, l) in enumerate(zip(runs["vmap"], runs["lowered"])):
-        lines.append(f"| {i} | {v[0]:.4f} | {l[0]:.4f} | {v[1]:.2f} | {l[1]:.2f} | {v[2]:.4f} | {l[2]:.4f} |")
+    for i in range(a.reps):
+        r = [runs[m][i] for m in modes]
+        lines.append(f"| {i} | " + " | ".join(f"{x[0]:.4f}" for x in r) + " | " + " | ".join(f"{x[1]:.2f}" for x in r) + " | " + " | ".join(f"{x[2]:.4f}" for x in r) + " |")
     lines += [
-        f"| median | {med['vmap'][0]:.4f} | {med['lowered'][0]:.4f} | {med['vmap'][1]:.2f} | {med['lowered'][1]:.2f} | | |",
+        "| median | " + " | ".join(f"{med[m][0]:.4f}" for m in modes) + " | " + " | ".join(f"{med[m][1]:.2f}" for m in modes) + " |" + " |" * len(modes),
         "",
-        f"Lowered / vmap, medians: {med['lowered'][0] / med['vmap'][0]:.2f} per round, {med['lowered'][1] / med['vmap'][1]:.2f} wall.",
-        "",
+        f"Medians: lowered / vmap {med['lowered'][0] / med['vmap'][0]:.2f} per round, {med['lowered'][1] / med['vmap'][1]:.2f} wall.",
     ]
+    if "pfl" in runs:
+        lines.append(f"Medians: lowered / pfl {med['lowered'][0] / med['pfl'][0]:.2f} per round, {med['lowered'][1] / med['pfl'][1]:.2f} wall; vmap / pfl {med['vmap'][0] / med['pfl'][0]:.2f} per round.")
+    lines.append("")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(lines))
     print("\n".join(lines))
