@@ -143,6 +143,25 @@ def test_a_lowering_that_disagrees_with_vmap_is_not_used(monkeypatch):
     CB._AGREES.clear()
 
 
+def test_a_lowering_that_raises_gives_way_to_vmap(monkeypatch):
+    model = _built(_cnn(3))
+    data = _clients([9, 21], (1, 16, 16), seed=9)
+    with monkeypatch.context() as m:
+        m.setattr(CB, "plan", lambda *a: None)
+        via_vmap, _ = _vectorised(model, data, ADAM, 1, 8)
+    CB._AGREES.clear()
+
+    def boom(*a):
+        raise RuntimeError("not this shape")
+
+    monkeypatch.setattr(CB, "forward_backward", boom)
+    got, _ = _vectorised(model, data, ADAM, 1, 8)
+    assert CB._AGREES and not any(CB._AGREES.values())
+    for a, b in zip(got, via_vmap):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    CB._AGREES.clear()
+
+
 def test_a_loss_function_of_the_callers_keeps_vmap(monkeypatch):
     model = _built(_cnn(4))
     data = _clients([12, 20], (1, 16, 16), seed=7)

@@ -209,11 +209,11 @@ def stepper(plan_: tuple, reference: Callable) -> Callable:
     """A drop-in for ``train_clients_stacked``'s step (``reference``, the vmap one): the lowering of
     :func:`forward_backward` on the step's real samples. The first step of each input shape runs
     both and compares gradients and losses (remembered in ``_AGREES``); a shape where they differ
-    beyond float tolerance runs ``reference`` from then on."""
+    beyond float tolerance, or where the lowering raises, runs ``reference`` from then on."""
 
     def step(p, xb, yb, mb, denom, full):
         C, B = xb.shape[:2]
-        key = (plan_, tuple(xb.shape[2:]), tuple((k, tuple(v.shape[1:])) for k, v in p.items()))
+        key = (plan_, tuple(xb.shape[2:]), xb.dtype, tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in p.items()))
         known = _AGREES.get(key)
         if known is False:
             return reference(p, xb, yb, mb, denom, full)
@@ -227,7 +227,13 @@ def stepper(plan_: tuple, reference: Callable) -> Callable:
             x, y = xb.flatten(0, 1)[sel], yb.reshape(-1)[sel]
             client = sel // B
         scale = (1.0 / denom)[client]
-        grads, per, logits = forward_backward(plan_, p, x, y, client, scale, C)
+        try:
+            grads, per, logits = forward_backward(plan_, p, x, y, client, scale, C)
+        except Exception:  # a shape or dtype the lowering cannot take: the vmap step, from now on
+            if known:
+                raise
+            _AGREES[key] = False
+            return reference(p, xb, yb, mb, denom, full)
         loss = torch.zeros(C).index_add_(0, client, per) / denom
         if sel is None:
             out_logits = logits.view(C, B, -1)
@@ -235,11 +241,11 @@ def stepper(plan_: tuple, reference: Callable) -> Callable:
             out_logits = torch.zeros(C * B, logits.shape[1]).index_copy_(0, sel, logits).view(C, B, -1)
         grads = {k: grads[k] for k in p}
         if known is None:
-            ref_g, ref_loss, _ = reference(p, xb, yb, mb, denom, full)
+            ref_g, ref_loss, ref_logits = reference(p, xb, yb, mb, denom, full)
             ok = _close(loss, ref_loss) and all(_close(grads[k], ref_g[k]) for k in p)
             _AGREES[key] = ok
             if not ok:
-                return ref_g, ref_loss, _
+                return ref_g, ref_loss, ref_logits
         return grads, loss, out_logits.detach()
 
     return step
