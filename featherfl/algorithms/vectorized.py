@@ -374,8 +374,8 @@ def train_clients_stacked(
         return dict(zip(leaves, grads)), loss.detach(), logits.detach()
 
     lowered = conv_batched.plan(model, names) if loss_fn is None else None
-    if lowered is not None:  # a small conv net: stepped by hand on the real samples (checked against vmap's step)
-        step = conv_batched.stepper(lowered, step)
+    if lowered is not None:  # a small conv net: stepped by hand on the real samples (checked against autograd once)
+        step = conv_batched.stepper(lowered, step, model)
 
     if uniform is None:
         idx, mask = _step_indices(schedules, T, C, B)
