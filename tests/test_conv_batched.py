@@ -1,6 +1,6 @@
 """The hand-stepped batched path for small conv nets (featherfl.algorithms.conv_batched) gives each
 client what the sequential loop gives it, is used only for the layer patterns it supports, and
-gives way to the vmap step where it disagrees with it."""
+gives way to the vmap step where it disagrees with autograd or fails."""
 
 import copy
 
@@ -122,7 +122,7 @@ def test_padding_stride_dilation_and_pool_options_match_sequential(monkeypatch):
         assert all(torch.allclose(s[k], v[k], atol=1e-5) for k in s)
 
 
-def test_a_lowering_that_disagrees_with_vmap_is_not_used(monkeypatch):
+def test_a_lowering_that_disagrees_with_autograd_is_not_used(monkeypatch):
     model = _built(_cnn(2))
     data = _clients([20, 33, 7], (1, 16, 16), seed=6)
     with monkeypatch.context() as m:

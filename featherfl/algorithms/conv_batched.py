@@ -11,20 +11,22 @@ Here a model that is an ``nn.Sequential`` of ``Conv2d``, ``ReLU``, ``MaxPool2d``
 
 * only the real samples of a step are computed: the padded slots are dropped before the
   forward pass (a step costs its real samples, not clients x batch size);
-* a convolution is ``unfold`` (im2col) and one batched matrix product over the samples, each
-  sample with its own client's weights; its weight gradient is a batched product per sample
-  summed into its client's row (``index_add_``); the input gradient (not needed for the first
-  layer: its input is data) is a batched product and ``fold``;
-* max pooling and ReLU call ATen's own forward and backward kernels (ties go where
-  ``torch.nn.functional.max_pool2d`` sends them);
+* each sample is computed with its own client's tensors (gathered by the sample's client), and
+  a weight's gradient is the per-sample gradients summed into the client's row (``index_add_``);
+* the first convolution (its input is data: no input gradient) is im2col, as one strided copy,
+  and a batched matrix product over the samples; a later convolution is one grouped convolution
+  with a group per sample, forward and backward through ATen's convolution kernels;
+* max pooling calls ATen's kernels on a channels-last copy (ties go where
+  ``torch.nn.functional.max_pool2d`` sends them); a ReLU right before it runs after it, on the
+  smaller tensor (the same values and gradients); a linear layer is a product and a sum;
 * the loss is the per-sample cross-entropy over the client's real samples, as
   ``train_clients_stacked`` defines it, and its gradient is ``softmax - one_hot`` scaled by the
   client's count of samples.
 
 Each client's gradient is the sequential loop's up to float rounding (sums in another order).
-Before a lowering is used for a model and input shape it is compared once with the vmap step on
-the same tensors (:func:`stepper`); if they do not agree within float tolerance, that shape
-keeps the vmap step.
+The first step of each model and input shape also recomputes a few clients' gradients with
+autograd through the model (:func:`stepper`); a shape where they do not agree within float
+tolerance keeps the vmap step.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torch import nn
 
 _aten = torch.ops.aten
 
-#: (layer plan, sample shape, parameter shapes) -> whether the lowering agreed with the vmap step
+#: (layer plan, sample shape and dtype, parameter shapes and dtypes) -> whether the lowering agreed with autograd
 _AGREES: dict[tuple, bool] = {}
 
 
