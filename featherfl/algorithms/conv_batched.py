@@ -237,12 +237,12 @@ def stepper(plan_: tuple, reference: Callable, model: nn.Module) -> Callable:
     ``_AGREES``); a shape where they differ beyond float tolerance, or where the lowering raises,
     runs ``reference`` from then on."""
 
-    def step(p, xb, yb, mb, denom, full):
+    def step(p, xb, yb, mb, denom, full, *more):
         C, B = xb.shape[:2]
         key = (plan_, tuple(xb.shape[2:]), xb.dtype, tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in p.items()))
         known = _AGREES.get(key)
         if known is False:
-            return reference(p, xb, yb, mb, denom, full)
+            return reference(p, xb, yb, mb, denom, full, *more)
         flat_mask = mb.reshape(-1)
         if full:
             sel = None
@@ -259,7 +259,7 @@ def stepper(plan_: tuple, reference: Callable, model: nn.Module) -> Callable:
             if known:
                 raise
             _AGREES[key] = False
-            return reference(p, xb, yb, mb, denom, full)
+            return reference(p, xb, yb, mb, denom, full, *more)
         loss = torch.zeros(C).index_add_(0, client, per) / denom
         if sel is None:
             out_logits = logits.view(C, B, -1)
@@ -270,7 +270,7 @@ def stepper(plan_: tuple, reference: Callable, model: nn.Module) -> Callable:
             ok = _autograd_agrees(model, p, x, y, client, denom, grads, loss)
             _AGREES[key] = ok
             if not ok:
-                return reference(p, xb, yb, mb, denom, full)
+                return reference(p, xb, yb, mb, denom, full, *more)
         return grads, loss, out_logits.detach()
 
     return step

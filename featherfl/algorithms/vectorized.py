@@ -372,9 +372,9 @@ def train_clients_stacked(
             loss = (per if full else per * mb).sum(1) / denom
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads)), loss.detach(), logits.detach()
-
+    # a small conv net: stepped by hand on the real samples (checked against autograd once)
     lowered = conv_batched.plan(model, names) if loss_fn is None else None
-    if lowered is not None:  # a small conv net: stepped by hand on the real samples (checked against autograd once)
+    if lowered is not None:
         step = conv_batched.stepper(lowered, step, model)
 
     if uniform is None:
