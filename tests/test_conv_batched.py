@@ -81,6 +81,19 @@ def test_plan_takes_only_the_patterns_it_supports():
     assert CB.plan(m, [k for k, _ in m.named_parameters()]) is None
 
 
+def test_a_model_outside_the_patterns_trains_through_vmap_as_before(monkeypatch):
+    """Average pooling is not a pattern of the lowering: the vmap step trains it, still matching
+    the sequential loop."""
+    model = _built(_cnn(6, pool=nn.AvgPool2d(2)))
+    data = _clients([13, 30, 4], (1, 16, 16), seed=11)
+    calls = _spy(monkeypatch)
+    seq = _sequential(model, data, SGD, 2, 8)
+    vec, _ = _vectorised(model, data, SGD, 2, 8)
+    assert not calls
+    for s, v in zip(seq, vec):
+        assert all(torch.allclose(s[k], v[k], atol=1e-5) for k in s)
+
+
 @pytest.mark.parametrize("opts", [SGD, ADAM], ids=["sgd", "adam"])
 def test_matches_sequential_with_unequal_client_sizes(opts, monkeypatch):
     """Different sizes: different step counts, short last batches, finished clients; all honoured."""
