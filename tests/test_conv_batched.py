@@ -152,7 +152,9 @@ def test_a_lowering_that_disagrees_with_autograd_is_not_used(monkeypatch):
     got, _ = _vectorised(model, data, SGD, 1, 8)
     assert CB._AGREES and not any(CB._AGREES.values())
     for a, b in zip(got, via_vmap):
-        assert all(torch.equal(a[k], b[k]) for k in a)  # the vmap step, bit for bit
+        # the vmap step; over the clients still training only (a conv net's steps skip finished
+        # clients), so a grouped convolution of fewer groups: equal up to float rounding
+        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     CB._AGREES.clear()
 
 
@@ -170,8 +172,8 @@ def test_a_lowering_that_raises_gives_way_to_vmap(monkeypatch):
     monkeypatch.setattr(CB, "forward_backward", boom)
     got, _ = _vectorised(model, data, ADAM, 1, 8)
     assert CB._AGREES and not any(CB._AGREES.values())
-    for a, b in zip(got, via_vmap):
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    for a, b in zip(got, via_vmap):  # the vmap step (over the clients still training: float rounding)
+        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     CB._AGREES.clear()
 
 

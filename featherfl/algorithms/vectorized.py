@@ -317,8 +317,16 @@ def _mlp_plan(model: nn.Module, trained: list[str]) -> tuple | None:
 def computes_only_active(model: nn.Module) -> bool:
     """Whether :func:`train_clients_stacked` (every parameter trained, cross-entropy, no ``observe``)
     computes at each step only the clients still training, so a client's cost is its own steps
-    and not its group's longest: a plain MLP (:func:`_mlp_plan`)."""
-    return _mlp_plan(model, [k for k, _ in model.named_parameters()]) is not None
+    and not its group's longest: a plain MLP (:func:`_mlp_plan`) or a small conv net that
+    ``conv_batched`` steps by hand."""
+    return _only_active(model, [k for k, _ in model.named_parameters()])
+
+
+def _only_active(model: nn.Module, trained: list[str]) -> bool:
+    # the MLP's products, and the conv step's per-sample kernels over the real samples, give each
+    # client the same bits whatever the clients beside it; a vmapped convolution does not (it becomes
+    # one grouped convolution whose rounding follows the group count)
+    return _mlp_plan(model, trained) is not None or conv_batched.plan(model, trained) is not None
 
 
 def _mlp_forward(plan: tuple, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -475,10 +483,8 @@ def train_clients_stacked(
     """
     names = list(runs[0].start)
     back: list[int] | None = None  # where each caller's client went, when they were reordered
-    # a step may compute only the clients still training: for a plain MLP under cross-entropy, whose
-    # products give each client the same bits whatever the number of clients beside it (a vmapped
-    # convolution does not: it becomes one grouped convolution whose rounding follows the group count)
-    prefix = loss_fn is None and observe is None and _mlp_plan(model, names) is not None
+    # a step may compute only the clients still training (:func:`_only_active`)
+    prefix = loss_fn is None and observe is None and _only_active(model, names)
     uniform = _uniform_schedule(runs, epochs, batch_size, max_steps, epochs_per_client)
     if uniform is not None:
         idx, T, B = uniform
