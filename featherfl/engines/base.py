@@ -273,6 +273,7 @@ class Engine(ABC):
         """
         deadline = self.cfg["engine.deadline"]
         replies: dict[int, wire.Payload] = {}
+        todo: list[tuple[int, bytes, int]] = []  # (cid, reply, size) to decode, all at once (wire.decode_many)
         for cid in sorted(outcomes):
             out = outcomes[cid]
             for extra in out.duplicates:  # only a client's first reply counts; never decoded
@@ -290,17 +291,16 @@ class Engine(ABC):
                 self.ledger.record(rnd, "up", cid, size, "late")
                 dropped["deadline"] += 1
                 continue
-            if cid in replies:
+            if size > self.max_bytes:
                 self.ledger.record(rnd, "up", cid, size, "rejected")
-                rejected["duplicate"] += 1
+                rejected["oversized"] += 1
                 continue
-            try:
-                if size > self.max_bytes:
-                    raise wire.PayloadError("oversized", f"{size} bytes")
-                payload = wire.decode(bytes(out.reply), specs_for(rnd, cid), round=rnd, run=self.run_id)
-            except wire.PayloadError as e:
+            todo.append((cid, bytes(out.reply), size))
+        decoded = wire.decode_many([d for _, d, _ in todo], [specs_for(rnd, cid) for cid, _, _ in todo], round=rnd, run=self.run_id)
+        for (cid, _, size), payload in zip(todo, decoded):
+            if isinstance(payload, wire.PayloadError):
                 self.ledger.record(rnd, "up", cid, size, "rejected")
-                rejected[e.reason] += 1
+                rejected[payload.reason] += 1
                 continue
             self.ledger.record(rnd, "up", cid, size, payload.CATEGORY)
             replies[cid] = payload
