@@ -18,7 +18,7 @@ import traceback
 import torch
 
 from featherfl.engines.base import ClientFailure, ClientOutcome, Engine, ServerHeldStates, run_client
-from featherfl.engines.batched import GroupThreads, can_batch, client_rows, cohort_steps, plan_groups, run_group
+from featherfl.engines.batched import GroupThreads, can_batch, client_rows, cohort_steps, group_cost, plan_groups, run_group
 from featherfl.engines.processes import GroupProcesses
 from featherfl.threads import choose_parallel, choose_workers
 
@@ -43,13 +43,15 @@ class LocalEngine(ServerHeldStates, Engine):
                 return run_group(client, rnd, {c: jobs[c] for c in group}, {c: self.client_data[c] for c in group}, {c: states[c] for c in group}, self.run_id)
 
             if self.workers > 1 and len(groups) > 1 and self.parallel == "processes":
-                done = self._in_processes(rnd, jobs, states, groups)
+                done = self._in_processes(rnd, jobs, states, groups, one)
             elif self.workers > 1 and len(groups) > 1:
                 done = self._group_threads().map(one, groups)
             else:
                 done = (one(self.client, g) for g in groups)
             out: dict[int, ClientOutcome] = {}
             for got in done:
+                if len(groups) > 1:  # while other groups still train: this group's replies decoded now
+                    self.decode_early(rnd, got)
                 out.update(got)
                 if self.on_client is not None:
                     self.on_client(rnd, len(out), len(jobs))
@@ -74,17 +76,27 @@ class LocalEngine(ServerHeldStates, Engine):
             self._rows = client_rows(self.client_data)
         return cohort_steps(self.client, [self._rows[c] for c in cids])
 
-    def _in_processes(self, rnd, jobs, states, groups):
-        """The groups on the worker processes; each group's updated states written back here."""
+    def _in_processes(self, rnd, jobs, states, groups, one):
+        """The groups on ``workers - 1`` forked worker processes and this one (``one`` trains a group
+        here, with this engine's client half), assigned by their expected cost; each group a worker
+        trained has its updated states written back here."""
         if self._processes is None:
-            self._processes = GroupProcesses(self.client, self.client_data, self.workers, torch.get_num_threads(), self.cfg["engine.worker_timeout"])
+            self._processes = GroupProcesses(self.client, self.client_data, self.workers - 1, torch.get_num_threads(), self.cfg["engine.worker_timeout"])
         tasks = [({c: jobs[c] for c in g}, {c: states[c] for c in g}) for g in groups]
-        for got, new in self._processes.run(rnd, tasks, self.run_id):
+        for got, new in self._processes.run(rnd, tasks, self.run_id, local=lambda g: one(self.client, groups[g]), costs=self._costs(groups)):
             for cid, st in (new or {}).items():
                 kept = states[cid]  # the store's own dict: replaced in place
                 kept.clear()
                 kept.update(st)
             yield got
+
+    def _costs(self, groups: list[list[int]]) -> list[float]:
+        """Each group's expected cost (``batched.group_cost``), or its size where steps are unknown."""
+        steps = self._steps([c for g in groups for c in g])
+        if steps is None:
+            return [float(len(g)) for g in groups]
+        of = dict(zip([c for g in groups for c in g], steps))
+        return [float(group_cost(max(of[c] for c in g), len(g), self.cfg["engine.group_overhead"])) for g in groups]
 
     def _group_threads(self) -> GroupThreads:
         """The worker threads and their client halves: this engine's own half and ``workers - 1``

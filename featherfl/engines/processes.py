@@ -31,8 +31,10 @@ import io
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import struct
+import threading
 import time
 import traceback
 from multiprocessing.connection import wait
@@ -45,6 +47,14 @@ from featherfl.engines.base import ClientFailure, ClientOutcome
 
 #: Seconds a worker gets to leave after being asked to stop, before it is killed.
 STOP_GRACE = 5.0
+
+
+#: In place of a group's outcomes: train this group in the engine's process.
+_HERE = object()
+
+
+class _Stopped(Exception):
+    """The engine's thread asked the thread supplying the workers to stop."""
 
 
 def _torch_bytes(obj) -> bytes:
@@ -110,6 +120,35 @@ def _outcomes_in(header: dict, blobs: list[bytes]) -> dict[int, ClientOutcome]:
     return out
 
 
+def _group_message(rnd: int, run_id: int, grad: bool, jobs: dict[int, bytes], states: dict) -> bytes:
+    """A group for a worker: each distinct downlink once (a round's clients mostly share one global
+    model), the clients' indices into them, and their states."""
+    index: dict[int, int] = {}
+    blobs: list[bytes] = []
+    downs = []
+    for b in jobs.values():
+        k = index.get(id(b))
+        if k is None:
+            k = index[id(b)] = len(blobs)
+            blobs.append(b)
+        downs.append(k)
+    return _pack({"rnd": rnd, "run_id": run_id, "grad": grad, "cids": list(jobs), "downs": downs}, blobs, states)
+
+
+def assign(costs: list[float], workers: int) -> list[int]:
+    """Which of ``workers`` forked workers (0 .. workers - 1) or the engine's own process (``workers``)
+    trains each group, given the groups' expected costs in the order they are handed out: each
+    group to the least loaded so far, a forked worker before the engine's process on a tie (the
+    engine also has the round's serial work). Depends on the costs alone: the same every round."""
+    load = [0.0] * (workers + 1)
+    out = []
+    for c in costs:
+        lane = min(range(workers + 1), key=lambda i: (load[i], i))
+        load[lane] += c
+        out.append(lane)
+    return out
+
+
 def fork_available() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
@@ -142,7 +181,7 @@ def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads
         if header.get("stop"):
             return
         cids = [int(c) for c in header["cids"]]
-        jobs = dict(zip(cids, blobs))
+        jobs = {cid: blobs[int(k)] for cid, k in zip(cids, header["downs"])}  # a downlink many clients share came once
         states = {cid: (states or {}).get(cid, {}) for cid in cids}
         try:
             with torch.set_grad_enabled(bool(header["grad"])):
@@ -197,34 +236,105 @@ class GroupProcesses:
             p.join()
         c.close()
 
-    def run(self, rnd: int, groups: list[tuple[dict[int, bytes], dict[int, dict]]], run_id: int) -> Iterator[tuple[dict[int, ClientOutcome], dict[int, dict] | None]]:
+    def run(self, rnd: int, groups: list[tuple[dict[int, bytes], dict[int, dict]]], run_id: int, local=None, costs: list[float] | None = None) -> Iterator[tuple[dict[int, ClientOutcome], dict[int, dict] | None]]:
         """Each group's ``(outcomes, updated states)`` as it finishes (states None where the group
-        failed as a whole); ``groups`` are (jobs, states) in the order to hand them out."""
-        grad = torch.is_grad_enabled()
-        todo = list(range(len(groups)))
+        failed as a whole, or where ``local`` trained it: its states were updated in place);
+        ``groups`` are (jobs, states) in the order to hand them out.
+
+        Without ``local``, the forked workers take the groups in that order, each the next one when
+        idle. With ``local`` (a function that trains group ``g`` in this process), this process is
+        one more worker: the groups are assigned by :func:`assign` from ``costs`` (their expected
+        costs), a thread of this process keeps the forked workers supplied and gathers their answers
+        (it waits on pipes: no work of its own to speak of), and this process trains its own groups
+        meanwhile; then it takes the forked workers' answers as they come."""
+        grad = torch.is_grad_enabled()  # a thread's own: read here, in the engine's thread
+        if local is None:
+            todo = list(range(len(groups)))
+            yield from self._remote(rnd, groups, run_id, grad, lambda i: todo.pop(0) if todo else None)
+            return
+        lanes = assign(list(costs) if costs is not None else [float(len(j)) for j, _ in groups], len(self._procs))
+        mine = [g for g, lane in enumerate(lanes) if lane == len(self._procs)]
+        theirs = {i: [g for g, lane in enumerate(lanes) if lane == i] for i in range(len(self._procs))}
+        if not any(theirs.values()):
+            for g in mine:
+                yield local(g), None
+            return
+        for i in theirs:  # forked here, not in the supplying thread: a worker dies with the thread that forked it (PR_SET_PDEATHSIG)
+            if theirs[i] and (self._procs[i] is None or not self._procs[i].is_alive()):
+                self._stop(i, kill=True)
+                self._start(i)
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+        wake_r, wake_w = os.pipe()
+        stopping = threading.Event()
+
+        def supply():
+            try:
+                for got in self._remote(rnd, groups, run_id, grad, lambda i: theirs[i].pop(0) if theirs[i] else None, (stopping, wake_r)):
+                    answers.put((True, got))
+                answers.put((True, None))
+            except BaseException as e:  # handed to the engine's thread, which raises it
+                answers.put((False, e))
+
+        helper = threading.Thread(target=supply, name="featherfl-groups", daemon=True)
+        helper.start()
+        try:
+            for g in mine:
+                yield local(g), None
+            while True:
+                ok, got = answers.get()
+                if not ok:
+                    raise got
+                if got is None:
+                    break
+                if got[0] is _HERE:  # a worker that died before this group: trained here instead
+                    yield local(got[1]), None
+                    continue
+                yield got
+        finally:
+            if helper.is_alive():  # an error or an interrupt in this thread: no worker is left training for nobody
+                stopping.set()
+                os.write(wake_w, b"x")
+            helper.join()
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _remote(self, rnd: int, groups, run_id: int, grad: bool, pick, stop=None) -> Iterator[tuple[dict[int, ClientOutcome], dict[int, dict] | None]]:
+        """The forked workers' part of a round: ``pick(i)`` is the next group for idle worker ``i``
+        (None: nothing more for it); ``stop`` (an event and a file descriptor that wakes the wait)
+        ends the loop early, stopping the workers still training. With ``stop`` (run from the
+        supplying thread) a worker found dead is not forked again: its group comes back as
+        ``(_HERE, group)`` for the engine's process to train."""
         busy = self._busy = {}  # worker -> (group, start)
         try:
-            while todo or busy:
+            while True:
                 for i in range(len(self._procs)):
-                    if todo and i not in busy:
-                        if self._procs[i] is None or not self._procs[i].is_alive():
-                            self._stop(i, kill=True)
-                            self._start(i)
-                        g = todo.pop(0)
-                        jobs, states = groups[g]
-                        try:
-                            self._conns[i].send_bytes(_pack({"rnd": rnd, "run_id": run_id, "grad": grad, "cids": list(jobs)}, [jobs[c] for c in jobs], states))
-                        except (BrokenPipeError, OSError) as e:
-                            self._stop(i, kill=True)
-                            yield self._lost(jobs, f"worker process could not be given its group ({e.__class__.__name__})"), None
+                    if i in busy:
+                        continue
+                    g = pick(i)
+                    if g is None:
+                        continue
+                    if self._procs[i] is None or not self._procs[i].is_alive():
+                        self._stop(i, kill=True)
+                        if stop:  # this thread may not fork (its workers would die with it): the engine's thread trains the group
+                            yield _HERE, g
                             continue
-                        busy[i] = (g, time.monotonic())
+                        self._start(i)
+                    jobs, states = groups[g]
+                    try:
+                        self._conns[i].send_bytes(_group_message(rnd, run_id, grad, jobs, states))
+                    except (BrokenPipeError, OSError) as e:
+                        self._stop(i, kill=True)
+                        yield self._lost(jobs, f"worker process could not be given its group ({e.__class__.__name__})"), None
+                        continue
+                    busy[i] = (g, time.monotonic())
                 if not busy:
-                    continue
+                    return
                 limit = None
                 if self._timeout > 0:
                     limit = max(0.0, min(t for _, t in busy.values()) + self._timeout - time.monotonic())
-                ready = wait([self._conns[i] for i in busy] + [self._procs[i].sentinel for i in busy], timeout=limit)
+                ready = wait([self._conns[i] for i in busy] + [self._procs[i].sentinel for i in busy] + ([stop[1]] if stop else []), timeout=limit)
+                if stop and stop[0].is_set():
+                    raise _Stopped
                 for i in list(busy):
                     g, started = busy[i]
                     jobs = groups[g][0]
@@ -247,8 +357,12 @@ class GroupProcesses:
                         del busy[i]
                         self._stop(i, kill=True)
                         yield self._lost(jobs, f"worker process {proc.pid} took over engine.worker_timeout={self._timeout:g} s for this client's group; stopped"), None
+        except _Stopped:
+            for i in list(busy):
+                self._stop(i, kill=True)
+            busy.clear()
         except BaseException:
-            for i in busy:  # an error or an interrupt here: no worker is left training for nobody
+            for i in list(busy):  # an error or an interrupt here: no worker is left training for nobody
                 self._stop(i, kill=True)
             raise
 
