@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
 import struct
 import threading
 import time
@@ -47,6 +48,9 @@ from featherfl.engines.base import ClientFailure, ClientOutcome
 
 #: Seconds a worker gets to leave after being asked to stop, before it is killed.
 STOP_GRACE = 5.0
+
+#: Bytes of socket buffer asked for each end of a worker's pipe.
+PIPE_BUFFER = 4 << 20
 
 
 #: In place of a group's outcomes: train this group in the engine's process.
@@ -69,17 +73,40 @@ def _pack(header: dict, blobs: list[bytes] = (), states: dict | None = None) -> 
     replies cost a copy, not a serialisation per reply."""
     st = _torch_bytes(states) if states and any(states.values()) else b""
     head = json.dumps({**header, "blobs": [len(b) for b in blobs], "states": len(st)}).encode()
-    return struct.pack("<Q", len(head)) + head + b"".join(blobs) + st
+    return b"".join([struct.pack("<Q", len(head)), head, *blobs, st])  # one copy of the blobs
+
+
+def _receive(conn) -> bytearray:
+    """One message of ``conn.send_bytes``, read straight into one buffer (``Connection.recv_bytes``
+    gathers it in pieces and copies it twice): the same framing, the same EOFError / OSError."""
+    fd = conn.fileno()
+    size = struct.unpack("!i", _read_exactly(fd, bytearray(4), True))[0]
+    if size == -1:
+        size = struct.unpack("!Q", _read_exactly(fd, bytearray(8), False))[0]
+    return _read_exactly(fd, bytearray(size), False)
+
+
+def _read_exactly(fd: int, buf: bytearray, first: bool) -> bytearray:
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            if first and got == 0:
+                raise EOFError
+            raise OSError("got end of file during message")
+        got += n
+    return buf
 
 
 def _unpack(raw: bytes) -> tuple[dict, list[bytes], dict | None]:
     """The header, the blobs and the states of :func:`_pack`'s message; states are read with
     ``weights_only=True`` (plain containers and tensors only)."""
     (n,) = struct.unpack_from("<Q", raw, 0)
-    header = json.loads(raw[8 : 8 + n])
+    header = json.loads(bytes(raw[8 : 8 + n]))
+    view = memoryview(raw)
     pos, blobs = 8 + n, []
     for size in header["blobs"]:
-        blobs.append(bytes(raw[pos : pos + size]))
+        blobs.append(bytes(view[pos : pos + size]))  # one copy: each reply its own bytes
         pos += size
     states = None
     if header["states"]:
@@ -149,6 +176,21 @@ def assign(costs: list[float], workers: int) -> list[int]:
     return out
 
 
+def _widen(conn) -> None:
+    """A larger socket buffer for a worker's pipe (a group's replies are megabytes): fewer, larger
+    reads and writes. Best effort: the system's limits apply."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except OSError:
+        return
+    with sock:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, PIPE_BUFFER)
+            except OSError:
+                pass
+
+
 def fork_available() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
@@ -212,6 +254,8 @@ class GroupProcesses:
 
     def _start(self, i: int) -> None:
         ours, theirs = self._mp.Pipe(duplex=True)
+        _widen(ours)
+        _widen(theirs)
         inherited = [c for c in self._conns if c is not None] + [ours]
         p = self._mp.Process(
             target=_serve, args=(theirs, inherited, self._client, self._data, self._threads, os.getpid()), name=f"featherfl-group-{i}", daemon=True
@@ -342,7 +386,7 @@ class GroupProcesses:
                     if conn in ready or proc.sentinel in ready:
                         del busy[i]
                         try:
-                            header, blobs, states = _unpack(conn.recv_bytes())
+                            header, blobs, states = _unpack(_receive(conn))
                         except (EOFError, OSError):
                             proc.join(1.0)
                             code = proc.exitcode
