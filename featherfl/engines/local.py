@@ -5,9 +5,11 @@ Client state lives in a dict keyed by client id and is saved in checkpoints.
 
 Batched rounds (``engine.vectorize``) are cut into fixed groups of clients of similar
 local steps (``engine.group_clients``, ``featherfl.engines.batched.plan_groups``) that
-``engine.workers`` train side by side, costliest group first, as forked worker processes
-(``engine.parallel = processes``, featherfl/engines/processes.py) or threads; the groups never
-depend on the number of workers or how they run, so neither do the results.
+``engine.workers`` train side by side: this process and ``engine.workers - 1`` forked worker
+processes, the groups assigned by expected cost (``engine.parallel = processes``,
+featherfl/engines/processes.py), or threads, costliest group first; each group's replies are
+decoded as soon as it is done. The groups never depend on the number of workers or how they
+run, so neither do the results.
 """
 
 from __future__ import annotations

@@ -2,23 +2,28 @@
 
 Threads share one interpreter: torch kernels release the GIL, but a batched step of small
 models is mostly Python and dispatch, so two threads on two cores measured barely faster than
-one (benchmarks/results/cores.md). Here each worker is a process of its own, forked once per run
-from the engine's process when the first round with several groups starts:
+one (benchmarks/results/cores.md). Here ``engine.workers`` means the engine's own process and
+``engine.workers - 1`` processes forked once per run from the engine's process when the first
+round with several groups starts:
 
-- what it needs it inherits: the client half (a copy: a half's model is scratch space) and the
-  client data, whose arrays the fork shares copy-on-write: nothing writes them, so the pages
-  stay the parent's (a client's rows are gathered per group, as in the parent);
-- a round sends it one group at a time over its pipe: a JSON header (round, run id, grad mode,
-  client ids), the group's downlink bytes as they are, and the group's client states written by
-  ``torch.save`` and read back with ``weights_only=True``, as the disk state store reads states:
-  nothing on a pipe is unpickled into arbitrary objects. It answers with
-  :func:`featherfl.engines.batched.run_group`'s outcomes (reply bytes, failure, seconds) and the
-  updated states, which the engine writes back into its own state store;
-- groups go costliest first to whichever worker is idle.
+- what a forked worker needs it inherits: the client half (a copy: a half's model is scratch
+  space) and the client data, whose arrays the fork shares copy-on-write: nothing writes them, so
+  the pages stay the parent's (a client's rows are gathered per group, as in the parent);
+- the groups, costliest first, are assigned by :func:`assign` from their expected costs; the
+  engine's process trains its own groups with its own client half while a thread of it keeps the
+  forked workers supplied (it waits on pipes, so it costs the engine's core little);
+- a forked worker gets one group at a time over its pipe: a JSON header (round, run id, grad mode,
+  client ids, which downlink each client gets), each distinct downlink's bytes once, and the
+  group's client states written by ``torch.save`` and read back with ``weights_only=True``, as the
+  disk state store reads states: nothing on a pipe is unpickled into arbitrary objects. It
+  answers with :func:`featherfl.engines.batched.run_group`'s outcomes (reply bytes, failure,
+  seconds) and the updated states, which the engine writes back into its own state store.
 
 A worker that dies (killed, out of memory) or takes longer than ``engine.worker_timeout``
 seconds for one group is stopped and its group's clients count as failed clients
-(``WorkerLost``), like any client that raised; the next round forks a fresh worker. Workers
+(``WorkerLost``), like any client that raised; a group it had not started is trained by the
+engine's process instead, and the next round forks a fresh worker (from the engine's thread: a
+worker dies with the thread that forked it, ``PR_SET_PDEATHSIG``). Workers
 ignore SIGINT (Ctrl-C stops the run in the parent, which then stops them), die with the parent
 (``PR_SET_PDEATHSIG`` on Linux; otherwise they leave at the end of their pipe), and are stopped
 by :meth:`GroupProcesses.close`, which the engine calls when the run ends, also on errors.
