@@ -348,3 +348,27 @@ def test_worker_count_is_checked_and_chosen():
     assert choose_workers(3, 1) == 3
     assert choose_workers(0, 4) == 1  # torch's own threads already use the cores
     assert 1 <= choose_workers(0, 1) <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_a_message_carries_its_replies_in_shared_memory_or_on_the_pipe():
+    import mmap
+
+    blobs = [b"a" * 10, b"", b"bcd" * 7]
+    area = mmap.mmap(-1, 64)
+    raw = processes._pack({"x": 1}, blobs, None, area)
+    assert b"bcd" not in raw  # the replies went to the shared memory
+    header, got, states = processes._unpack(bytearray(raw), area)
+    assert header["x"] == 1 and got == blobs and states is None and all(type(b) is bytes for b in got)
+    small = mmap.mmap(-1, 16)  # no room: over the pipe
+    raw = processes._pack({"x": 2}, blobs, None, small)
+    assert b"bcd" in raw and processes._unpack(raw, small)[1] == blobs
+    with pytest.raises(OSError):
+        processes._unpack(processes._pack({}, blobs, None, area), None)  # shared memory it does not have
+
+
+@needs_fork
+def test_rows_are_identical_when_replies_come_over_the_pipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(processes, "SHARED_BYTES", 4096)  # too small for a group's replies
+    one = _rows(tmp_path, "one", *METHOD["fedavg"], ("engine.workers", 1))
+    two = _rows(tmp_path, "two", *METHOD["fedavg"], ("engine.workers", 2), ("engine.parallel", "processes"))
+    assert one == two and all(r["clients_ok"] == 9 for r in two)

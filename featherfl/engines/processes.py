@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import io
 import json
+import mmap
 import multiprocessing
 import os
 import queue
@@ -57,6 +58,10 @@ STOP_GRACE = 5.0
 #: Bytes of socket buffer asked for each end of a worker's pipe.
 PIPE_BUFFER = 4 << 20
 
+#: Bytes of memory each worker shares with the engine's process for a group's replies; a group
+#: whose replies do not fit sends them over the pipe.
+SHARED_BYTES = 128 << 20
+
 
 #: In place of a group's outcomes: train this group in the engine's process.
 _HERE = object()
@@ -72,13 +77,21 @@ def _torch_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-def _pack(header: dict, blobs: list[bytes] = (), states: dict | None = None) -> bytes:
+def _pack(header: dict, blobs: list[bytes] = (), states: dict | None = None, area=None) -> bytes:
     """One pipe message: a JSON header, then the byte blobs (downlinks or replies) back to back, then
     the clients' states (``torch.save``) when any is non-empty. Blobs travel as they are: a cohort's
-    replies cost a copy, not a serialisation per reply."""
+    replies cost a copy, not a serialisation per reply. With ``area`` (the worker's shared memory)
+    and room in it, the blobs are written there instead and the message says so."""
     st = _torch_bytes(states) if states and any(states.values()) else b""
-    head = json.dumps({**header, "blobs": [len(b) for b in blobs], "states": len(st)}).encode()
-    return b"".join([struct.pack("<Q", len(head)), head, *blobs, st])  # one copy of the blobs
+    sizes = [len(b) for b in blobs]
+    shared = area is not None and sum(sizes) <= len(area)
+    if shared:
+        pos = 0
+        for b in blobs:
+            area[pos : pos + len(b)] = b
+            pos += len(b)
+    head = json.dumps({**header, "blobs": sizes, "shared": shared, "states": len(st)}).encode()
+    return b"".join([struct.pack("<Q", len(head)), head, *([] if shared else blobs), st])  # one copy of the blobs
 
 
 def _receive(conn) -> bytearray:
@@ -103,16 +116,26 @@ def _read_exactly(fd: int, buf: bytearray, first: bool) -> bytearray:
     return buf
 
 
-def _unpack(raw: bytes) -> tuple[dict, list[bytes], dict | None]:
-    """The header, the blobs and the states of :func:`_pack`'s message; states are read with
-    ``weights_only=True`` (plain containers and tensors only)."""
+def _unpack(raw: bytes, area=None) -> tuple[dict, list[bytes], dict | None]:
+    """The header, the blobs and the states of :func:`_pack`'s message (its blobs from ``area`` where
+    the message says they are there); states are read with ``weights_only=True`` (plain containers
+    and tensors only)."""
     (n,) = struct.unpack_from("<Q", raw, 0)
     header = json.loads(bytes(raw[8 : 8 + n]))
-    view = memoryview(raw)
     pos, blobs = 8 + n, []
-    for size in header["blobs"]:
-        blobs.append(bytes(view[pos : pos + size]))  # one copy: each reply its own bytes
-        pos += size
+    if header.get("shared"):
+        if area is None or sum(header["blobs"]) > len(area):
+            raise OSError("a worker's answer names shared memory it does not have")
+        at = 0
+        with memoryview(area) as view:
+            for size in header["blobs"]:
+                blobs.append(bytes(view[at : at + size]))  # one copy: each reply its own bytes
+                at += size
+    else:
+        with memoryview(raw) as view:
+            for size in header["blobs"]:
+                blobs.append(bytes(view[pos : pos + size]))
+                pos += size
     states = None
     if header["states"]:
         states = torch.load(io.BytesIO(raw[pos : pos + header["states"]]), map_location="cpu", weights_only=True)
@@ -127,7 +150,7 @@ def _failure_in(t) -> ClientFailure | None:
     return None if t is None else ClientFailure(str(t[0]), str(t[1]), None if t[2] is None else str(t[2]))
 
 
-def _answer(out: dict[int, ClientOutcome], states: dict) -> bytes:
+def _answer(out: dict[int, ClientOutcome], states: dict, area=None) -> bytes:
     cids = list(out)
     blobs = [out[c].reply for c in cids if out[c].reply is not None] + [d for c in cids for d in out[c].duplicates]
     header = {
@@ -139,7 +162,7 @@ def _answer(out: dict[int, ClientOutcome], states: dict) -> bytes:
         "failures": [_failure_out(out[c].failure) for c in cids],
         "duplicates": [len(out[c].duplicates) for c in cids],
     }
-    return _pack(header, blobs, states)
+    return _pack(header, blobs, states, area)
 
 
 def _outcomes_in(header: dict, blobs: list[bytes]) -> dict[int, ClientOutcome]:
@@ -181,6 +204,16 @@ def assign(costs: list[float], workers: int) -> list[int]:
     return out
 
 
+def _shared_area():
+    """Memory the engine's process and one worker share (anonymous, mapped before the fork): the
+    worker writes a group's replies there and the engine copies each out once, instead of both
+    copying them through the pipe. Pages exist only once written. None where it cannot be had."""
+    try:
+        return mmap.mmap(-1, SHARED_BYTES)
+    except (OSError, ValueError):
+        return None
+
+
 def _widen(conn) -> None:
     """A larger socket buffer for a worker's pipe (a group's replies are megabytes): fewer, larger
     reads and writes. Best effort: the system's limits apply."""
@@ -211,7 +244,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads: int, parent: int) -> None:
+def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads: int, parent: int, area=None) -> None:
     """A worker's loop: one group per message until told to stop (None) or the pipe closes."""
     from featherfl.engines.batched import run_group
 
@@ -233,7 +266,7 @@ def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads
         try:
             with torch.set_grad_enabled(bool(header["grad"])):
                 out = run_group(client, int(header["rnd"]), jobs, {cid: client_data[cid] for cid in jobs}, states, int(header["run_id"]))
-            answer = _answer(out, states)
+            answer = _answer(out, states, area)
         except BaseException as e:  # run_group keeps a client's failure its own; anything else fails the group
             answer = _pack({"status": "failed", "failure": _failure_out(ClientFailure.of(e, traceback.format_exc()))})
         try:
@@ -255,6 +288,7 @@ class GroupProcesses:
         self._timeout = timeout
         self._procs: list = [None] * workers
         self._conns: list = [None] * workers
+        self._areas: list = [None] * workers  # each worker's shared memory for its answers' replies
         self._busy: dict[int, tuple[int, float]] = {}  # worker -> (group, start) of the round under way
 
     def _start(self, i: int) -> None:
@@ -262,16 +296,19 @@ class GroupProcesses:
         _widen(ours)
         _widen(theirs)
         inherited = [c for c in self._conns if c is not None] + [ours]
+        area = _shared_area()
         p = self._mp.Process(
-            target=_serve, args=(theirs, inherited, self._client, self._data, self._threads, os.getpid()), name=f"featherfl-group-{i}", daemon=True
+            target=_serve, args=(theirs, inherited, self._client, self._data, self._threads, os.getpid(), area), name=f"featherfl-group-{i}", daemon=True
         )
         p.start()
         theirs.close()
-        self._procs[i], self._conns[i] = p, ours
+        self._procs[i], self._conns[i], self._areas[i] = p, ours, area
 
     def _stop(self, i: int, kill: bool) -> None:
-        p, c = self._procs[i], self._conns[i]
-        self._procs[i] = self._conns[i] = None
+        p, c, area = self._procs[i], self._conns[i], self._areas[i]
+        self._procs[i] = self._conns[i] = self._areas[i] = None
+        if area is not None:
+            area.close()
         if p is None:
             return
         if not kill:
@@ -391,7 +428,7 @@ class GroupProcesses:
                     if conn in ready or proc.sentinel in ready:
                         del busy[i]
                         try:
-                            header, blobs, states = _unpack(_receive(conn))
+                            header, blobs, states = _unpack(_receive(conn), self._areas[i])
                         except (EOFError, OSError):
                             proc.join(1.0)
                             code = proc.exitcode
