@@ -14,6 +14,7 @@ run, so neither do the results.
 
 from __future__ import annotations
 
+import ctypes
 import time
 import traceback
 
@@ -25,9 +26,39 @@ from featherfl.engines.processes import GroupProcesses
 from featherfl.threads import choose_parallel, choose_workers
 
 
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Allocations below this come from the heap, whose freed memory is reused (glibc's largest).
+MMAP_THRESHOLD = 32 << 20
+#: Freed memory at the top of the heap kept for reuse up to this, rather than handed back to the system.
+TRIM_THRESHOLD = 256 << 20
+_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Let this process (and the workers it forks) reuse the memory of a round's large temporary
+    arrays instead of mapping fresh pages for them every round (glibc ``mallopt``; elsewhere
+    nothing changes). A round of a cohort of 500 allocates and frees arrays of megabytes (the
+    stacked replies, the aggregation's products, the batched training's tensors): by default glibc
+    maps each anew and every page of it faults on first write, which on a virtual machine measured
+    about 9,000 faults and a tenth of the round (benchmarks/results/cores.md). The cost: up to
+    ``TRIM_THRESHOLD`` bytes of freed memory stay with the process. Once per process."""
+    global _kept
+    if _kept is None:
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):  # not glibc
+            _kept = False
+        else:
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _kept = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _kept
+
+
 class LocalEngine(ServerHeldStates, Engine):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
+        keep_freed_memory()
         self.client = self.algorithm.make_client()
         self.states: dict[int, dict] = {}
         self.workers = choose_workers(self.cfg["engine.workers"], torch.get_num_threads())

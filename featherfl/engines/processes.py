@@ -349,13 +349,22 @@ class GroupProcesses:
             if theirs[i] and (self._procs[i] is None or not self._procs[i].is_alive()):
                 self._stop(i, kill=True)
                 self._start(i)
+        busy: dict[int, tuple[int, float]] = {}
+        self._busy = busy  # what close() stops at once if the round ends in an error
+        lost = []  # each forked worker's first group is sent from here: the supplying thread starts by waiting
+        for i in theirs:
+            if theirs[i]:
+                g = theirs[i].pop(0)
+                got = self._send(i, g, rnd, run_id, grad, groups, busy)
+                if got is not None:
+                    lost.append(got)
         answers: queue.SimpleQueue = queue.SimpleQueue()
         wake_r, wake_w = os.pipe()
         stopping = threading.Event()
 
         def supply():
             try:
-                for got in self._remote(rnd, groups, run_id, grad, lambda i: theirs[i].pop(0) if theirs[i] else None, (stopping, wake_r)):
+                for got in self._remote(rnd, groups, run_id, grad, lambda i: theirs[i].pop(0) if theirs[i] else None, (stopping, wake_r), busy):
                     answers.put((True, got))
                 answers.put((True, None))
             except BaseException as e:  # handed to the engine's thread, which raises it
@@ -364,6 +373,8 @@ class GroupProcesses:
         helper = threading.Thread(target=supply, name="featherfl-groups", daemon=True)
         helper.start()
         try:
+            for got in lost:
+                yield got, None
             for g in mine:
                 yield local(g), None
             while True:
@@ -384,13 +395,24 @@ class GroupProcesses:
             os.close(wake_r)
             os.close(wake_w)
 
-    def _remote(self, rnd: int, groups, run_id: int, grad: bool, pick, stop=None) -> Iterator[tuple[dict[int, ClientOutcome], dict[int, dict] | None]]:
+    def _send(self, i: int, g: int, rnd: int, run_id: int, grad: bool, groups, busy: dict) -> dict[int, ClientOutcome] | None:
+        """Group ``g`` to worker ``i`` (then busy with it); its clients' outcomes if it cannot be sent."""
+        jobs, states = groups[g]
+        try:
+            self._conns[i].send_bytes(_group_message(rnd, run_id, grad, jobs, states))
+        except (BrokenPipeError, OSError) as e:
+            self._stop(i, kill=True)
+            return self._lost(jobs, f"worker process could not be given its group ({e.__class__.__name__})")
+        busy[i] = (g, time.monotonic())
+        return None
+
+    def _remote(self, rnd: int, groups, run_id: int, grad: bool, pick, stop=None, busy: dict | None = None) -> Iterator[tuple[dict[int, ClientOutcome], dict[int, dict] | None]]:
         """The forked workers' part of a round: ``pick(i)`` is the next group for idle worker ``i``
         (None: nothing more for it); ``stop`` (an event and a file descriptor that wakes the wait)
         ends the loop early, stopping the workers still training. With ``stop`` (run from the
         supplying thread) a worker found dead is not forked again: its group comes back as
         ``(_HERE, group)`` for the engine's process to train."""
-        busy = self._busy = {}  # worker -> (group, start)
+        busy = self._busy = {} if busy is None else busy  # worker -> (group, start)
         try:
             while True:
                 for i in range(len(self._procs)):
@@ -405,14 +427,9 @@ class GroupProcesses:
                             yield _HERE, g
                             continue
                         self._start(i)
-                    jobs, states = groups[g]
-                    try:
-                        self._conns[i].send_bytes(_group_message(rnd, run_id, grad, jobs, states))
-                    except (BrokenPipeError, OSError) as e:
-                        self._stop(i, kill=True)
-                        yield self._lost(jobs, f"worker process could not be given its group ({e.__class__.__name__})"), None
-                        continue
-                    busy[i] = (g, time.monotonic())
+                    got = self._send(i, g, rnd, run_id, grad, groups, busy)
+                    if got is not None:
+                        yield got, None
                 if not busy:
                     return
                 limit = None
