@@ -32,6 +32,7 @@ by :meth:`GroupProcesses.close`, which the engine calls when the run ends, also 
 from __future__ import annotations
 
 import ctypes
+import gc
 import io
 import json
 import mmap
@@ -250,6 +251,7 @@ def _serve(conn, inherited: list, client: ClientHalf, client_data, torch_threads
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
+    gc.freeze()  # what the fork inherited is never traversed by this process's collector: its pages stay shared, not copied
     for c in inherited:  # the engine's pipe ends, copied by the fork: closed, so the pipe ends when the engine goes
         c.close()
     torch.set_num_threads(torch_threads)
