@@ -332,9 +332,10 @@ class GroupProcesses:
         Without ``local``, the forked workers take the groups in that order, each the next one when
         idle. With ``local`` (a function that trains group ``g`` in this process), this process is
         one more worker: the groups are assigned by :func:`assign` from ``costs`` (their expected
-        costs), a thread of this process keeps the forked workers supplied and gathers their answers
-        (it waits on pipes: no work of its own to speak of), and this process trains its own groups
-        meanwhile; then it takes the forked workers' answers as they come."""
+        costs) and each forked worker is sent its first group; this process trains its own groups
+        meanwhile, then takes the forked workers' answers as they come. Where a forked worker has
+        more than one group, a thread of this process keeps it supplied and gathers its answers (it
+        waits on pipes: no work of its own to speak of)."""
         grad = torch.is_grad_enabled()  # a thread's own: read here, in the engine's thread
         if local is None:
             todo = list(range(len(groups)))
@@ -360,6 +361,19 @@ class GroupProcesses:
                 got = self._send(i, g, rnd, run_id, grad, groups, busy)
                 if got is not None:
                     lost.append(got)
+        if not any(theirs.values()):  # no worker has a second group: no thread needed to keep them supplied
+            try:
+                for got in lost:
+                    yield got, None
+                for g in mine:
+                    yield local(g), None
+            except BaseException:  # an error or an interrupt here: no worker is left training for nobody
+                for i in list(busy):
+                    self._stop(i, kill=True)
+                busy.clear()
+                raise
+            yield from self._remote(rnd, groups, run_id, grad, lambda i: None, None, busy)
+            return
         answers: queue.SimpleQueue = queue.SimpleQueue()
         wake_r, wake_w = os.pipe()
         stopping = threading.Event()
