@@ -357,6 +357,7 @@ def decode_many(datas: list, specs: list[Mapping[str, Spec]], round: int | None 
     batches: dict[tuple, list] = {}  # (spec, blob header, blob length) -> [(i, data, tensors' start, scalars)]
     layouts: dict[tuple, dict | None] = {}
     envelopes: dict[tuple, tuple | PayloadError] = {}  # what _envelope made of an envelope seen before
+    last = None  # (spec, key) of the last blob key made
     for i, (d, sp) in enumerate(zip(datas, specs)):
         key = _envelope_key(d, sp)
         seen = envelopes.get(key) if key is not None else None
@@ -371,12 +372,17 @@ def decode_many(datas: list, specs: list[Mapping[str, Spec]], round: int | None 
             out[i] = PayloadError(seen.reason, seen.detail)
             continue
         data = bytes(d)
-        spec, off, values = seen[0], seen[1], {k: list(v) if isinstance(v, list) else v for k, v in seen[2].items()}
-        key = None
-        if spec.tensors and len(data) >= off + 8:
-            (n,) = struct.unpack_from("<Q", data, off)
-            if n <= len(data) - off - 8:
-                key = (id(spec), data[off : off + 8 + n], len(data) - off)
+        spec, off, scalars = seen
+        values = {k: list(v) if type(v) is list else v for k, v in scalars.items()} if scalars else {}
+        if last is not None and last[0] is spec and len(data) - off == last[1][2] and data.startswith(last[1][1], off):
+            key = last[1]  # the previous reply's tensor header at the same place: its layout
+        else:
+            key = None
+            if spec.tensors and len(data) >= off + 8:
+                (n,) = struct.unpack_from("<Q", data, off)
+                if n <= len(data) - off - 8:
+                    key = (id(spec), data[off : off + 8 + n], len(data) - off)
+            last = (spec, key) if key is not None else None
         if key is not None and key not in layouts:
             layouts[key] = _batch_layout(spec, data[off:], len(key[1]))
         if key is None or layouts[key] is None:
@@ -464,12 +470,13 @@ def _finish_batch(layout: dict, items: list, out: list) -> None:
             for k, high in enumerate(flat.amax(dim=1).tolist()):
                 if errors[k] is None and float(high) > ts.max_value:
                     errors[k] = PayloadError("out-of-range", f"{name} > {ts.max_value}")
+    rows = {name: t.unbind(0) for name, t in stacked.items()}  # each reply's row (a view)
     for k, (i, _, _, values) in enumerate(items):
         if errors[k] is not None:
             out[i] = errors[k]
             continue
         for name in fields:
-            values[name] = stacked[name][k]
+            values[name] = rows[name][k]
         try:
             out[i] = _build(spec, values)
         except PayloadError as e:
