@@ -57,6 +57,26 @@ def run_one(cmd: list[str], out: Path, env: dict) -> dict:
     return {"wall": wall, "per_round": statistics.median(r["seconds"] for r in rows[1:] or rows), "rows": [{k: v for k, v in r.items() if k not in TIMING} for r in rows], "accuracy": rows[-1]["accuracy"]}
 
 
+def idle_share(seconds: float = 0.5) -> float:
+    """The share of all cores' time that was idle over ``seconds`` (/proc/stat): 1.0 on a quiet machine."""
+    def sample():
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields[:8])
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(limit: float, share: float = 0.9) -> float:
+    """Wait (at most ``limit`` seconds) until the cores are ``share`` idle; the idle share when done."""
+    end = time.monotonic() + limit
+    now = idle_share()
+    while now < share and time.monotonic() < end:
+        now = idle_share()
+    return now
+
+
 def _spin(_=None) -> float:
     t = time.perf_counter()
     s = 0
@@ -153,6 +173,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--work", default="/tmp/featherfl-cores")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cores.md"))
+    ap.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait before each run for the cores to be 90%% idle (other work on a shared machine)")
     a = ap.parse_args()
     if a.clients < COHORT:
         raise SystemExit(f"--clients must be at least the cohort ({COHORT})")
@@ -173,9 +194,11 @@ def main() -> None:
         order = VARIANTS[i % len(VARIANTS):] + VARIANTS[: i % len(VARIANTS)]
         for label, w, parallel in order:
             out = work / f"run-{w}-{parallel}"
+            idle = wait_quiet(a.quiet_wait)
             r = run_one(job(npz, init, a.clients, a.rounds, out, w, parallel), out, env)
+            r["idle"] = idle
             res[label].append(r)
-            print(f"pass {i} {label}: {r['per_round']:.4f} s/round, wall {r['wall']:.2f} s", flush=True)
+            print(f"pass {i} {label}: {r['per_round']:.4f} s/round, wall {r['wall']:.2f} s (cores {idle:.0%} idle before)", flush=True)
         caps.append(capacity())
         print(f"two-core capacity {caps[-1]:.2f}", flush=True)
     split = cpu_split(npz, init, a.clients, a.rounds, env)
@@ -220,6 +243,9 @@ def main() -> None:
         f"Load average (1, 5, 15 min) at the start {', '.join(f'{v:.2f}' for v in load_start)}, at the end {', '.join(f'{v:.2f}' for v in load_end)}: on a machine whose",
         "cores other work keeps busy the second core is only partly ours, so the speedup measured here is a floor, not the figure for an idle machine.",
         "The whole-process ratio also carries the start-up (imports, data, first-call set-up), which one core or two do alike.",
+        "",
+        f"Before each run the benchmark waited (at most {a.quiet_wait:g} s) for both cores to be 90% idle; the idle share just before each run:",
+        f"{', '.join(format(r['idle'], '.0%') for r in every)} ({sum(r['idle'] >= 0.9 for r in every)} of {len(every)} runs started on a quiet machine).",
         "",
         f"Two-core capacity (a pure-Python loop alone on core 0 against two copies on cores 0 and 1; 2.00 on an idle machine), measured before",
         f"the first pass and after each: {', '.join(f'{c:.2f}' for c in caps)} (median {statistics.median(caps):.2f}): the ceiling for any speedup above.",
