@@ -208,7 +208,7 @@ def main() -> None:
     every = [r for rs in res.values() for r in rs]
     same = all(r["rows"] == one[0]["rows"] for r in every)
     versions = subprocess.run([sys.executable, "-c", "import numpy, torch; print(torch.__version__, numpy.__version__)"], capture_output=True, text=True).stdout.split()
-    cmd = f".venv/bin/python benchmarks/cores.py --clients {a.clients} --rounds {a.rounds} --pairs {a.pairs}"
+    cmd = f".venv/bin/python benchmarks/cores.py --clients {a.clients} --rounds {a.rounds} --pairs {a.pairs} --quiet-wait {a.quiet_wait:g}"
     lines = [
         "# Both cores: one worker on one core against two workers on two, as threads and as processes",
         "",

@@ -313,7 +313,6 @@ class Engine(ABC):
             replies[cid] = payload
         return replies
 
-
     def decode_early(self, rnd: int, outcomes: dict[int, ClientOutcome]) -> None:
         """Decode (validating) the replies of some of the training exchange's clients while others
         still train, for ``_accept`` to use: exactly the replies it would decode, against the specs
