@@ -227,6 +227,21 @@ def test_a_worker_process_that_dies_fails_its_group_and_is_replaced(monkeypatch)
 
 
 @needs_fork
+def test_a_worker_that_dies_with_its_only_group_fails_that_group(monkeypatch):
+    """Three workers, three groups: each forked worker one group, the engine's process the third
+    (no supplying thread). The worker with clients 3-5 dies: those three fail, counted; the rest
+    aggregate."""
+    monkeypatch.setattr(fedavg.WeightsClient, "update_many", _dies_on(4))
+    eng = _engine(("engine.workers", 3), ("engine.parallel", "processes"))
+    try:
+        stats = eng.run_round(1)
+    finally:
+        eng.close()
+    assert sorted(e["cid"] for e in stats.errors) == [3, 4, 5] and {e["type"] for e in stats.errors} == {"WorkerLost"}
+    assert stats.clients_ok == 6 and stats.dropped_reasons == {"error": 3} and stats.aggregated and not multiprocessing.active_children()
+
+
+@needs_fork
 def test_a_worker_that_died_leaves_its_next_group_to_the_engine(monkeypatch):
     """The worker dies on its first group (clients 0-2): that group fails; its second group (6-8)
     is trained in the engine's process, so only the dead worker's own group is lost."""
