@@ -18,7 +18,7 @@ import torch
 from featherfl import wire
 from featherfl.config import ConfigError
 from featherfl.algorithms import fedavg
-from featherfl.engines import batched, processes
+from featherfl.engines import batched, local, processes
 from featherfl.engines.local import LocalEngine
 from featherfl.experiment import prepare_client, prepare, run_experiment
 from featherfl.schema import build_config
@@ -153,15 +153,40 @@ def test_rows_are_identical_for_one_worker_and_two_threads(tmp_path, method, mon
 @needs_fork
 @pytest.mark.parametrize("method", sorted(METHOD))
 def test_rows_are_identical_for_one_worker_and_two_processes(tmp_path, method, monkeypatch):
+    """Two workers: the engine's process and one forked worker, each training its share of the groups."""
+    started, here = [], []
+    real = processes.GroupProcesses._start
+    monkeypatch.setattr(processes.GroupProcesses, "_start", lambda self, i: real(self, i) or started.append(self._procs[i]))
+    real_group = batched.run_group
+    monkeypatch.setattr(batched, "run_group", lambda *a: here.append(os.getpid()) or real_group(*a))  # the fork copies it: counted only here
+    monkeypatch.setattr(local, "run_group", batched.run_group)
+    one = _rows(tmp_path, "one", *METHOD[method], ("engine.workers", 1))
+    assert not started
+    alone = len(here)
+    here.clear()
+    two = _rows(tmp_path, "two", *METHOD[method], ("engine.workers", 2), ("engine.parallel", "processes"))
+    assert one == two and all(r["clients_ok"] == 9 for r in two)
+    assert len(started) == 1  # one worker forked, once for the run, not per round
+    assert 0 < len(here) < alone  # the engine's process trained some of the groups, the worker the others
+    assert all(p.exitcode is not None for p in started) and not multiprocessing.active_children()  # stopped at the end
+
+
+@needs_fork
+def test_rows_are_identical_for_three_workers_as_processes(tmp_path, monkeypatch):
     started = []
     real = processes.GroupProcesses._start
     monkeypatch.setattr(processes.GroupProcesses, "_start", lambda self, i: real(self, i) or started.append(self._procs[i]))
-    one = _rows(tmp_path, "one", *METHOD[method], ("engine.workers", 1))
-    assert not started
-    two = _rows(tmp_path, "two", *METHOD[method], ("engine.workers", 2), ("engine.parallel", "processes"))
-    assert one == two and all(r["clients_ok"] == 9 for r in two)
-    assert len(started) == 2  # forked once for the run, not per round
-    assert all(p.exitcode is not None for p in started) and not multiprocessing.active_children()  # stopped at the end
+    one = _rows(tmp_path, "one", *METHOD["fedavg"], ("engine.workers", 1))
+    three = _rows(tmp_path, "three", *METHOD["fedavg"], ("engine.workers", 3), ("engine.parallel", "processes"))
+    assert one == three and all(r["clients_ok"] == 9 for r in three)
+    assert len(started) == 2 and not multiprocessing.active_children()
+
+
+def test_groups_are_assigned_by_cost_with_the_engine_last_on_a_tie():
+    assert processes.assign([5, 5], 1) == [0, 1]  # two equal groups: one forked worker, the engine's process
+    assert processes.assign([5, 5, 5], 1) == [0, 1, 0]
+    assert processes.assign([9, 4, 3, 2], 1) == [0, 1, 1, 1]  # the costliest alone against the rest
+    assert processes.assign([6, 5, 4], 2) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("parallel", ["threads", pytest.param("processes", marks=needs_fork)])
@@ -177,39 +202,78 @@ def _engine(*extra, data=None):
     return LocalEngine(cfg, p.algorithm, data(list(p.client_data)) if data else p.client_data, wire.Ledger(), p.ctx.run_id)
 
 
-def _dies_on_client_4(self, rnd, downs, *a):
-    if 4 in downs:
-        os._exit(3)
-    return REAL_UPDATE_MANY(self, rnd, downs, *a)
+ENGINE_PID = os.getpid()
 
 
-def _hangs_on_client_4(self, rnd, downs, *a):
-    if 4 in downs:
+def _dies_on(cid):
+    def update_many(self, rnd, downs, *a):
+        if cid in downs and os.getpid() != ENGINE_PID:  # in a forked worker only
+            os._exit(3)
+        return REAL_UPDATE_MANY(self, rnd, downs, *a)
+
+    return update_many
+
+
+def _hangs_on_client_7(self, rnd, downs, *a):
+    if 7 in downs and os.getpid() != ENGINE_PID:
         time.sleep(60)
     return REAL_UPDATE_MANY(self, rnd, downs, *a)
 
 
 @needs_fork
 def test_a_worker_process_that_dies_fails_its_group_and_is_replaced(monkeypatch):
-    monkeypatch.setattr(fedavg.WeightsClient, "update_many", _dies_on_client_4)  # the fork inherits it
+    """Groups 0-2, 3-5, 6-8: the forked worker trains the first and the last, the engine's process
+    the middle one (``processes.assign``). The worker dies on its second group: only that group's
+    clients fail, counted as failed clients, and the next round forks a fresh worker."""
+    monkeypatch.setattr(fedavg.WeightsClient, "update_many", _dies_on(7))  # the fork inherits it
     eng = _engine(("engine.workers", 2), ("engine.parallel", "processes"))
     try:
         first = eng.run_round(1)
         pids = eng._processes.pids()
         second = eng.run_round(2)
+        again = eng._processes.pids()
     finally:
         eng.close()
     for stats in (first, second):
-        assert sorted(e["cid"] for e in stats.errors) == [3, 4, 5]  # client 4's group (3 + 3 + 3 clients)
+        assert sorted(e["cid"] for e in stats.errors) == [6, 7, 8]  # client 7's group (3 + 3 + 3 clients)
         assert {e["type"] for e in stats.errors} == {"WorkerLost"} and "exited (code 3)" in stats.errors[0]["message"]
-        assert stats.clients_ok == 6 and stats.aggregated
-    assert 1 <= len(pids) <= 2  # a dead worker is replaced by a fresh fork when there is work for it
+        assert stats.clients_ok == 6 and stats.clients_dropped == 3 and stats.dropped_reasons == {"error": 3} and stats.aggregated
+    assert pids == [] and len(again) == 0  # the worker died in each round; a fresh one was forked for round 2
     assert not multiprocessing.active_children()
 
 
 @needs_fork
+def test_a_worker_that_dies_with_its_only_group_fails_that_group(monkeypatch):
+    """Three workers, three groups: each forked worker one group, the engine's process the third
+    (no supplying thread). The worker with clients 3-5 dies: those three fail, counted; the rest
+    aggregate."""
+    monkeypatch.setattr(fedavg.WeightsClient, "update_many", _dies_on(4))
+    eng = _engine(("engine.workers", 3), ("engine.parallel", "processes"))
+    try:
+        stats = eng.run_round(1)
+    finally:
+        eng.close()
+    assert sorted(e["cid"] for e in stats.errors) == [3, 4, 5] and {e["type"] for e in stats.errors} == {"WorkerLost"}
+    assert stats.clients_ok == 6 and stats.dropped_reasons == {"error": 3} and stats.aggregated and not multiprocessing.active_children()
+
+
+@needs_fork
+def test_a_worker_that_died_leaves_its_next_group_to_the_engine(monkeypatch):
+    """The worker dies on its first group (clients 0-2): that group fails; its second group (6-8)
+    is trained in the engine's process, so only the dead worker's own group is lost."""
+    monkeypatch.setattr(fedavg.WeightsClient, "update_many", _dies_on(1))
+    eng = _engine(("engine.workers", 2), ("engine.parallel", "processes"))
+    try:
+        stats = eng.run_round(1)
+    finally:
+        eng.close()
+    assert sorted(e["cid"] for e in stats.errors) == [0, 1, 2] and {e["type"] for e in stats.errors} == {"WorkerLost"}
+    assert stats.clients_ok == 6 and stats.aggregated and not multiprocessing.active_children()
+
+
+@needs_fork
 def test_a_worker_process_past_the_timeout_is_stopped(monkeypatch):
-    monkeypatch.setattr(fedavg.WeightsClient, "update_many", _hangs_on_client_4)
+    monkeypatch.setattr(fedavg.WeightsClient, "update_many", _hangs_on_client_7)
     eng = _engine(("engine.workers", 2), ("engine.parallel", "processes"), ("engine.worker_timeout", 1.0))
     t = time.monotonic()
     try:
@@ -217,7 +281,7 @@ def test_a_worker_process_past_the_timeout_is_stopped(monkeypatch):
     finally:
         eng.close()
     assert time.monotonic() - t < 30
-    assert sorted(e["cid"] for e in stats.errors) == [3, 4, 5] and "engine.worker_timeout=1" in stats.errors[0]["message"]
+    assert sorted(e["cid"] for e in stats.errors) == [6, 7, 8] and "engine.worker_timeout=1" in stats.errors[0]["message"]
     assert stats.clients_ok == 6 and not multiprocessing.active_children()
 
 
@@ -225,7 +289,7 @@ KILLED_PARENT = """
 import sys, time
 sys.path[:0] = [{tests!r}]
 from test_workers import _engine
-eng = _engine(("engine.workers", 2), ("engine.parallel", "processes"))
+eng = _engine(("engine.workers", 3), ("engine.parallel", "processes"))
 eng.run_round(1)
 print(*eng._processes.pids(), flush=True)
 time.sleep(120)
@@ -262,8 +326,9 @@ def test_workers_die_with_a_killed_parent():
 
 
 @needs_fork
-def test_workers_are_stopped_when_a_round_is_interrupted():
-    eng = _engine(("engine.workers", 2), ("engine.parallel", "processes"))
+@pytest.mark.parametrize("workers", [2, 3])  # a forked worker with a second group (a supplying thread), or none
+def test_workers_are_stopped_when_a_round_is_interrupted(workers):
+    eng = _engine(("engine.workers", workers), ("engine.parallel", "processes"))
 
     def interrupt(rnd, done, total):
         raise KeyboardInterrupt
@@ -272,7 +337,7 @@ def test_workers_are_stopped_when_a_round_is_interrupted():
     try:
         with pytest.raises(KeyboardInterrupt):
             eng.run_round(1)
-        assert 1 <= len(eng._processes.pids()) <= 2
+        assert len(eng._processes.pids()) <= workers - 1
         t = time.monotonic()
     finally:
         eng.close()
@@ -315,3 +380,27 @@ def test_worker_count_is_checked_and_chosen():
     assert choose_workers(3, 1) == 3
     assert choose_workers(0, 4) == 1  # torch's own threads already use the cores
     assert 1 <= choose_workers(0, 1) <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_a_message_carries_its_replies_in_shared_memory_or_on_the_pipe():
+    import mmap
+
+    blobs = [b"a" * 10, b"", b"bcd" * 7]
+    area = mmap.mmap(-1, 64)
+    raw = processes._pack({"x": 1}, blobs, None, area)
+    assert b"bcd" not in raw  # the replies went to the shared memory
+    header, got, states = processes._unpack(bytearray(raw), area)
+    assert header["x"] == 1 and got == blobs and states is None and all(type(b) is bytes for b in got)
+    small = mmap.mmap(-1, 16)  # no room: over the pipe
+    raw = processes._pack({"x": 2}, blobs, None, small)
+    assert b"bcd" in raw and processes._unpack(raw, small)[1] == blobs
+    with pytest.raises(OSError):
+        processes._unpack(processes._pack({}, blobs, None, area), None)  # shared memory it does not have
+
+
+@needs_fork
+def test_rows_are_identical_when_replies_come_over_the_pipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(processes, "SHARED_BYTES", 4096)  # too small for a group's replies
+    one = _rows(tmp_path, "one", *METHOD["fedavg"], ("engine.workers", 1))
+    two = _rows(tmp_path, "two", *METHOD["fedavg"], ("engine.workers", 2), ("engine.parallel", "processes"))
+    assert one == two and all(r["clients_ok"] == 9 for r in two)

@@ -78,6 +78,9 @@ class ClientOutcome:
     seconds: float = 0.0
     failure: ClientFailure | None = None
     duplicates: list[bytes] = field(default_factory=list)  # later replies from the same client this round
+    #: the reply already decoded by the engine while other clients still trained (``Engine.decode_early``):
+    #: (the specs it was decoded against, the payload or PayloadError); used only for those same specs
+    early: tuple | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def raised(cls, failure: ClientFailure, seconds: float = 0.0) -> "ClientOutcome":
@@ -273,6 +276,7 @@ class Engine(ABC):
         """
         deadline = self.cfg["engine.deadline"]
         replies: dict[int, wire.Payload] = {}
+        todo: list[tuple[int, bytes, int, tuple | None]] = []  # (cid, reply, size, early decode) to decode, all at once (wire.decode_many)
         for cid in sorted(outcomes):
             out = outcomes[cid]
             for extra in out.duplicates:  # only a client's first reply counts; never decoded
@@ -290,21 +294,48 @@ class Engine(ABC):
                 self.ledger.record(rnd, "up", cid, size, "late")
                 dropped["deadline"] += 1
                 continue
-            if cid in replies:
+            if size > self.max_bytes:
                 self.ledger.record(rnd, "up", cid, size, "rejected")
-                rejected["duplicate"] += 1
+                rejected["oversized"] += 1
                 continue
-            try:
-                if size > self.max_bytes:
-                    raise wire.PayloadError("oversized", f"{size} bytes")
-                payload = wire.decode(bytes(out.reply), specs_for(rnd, cid), round=rnd, run=self.run_id)
-            except wire.PayloadError as e:
+            todo.append((cid, bytes(out.reply), size, out.early))
+        specs = _shared([specs_for(rnd, cid) for cid, _, _, _ in todo])
+        decoded: list = [e[1] if e is not None and e[0] == sp else None for (_, _, _, e), sp in zip(todo, specs)]
+        rest = [k for k, d in enumerate(decoded) if d is None]  # decoding is a function of the bytes and the specs: an early result stands
+        for k, d in zip(rest, wire.decode_many([todo[k][1] for k in rest], [specs[k] for k in rest], round=rnd, run=self.run_id)):
+            decoded[k] = d
+        for (cid, _, size, _), payload in zip(todo, decoded):
+            if isinstance(payload, wire.PayloadError):
                 self.ledger.record(rnd, "up", cid, size, "rejected")
-                rejected[e.reason] += 1
+                rejected[payload.reason] += 1
                 continue
             self.ledger.record(rnd, "up", cid, size, payload.CATEGORY)
             replies[cid] = payload
         return replies
+
+    def decode_early(self, rnd: int, outcomes: dict[int, ClientOutcome]) -> None:
+        """Decode (validating) the replies of some of the training exchange's clients while others
+        still train, for ``_accept`` to use: exactly the replies it would decode, against the specs
+        it would use (it checks them again), so nothing but the time it is done at changes."""
+        if not self.training_exchange:
+            return
+        deadline = self.cfg["engine.deadline"]
+        todo = [(cid, out) for cid, out in sorted(outcomes.items()) if isinstance(out.reply, (bytes, bytearray)) and not (deadline and out.seconds > deadline) and len(out.reply) <= self.max_bytes]
+        specs = _shared([self.algorithm.uplink_specs(rnd, cid) for cid, _ in todo])
+        for (cid, out), sp, d in zip(todo, specs, wire.decode_many([bytes(out.reply) for _, out in todo], specs, round=rnd, run=self.run_id)):
+            out.early = (sp, d)
+
+
+def _shared(specs: list) -> list:
+    """``specs`` with equal neighbours made one object (a method that builds its specs dict per
+    call), so that ``wire.decode_many`` sees one spec and reads its replies as one batch."""
+    out, last = [], None
+    for sp in specs:
+        if last is not None and sp is not last and sp == last:
+            sp = last
+        out.append(sp)
+        last = sp
+    return out
 
 
 def _size(data) -> int:
