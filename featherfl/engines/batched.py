@@ -13,11 +13,13 @@ workers or actors run them: a client's result can depend on the group it is trai
 worker or many (:func:`run_group` is the unit of work both the local engine's threads and the
 Ray engine's actors run).
 
-A batched call runs as many steps as its longest client: a client that finishes early is
-masked, not skipped, so it is still computed. With clients of very different sizes (a power
-law: most hold a few batches, a few hold thousands of rows) one group would make every client
-pay for the largest one's steps, so :func:`plan_groups` sorts the cohort by steps and cuts it
-where the cost model says it pays (:func:`group_cost`).
+A batched call of most models runs as many steps as its longest client: a client that
+finishes early is masked, not skipped, so it is still computed. With clients of very different
+sizes (a power law: most hold a few batches, a few hold thousands of rows) one group would make
+every client pay for the largest one's steps, so :func:`plan_groups` sorts the cohort by steps and
+cuts it where the cost model says it pays (:func:`group_cost`). A client half whose batched steps
+compute only the clients still training (FedAvg with a plain MLP or a small conv net) answers
+``local_steps`` with None, and its cohort keeps the client-order groups.
 
 When anything in a group's batched call fails, that group's clients run one by one
 instead, so a failure is attributed to the client that caused it exactly as on
