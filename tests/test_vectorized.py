@@ -298,3 +298,28 @@ def test_ragged_schedule_places_every_batch_as_the_per_batch_schedule_does():
         idx, mask = V._step_indices(plain, max(steps), C, B)
         assert got is not None and got[2] == steps and got[3] == B
         assert torch.equal(got[0], idx) and torch.equal(got[1], mask)
+
+
+def test_active_schedule_holds_only_the_clients_still_training():
+    """The layout a call that skips finished clients steps through: per step, the clients still
+    training (sorted by steps, most first) and nothing else, so its size is the clients' own steps
+    x B, never longest steps x clients x B (one client of 2,000 rows beside 249 of 10 would make a
+    grid of 50 times the data); entry for entry the active part of the sorted dense grid."""
+    import random
+
+    rnd = random.Random(1)
+    for trial in range(60):
+        C = rnd.randint(1, 6)
+        ns = [rnd.choice([1, 3, 9, 10, 11, 37, 64]) for _ in range(C)]
+        bs, ep, ms = rnd.choice([0, 4, 10]), rnd.randint(1, 2), rnd.choice([0, 0, 3])
+
+        def runs():
+            return [V.ClientRun({}, torch.zeros(n, 2), torch.zeros(n, dtype=torch.long), torch.Generator().manual_seed(7 * trial + i)) for i, n in enumerate(ns)]
+
+        order, steps, B, counts, offsets, placed, mask = V._active_schedule(runs(), ep, bs, ms, None)
+        idx, dense_mask, dense_steps, dense_B = V._ragged_schedule(runs(), ep, bs, ms, None)
+        assert B == dense_B and steps == [dense_steps[c] for c in order] and steps == sorted(steps, reverse=True)
+        assert placed.shape[0] == sum(steps) * B and counts == [sum(1 for k in steps if k > t) for t in range(max(steps))]
+        active = torch.arange(len(counts)).view(-1, 1) < torch.tensor(steps).view(1, -1)
+        part = V._active_part(idx[:, order], dense_mask[:, order], active, torch.tensor([ns[c] for c in order]))
+        assert part[0] == counts and part[1] == offsets and torch.equal(part[2], placed) and torch.equal(part[3], mask)

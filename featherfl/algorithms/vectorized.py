@@ -101,8 +101,50 @@ def _schedules(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: i
     return out
 
 
-#: (rows, batch size, slots per step) -> each row's place in its epoch's steps x slots grid
-_PLACES: dict[tuple[int, int, int], torch.Tensor] = {}
+def _step_counts(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int, per_client: list[int] | None) -> tuple | None:
+    """(rows, epochs, batch size, steps per epoch, steps) per client, the longest client's steps T and
+    the widest batch B, as :func:`_schedules` would give them; None when a client holds no rows or no
+    client takes a step."""
+    ns = [len(r.y) for r in runs]
+    if not ns or min(ns) == 0:
+        return None
+    eps = [epochs if per_client is None else per_client[i] for i in range(len(runs))]
+    bss = [n if batch_size <= 0 else batch_size for n in ns]
+    per_epoch = [-(-n // bs) for n, bs in zip(ns, bss)]
+    n_steps = [min(e * s, max_steps) if max_steps else e * s for e, s in zip(eps, per_epoch)]
+    T = max(n_steps)
+    if T == 0:
+        return None
+    B = max(min(n, bs) for n, bs, k in zip(ns, bss, n_steps) if k)
+    return ns, eps, bss, per_epoch, n_steps, T, B
+
+
+def _placed_rows(runs: list[ClientRun], counts_: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every client's rows in the order its batches take them (one ``randperm`` per epoch from the
+    client's generator, as ``batches`` draws it, cut after its last step), and for each row its
+    client, step and slot in that step's batch: (rows, client, step, slot, number of rows per client)."""
+    ns, eps, bss, per_epoch, n_steps, T, B = counts_
+    values, owners, step0, sizes, chunk_bs = [], [], [], [], []  # one entry per (client, epoch) used
+    for c, r in enumerate(runs):
+        n, bs, s, k = ns[c], bss[c], per_epoch[c], n_steps[c]
+        perms = [torch.randperm(n, generator=r.gen) for _ in range(eps[c])]  # every epoch's draw, as batches() makes it
+        if k == 0:
+            continue
+        full_epochs, rest = divmod(k, s)
+        used = perms[:full_epochs] + ([perms[full_epochs][: min(rest * bs, n)]] if rest else [])
+        for e, perm in enumerate(used):
+            values.append(perm)
+            owners.append(c)
+            step0.append(e * s)
+            sizes.append(perm.shape[0])
+            chunk_bs.append(bs)
+    # row j of a chunk goes to step j // bs of its epoch, slot j % bs: all chunks at once
+    lengths = torch.tensor(sizes)
+    starts = torch.cumsum(lengths, 0) - lengths
+    j = torch.arange(int(lengths.sum())) - torch.repeat_interleave(starts, lengths)
+    per_row_bs = torch.repeat_interleave(torch.tensor(chunk_bs), lengths)
+    step = torch.repeat_interleave(torch.tensor(step0), lengths) + torch.div(j, per_row_bs, rounding_mode="floor")
+    return torch.cat(values), torch.repeat_interleave(torch.tensor(owners), lengths), step, j % per_row_bs, torch.tensor(ns)
 
 
 def _ragged_schedule(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int, per_client: list[int] | None) -> tuple[torch.Tensor, torch.Tensor, list[int], int] | None:
@@ -111,40 +153,64 @@ def _ragged_schedule(runs: list[ClientRun], epochs: int, batch_size: int, max_st
     (one ``randperm`` per client and epoch from the client's generator, cut into batches of
     ``batch_size``, the last one short, at most ``max_steps`` steps), but placed with a few tensor
     operations per client instead of one tensor per batch. None when a client holds no rows."""
-    ns = [len(r.y) for r in runs]
-    if not ns or min(ns) == 0:
+    counts_ = _step_counts(runs, epochs, batch_size, max_steps, per_client)
+    if counts_ is None:
         return None
+    n_steps, T, B = counts_[4], counts_[5], counts_[6]
     C = len(runs)
-    eps = [epochs if per_client is None else per_client[i] for i in range(C)]
-    bss = [n if batch_size <= 0 else batch_size for n in ns]
-    per_epoch = [-(-n // bs) for n, bs in zip(ns, bss)]
-    n_steps = [min(e * s, max_steps) if max_steps else e * s for e, s in zip(eps, per_epoch)]
-    T = max(n_steps)
-    if T == 0:
-        return None
-    B = max(min(n, bs) for n, bs, k in zip(ns, bss, n_steps) if k)
-    values, targets = [], []
-    for c, r in enumerate(runs):
-        n, bs, s, k = ns[c], bss[c], per_epoch[c], n_steps[c]
-        perms = [torch.randperm(n, generator=r.gen) for _ in range(eps[c])]  # every epoch's draw, as batches() makes it
-        if k == 0:
-            continue
-        places = _PLACES.get((n, bs, B))
-        if places is None:
-            j = torch.arange(n)
-            places = _PLACES[(n, bs, B)] = (j // bs) * B + j % bs
-        full_epochs, rest = divmod(k, s)
-        used = perms[:full_epochs] + ([perms[full_epochs][: min(rest * bs, n)]] if rest else [])
-        base = c * T * B
-        for e, perm in enumerate(used):
-            values.append(perm)
-            targets.append(places[: perm.shape[0]] + (base + e * s * B))
+    rows, owner, step, slot, _ = _placed_rows(runs, counts_)
+    where = (owner * T + step) * B + slot
     idx = torch.zeros(C * T * B, dtype=torch.long)
     mask = torch.zeros(C * T * B)
-    where = torch.cat(targets)
-    idx[where] = torch.cat(values)
+    idx[where] = rows
     mask[where] = 1.0
     return idx.view(C, T, B).transpose(0, 1).contiguous(), mask.view(C, T, B).transpose(0, 1).contiguous(), n_steps, B
+
+
+def _active_schedule(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int, per_client: list[int] | None) -> tuple | None:
+    """The batches of a call that computes only the clients still training, with no (steps x
+    clients) grid: the clients sorted by steps, most first (ties in the caller's order), so that the
+    clients training at step t are the first ``counts[t]``; step t's batches are entries
+    ``offsets[t]`` to ``offsets[t] + counts[t] * B`` of ``rows`` and ``mask`` (a client's B slots
+    after the other's). ``rows`` index the sorted clients' rows laid end to end, and a padded slot
+    indexes the row just past them (a zero row, label 0, as a padded layout holds), masked out.
+    Returns (order, steps of the sorted clients, B, counts, offsets, rows, mask), drawn exactly as
+    :func:`_schedules` draws them; None where :func:`_step_counts` is None."""
+    counts_ = _step_counts(runs, epochs, batch_size, max_steps, per_client)
+    if counts_ is None:
+        return None
+    ns, eps, bss, per_epoch, n_steps, T, B = counts_
+    order = sorted(range(len(runs)), key=lambda c: -n_steps[c])
+    ranked = tuple([v[c] for c in order] for v in (ns, eps, bss, per_epoch, n_steps)) + (T, B)
+    rows, pos, step, slot, sizes = _placed_rows([runs[c] for c in order], ranked)
+    steps_sorted = ranked[4]
+    # clients still training at each step: all but those whose steps end at or before it
+    ended = torch.bincount(torch.tensor(steps_sorted), minlength=T + 1)[:T]
+    counts = len(runs) - torch.cumsum(ended, 0)
+    offsets = (torch.cumsum(counts, 0) - counts) * B
+    total = int(counts.sum()) * B
+    first_row = torch.cumsum(sizes, 0) - sizes
+    where = offsets[step] + pos * B + slot
+    placed = torch.full((total,), int(sizes.sum()), dtype=torch.long)  # padding: the zero row after every client's rows
+    mask = torch.zeros(total)
+    placed[where] = rows + first_row[pos]
+    mask[where] = 1.0
+    return order, steps_sorted, B, counts.tolist(), offsets.tolist(), placed, mask
+
+
+def _active_part(idx: torch.Tensor, mask: torch.Tensor, active: torch.Tensor, sizes: torch.Tensor) -> tuple:
+    """:func:`_active_schedule`'s (counts, offsets, rows, mask) from a (steps x clients x B) grid
+    whose clients are sorted by steps, most first (``active``: steps x clients)."""
+    counts = active.sum(1).tolist()
+    B = idx.shape[2]
+    first_row = (torch.cumsum(sizes, 0) - sizes).view(-1, 1)
+    pad = int(sizes.sum())
+    rows = torch.cat([torch.where(mask[t, :n].bool(), idx[t, :n] + first_row[:n], pad).reshape(-1) for t, n in enumerate(counts)])
+    kept = torch.cat([mask[t, :n].reshape(-1) for t, n in enumerate(counts)])
+    offsets = [0]
+    for n in counts[:-1]:
+        offsets.append(offsets[-1] + n * B)
+    return counts, offsets, rows, kept
 
 
 def _uniform_schedule(runs: list[ClientRun], epochs: int, batch_size: int, max_steps: int, per_client: list[int] | None) -> tuple[torch.Tensor, int, int] | None:
@@ -486,10 +552,20 @@ def train_clients_stacked(
     # a step may compute only the clients still training (:func:`_only_active`)
     prefix = loss_fn is None and observe is None and _only_active(model, names)
     uniform = _uniform_schedule(runs, epochs, batch_size, max_steps, epochs_per_client)
+    layout = None  # the batches of the clients still training, step by step (``prefix`` only)
     if uniform is not None:
         idx, T, B = uniform
         n_steps = [T] * len(runs)
         mask = torch.ones(idx.shape)
+    elif prefix and (layout := _active_schedule(runs, epochs, batch_size, max_steps, epochs_per_client)) is not None:
+        # clients by steps, most first: the clients still training at a step are then the first
+        # ones, and a step computes and updates only them (a slice, no mask); each client's numbers
+        # are its own whatever its position, and the results go back in the caller's order
+        order, n_steps, B = layout[0], layout[1], layout[2]
+        T = len(layout[3])
+        if order != list(range(len(runs))):
+            runs = [runs[c] for c in order]
+            back = sorted(range(len(order)), key=order.__getitem__)
     else:
         ragged = _ragged_schedule(runs, epochs, batch_size, max_steps, epochs_per_client)
         if ragged is not None:
@@ -500,10 +576,7 @@ def train_clients_stacked(
             B = max((b.shape[0] for s in schedules for b in s), default=1)
             idx, mask = _step_indices(schedules, max(n_steps), len(runs), B)
         T = max(n_steps)
-        if prefix:
-            # clients by steps, most first: the clients still training at a step are then the first
-            # ones, and a step computes and updates only them (a slice, no mask); each client's numbers
-            # are its own whatever its position, and the results go back in the caller's order
+        if prefix:  # clients by steps, most first, as above
             order = sorted(range(len(runs)), key=lambda c: -n_steps[c])
             if order != list(range(len(runs))):
                 runs, n_steps = [runs[c] for c in order], [n_steps[c] for c in order]
@@ -572,34 +645,36 @@ def train_clients_stacked(
         step = conv_batched.stepper(lowered, step, model)
 
     active = torch.arange(T).view(T, 1) < torch.tensor(n_steps).view(1, C)
-    denoms = mask.sum(2).clamp_min(1.0)
     losses = []
     was = model.training
     model.train()
     try:
         if prefix:
-            # the clients still training at each step are the first ``counts[t]``; their batches are
+            # the clients still training at step t are the first ``counts[t]``; their batches are
             # gathered a step at a time from the clients' rows laid end to end, with one zero row
             # (label 0) for the padding of a short last batch, as a padded layout would hold
-            counts = active.sum(1).tolist()
-            full = ((mask == 0) & active.unsqueeze(2)).flatten(1).any(1).logical_not().tolist()
             sizes_ = torch.tensor([len(r.y) for r in runs])
-            offsets = (torch.cumsum(sizes_, 0) - sizes_).view(1, C, 1)
+            if layout is None:  # the dense grid (equal clients, or the per-batch schedule): its active part
+                layout = (None, n_steps, B) + _active_part(idx, mask, active, sizes_)
+            counts, offsets, placed, mask_c = layout[3:]
             x_cat = torch.cat([r.x for r in runs] + [torch.zeros((1,) + tuple(runs[0].x.shape[1:]), dtype=runs[0].x.dtype)])
             y_cat = torch.cat([r.y for r in runs] + [torch.zeros(1, dtype=runs[0].y.dtype)])
-            where = torch.where(mask.bool(), idx + offsets, x_cat.shape[0] - 1).unbind(0)
-            ups = (mask / denoms.unsqueeze(2)).unbind(0)  # each sample's weight in its client's mean loss
-            masks, dens = mask.unbind(0), denoms.unbind(0)
+            per_slot = mask_c.view(-1, B)  # one row per (step, client still training)
+            dens = per_slot.sum(1).clamp_min(1.0)
+            ups = per_slot / dens.unsqueeze(1)  # each sample's weight in its client's mean loss
+            padded = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum((per_slot == 0).any(1).long(), 0)])
+            first = torch.tensor(offsets) // B
+            full = (padded[first + torch.tensor(counts)] == padded[first]).tolist()
             views = {C: params}
             shape = tuple(x_cat.shape[1:])
             for t in range(T):
-                n = counts[t]
+                n, o, r = counts[t], offsets[t], offsets[t] // B
                 if n not in views:
                     views[n] = unflatten(flat[:n])
-                sel = where[t][:n].reshape(-1)
-                xb = x_cat.index_select(0, sel).view((n, -1) + shape)
-                yb = y_cat.index_select(0, sel).view(n, -1)
-                g, loss, _ = step(views[n], xb, yb, masks[t][:n], dens[t][:n], full[t], ups[t][:n])
+                sel = placed[o : o + n * B]
+                xb = x_cat.index_select(0, sel).view((n, B) + shape)
+                yb = y_cat.index_select(0, sel).view(n, B)
+                g, loss, _ = step(views[n], xb, yb, per_slot[r : r + n], dens[r : r + n], full[t], ups[r : r + n])
                 opt.step(views[n], g, None, n=n)
                 if train_loss:
                     losses.append(loss)
@@ -607,6 +682,7 @@ def train_clients_stacked(
             # all clients' data in one padded tensor, so a step's batch is one gather; steps' batches
             # gathered a block at a time (about one epoch of the largest client: no more memory than
             # x_all); whether each step has padding
+            denoms = mask.sum(2).clamp_min(1.0)
             x_all = _padded([r.x for r in runs])
             y_all = _padded([r.y for r in runs])
             block = max(1, x_all.shape[1] // max(B, 1))
