@@ -708,17 +708,16 @@ def _finish(flat: torch.Tensor, losses: list[torch.Tensor] | None, n_steps: list
     mean loss over its own steps (without ``losses``, its steps only), rows and metrics back in the
     caller's order."""
     C = len(n_steps)
-    if losses is None:
-        metrics = [{"steps": n_steps[c]} for c in range(C)]
-        return (flat, metrics) if back is None else (flat[back], [metrics[c] for c in back])
-    totals = torch.zeros(C, dtype=torch.float64)
-    zero = torch.zeros((), dtype=torch.float64)
-    for t, loss in enumerate(losses):
-        if prefix:  # x + 0 is x: the clients past the prefix would add nothing
-            totals[: loss.shape[0]] += loss.double()
-        else:
-            totals += torch.where(active[t], loss.double(), zero)
-    metrics = [{"train_loss": float(totals[c]) / max(n_steps[c], 1), "steps": n_steps[c]} for c in range(C)]
+    metrics = [{"steps": n_steps[c]} for c in range(C)]
+    if losses is not None:
+        totals = torch.zeros(C, dtype=torch.float64)
+        zero = torch.zeros((), dtype=torch.float64)
+        for t, loss in enumerate(losses):
+            if prefix:  # x + 0 is x: the clients past the prefix would add nothing
+                totals[: loss.shape[0]] += loss.double()
+            else:
+                totals += torch.where(active[t], loss.double(), zero)
+        metrics = [{"train_loss": float(totals[c]) / max(n_steps[c], 1), **m} for c, m in enumerate(metrics)]
     if back is not None:
         flat, metrics = flat[back], [metrics[c] for c in back]
     return flat, metrics
