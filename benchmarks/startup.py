@@ -9,12 +9,15 @@ Measured as whole-process wall time (spawn to exit) of
     python -c "import torch"
     python -c "import torch, gc; gc.freeze()"
     python -m featherfl run --rounds 1 --clients 3 --set log.plots=false --quiet --out DIR
+    python -c "import sys; from featherfl.cli import main; sys.exit(main([...the same run...]))"
 
 taken in alternating rounds (so a spell of load from other work falls on all alike); the table
 gives medians and the differences. A run freezes the objects its imports made out of the cyclic
 garbage collector (``gc.freeze``), so it makes no full collection over torch's objects, neither
 during the run nor at exit, where a plain ``import torch`` process makes one (about 0.3 s of CPU
-here): the frozen ``import torch`` is the baseline that leaves only featherfl's own cost. Then one ``python -X importtime`` run of the same job lists the
+here): the frozen ``import torch`` is the baseline that leaves only featherfl's own cost. The command
+ends through ``featherfl.cli.leave`` (atexit hooks, stdio flushed, ``os._exit``); the last process
+is the same run ended by the interpreter's teardown, so the difference is what that exit saves. Then one ``python -X importtime`` run of the same job lists the
 modules it imports beyond those ``import torch`` imports, by their own import time: what a run
 pays for on top of torch. The load average (``os.getloadavg``) is written at the start and the end.
 """
@@ -51,6 +54,12 @@ METHOD_MODULES = ("baffle", "baffle_peft", "baffle_pool", "baffle_replay", "zo",
 
 def run_args(out: str) -> list[str]:
     return ["-m", "featherfl", "run", "--rounds", "1", "--clients", "3", "--set", "log.plots=false", "--quiet", "--out", out]
+
+
+def teardown_args(out: str) -> list[str]:
+    """The same run ended by the interpreter's own exit (``sys.exit(main())``), which frees every
+    module's objects one by one, instead of the command's ``featherfl.cli.leave``."""
+    return ["-c", f"import sys; from featherfl.cli import main; sys.exit(main({run_args(out)[2:]!r}))"]
 
 
 def environment(cache: str | None) -> dict[str, str]:
@@ -110,16 +119,17 @@ def load() -> str:
 
 
 def alternate(n: int, env: dict[str, str], tmp: str, tag: str) -> dict[str, list[float]]:
-    """``n`` alternating rounds (import torch, import torch + freeze, the run): wall and CPU seconds of each."""
-    got: dict[str, list[float]] = {k: [] for k in ("torch", "frozen", "run", "torch_cpu", "frozen_cpu", "run_cpu")}
+    """``n`` alternating rounds (import torch, import torch + freeze, the run, the run with the
+    interpreter's teardown): wall and CPU seconds of each."""
+    got: dict[str, list[float]] = {k: [] for k in ("torch", "frozen", "run", "teardown", "torch_cpu", "frozen_cpu", "run_cpu", "teardown_cpu")}
     wall(TORCH, env)  # warm the file cache (and, with a cache folder, the bytecode) once, untimed
     wall(run_args(f"{tmp}/{tag}-warm"), env)
     for i in range(n):
-        for key, job in (("torch", TORCH), ("frozen", TORCH_FROZEN), ("run", run_args(f"{tmp}/{tag}{i}"))):
+        for key, job in (("torch", TORCH), ("frozen", TORCH_FROZEN), ("run", run_args(f"{tmp}/{tag}{i}")), ("teardown", teardown_args(f"{tmp}/{tag}{i}t"))):
             took, used, _ = wall(job, env)
             got[key].append(took)
             got[f"{key}_cpu"].append(used)
-        print(f"  {tag} round {i + 1}: import torch {got['torch'][-1]:.3f} s, frozen {got['frozen'][-1]:.3f} s, run {got['run'][-1]:.3f} s", file=sys.stderr, flush=True)
+        print(f"  {tag} round {i + 1}: import torch {got['torch'][-1]:.3f} s, frozen {got['frozen'][-1]:.3f} s, run {got['run'][-1]:.3f} s, with teardown {got['teardown'][-1]:.3f} s", file=sys.stderr, flush=True)
     return got
 
 
@@ -131,12 +141,14 @@ def rows(label: str, got: dict[str, list[float]]) -> list[str]:
         f"| {label} | one-round digits run | {med['run']:.3f} | {min(got['run']):.3f} | {max(got['run']):.3f} | {med['run_cpu']:.3f} |",
         f"| {label} | **run - import torch** | **{med['run'] - med['torch']:.3f}** | {min(got['run']) - min(got['torch']):.3f} | | {med['run_cpu'] - med['torch_cpu']:.3f} |",
         f"| {label} | **run - frozen import torch** | **{med['run'] - med['frozen']:.3f}** | {min(got['run']) - min(got['frozen']):.3f} | | {med['run_cpu'] - med['frozen_cpu']:.3f} |",
+        f"| {label} | the run ended by the interpreter's teardown | {med['teardown']:.3f} | {min(got['teardown']):.3f} | {max(got['teardown']):.3f} | {med['teardown_cpu']:.3f} |",
+        f"| {label} | **what `leave` saves (teardown - run)** | **{med['teardown'] - med['run']:.3f}** | {min(got['teardown']) - min(got['run']):.3f} | | {med['teardown_cpu'] - med['run_cpu']:.3f} |",
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds of the three processes")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds of the four processes")
     ap.add_argument("--top", type=int, default=15, help="modules listed from -X importtime")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "startup.md"))
     a = ap.parse_args(argv)
@@ -166,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         "- `python -c \"import torch, gc; gc.freeze()\"`: a run freezes what its imports made out of the cyclic collector",
         "  (`featherfl.cli`), which also spares it the full collection over torch's objects that a plain `import torch` pays",
         "  at exit; against this baseline the difference is featherfl's own cost, nothing of torch's exit",
-        "- `python -m featherfl run --rounds 1 --clients 3 --set log.plots=false --quiet --out DIR` (FedAvg on the embedded digits, Dirichlet(0.5))",
+        "- `python -m featherfl run --rounds 1 --clients 3 --set log.plots=false --quiet --out DIR` (FedAvg on the embedded digits, Dirichlet(0.5));",
+        "  the command ends through `featherfl.cli.leave`: every atexit hook, stdio flushed, then `os._exit`, without the interpreter's",
+        "  teardown of every module's objects",
+        "- the same run ended by the interpreter's teardown: `python -c \"import sys; from featherfl.cli import main; sys.exit(main([...]))\"`",
         "",
         "Two ways Python may start: with a bytecode cache (`PYTHONPYCACHEPREFIX`, warmed by one untimed run), as an installed",
         "package starts (pip compiles its modules on install), and compiling every featherfl module's source on every start",

@@ -1,5 +1,3 @@
-import sys
+from featherfl.cli import entry
 
-from featherfl.cli import main
-
-sys.exit(main())
+entry()

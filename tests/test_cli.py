@@ -53,6 +53,37 @@ def test_subprocess_exit_code_and_single_line():
     assert r.stderr.strip().count("\n") == 0 and "rounds" in r.stderr
 
 
+def _leaving(tmp_path, body: str) -> subprocess.CompletedProcess:
+    """A process whose last line is ``featherfl.cli.leave`` (the command's exit without teardown)."""
+    code = "import atexit, sys, threading, time\nfrom featherfl.cli import leave\n" + body
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+
+def test_leave_runs_atexit_hooks_flushes_and_keeps_the_code(tmp_path):
+    r = _leaving(tmp_path, "atexit.register(lambda: open('hook', 'w').write('ran'))\nsys.stdout.write('no newline, still buffered')\nleave(3)\n")
+    assert r.returncode == 3
+    assert r.stdout == "no newline, still buffered"
+    assert (tmp_path / "hook").read_text() == "ran"
+
+
+def test_leave_waits_for_a_thread_that_is_not_a_daemon(tmp_path):
+    # the normal exit joins such a thread: leave must not cut it off
+    r = _leaving(tmp_path, "threading.Thread(target=lambda: (time.sleep(0.5), open('late', 'w').write('done'))).start()\nleave(0)\n")
+    assert r.returncode == 0
+    assert (tmp_path / "late").read_text() == "done"
+
+
+def test_command_run_exits_without_teardown_yet_complete(tmp_path):
+    # python -m featherfl ends through leave: every file written and closed, exit 0
+    out = tmp_path / "r"
+    r = subprocess.run([sys.executable, "-m", "featherfl", "run", "--rounds", "2", "--clients", "3", "--set", "log.plots=false", "--set", "engine.threads=1", "--quiet", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "2 rounds" in r.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in rows] == [1, 2]
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 2
+
+
 def test_run_writes_run_folder(tmp_path, capsys):
     out = tmp_path / "x"
     assert main(["run", "--algorithm", "fedavg", "--dataset", "digits", "--rounds", "5", "--out", str(out), "--quiet"]) == 0
