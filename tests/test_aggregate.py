@@ -117,3 +117,13 @@ def test_aggregation_fields_are_the_safe_defaults():
     assert RULES == ("mean", "median", "trimmed-mean", "norm-clip") and WEIGHTINGS == ("capped", "samples", "uniform")
     assert list(aggregation_fields("u", weighted=False)) == ["u.aggregation", "u.trim_beta", "u.clip_norm"]
     assert all(v.help for v in f.values())
+
+
+def test_mean_on_scratch_is_the_same_numbers_and_leaves_a_borrowed_stack_alone():
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(37, 101, generator=g)
+    w = torch.rand(37, generator=g) * 5
+    kept = v.clone()
+    plain = combine(v, w)
+    assert torch.equal(v, kept)  # not given up: untouched
+    assert torch.equal(combine(v.clone(), w, scratch=True), plain)  # bit for bit

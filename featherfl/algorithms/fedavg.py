@@ -198,7 +198,7 @@ class FedAvg(GlobalModelServer):
         ns = torch.tensor([float(replies[c].num_samples) for c in cids])
         old = flat_state(self.global_model)
         sec = self.cfg.section("fedavg")
-        avg = self.aggregator(stack, ns, reference=old)
+        avg = self.aggregator(stack, ns, reference=old, scratch=True)  # the stack is this call's own
         new = old + sec.server_lr * (avg - old)
         load_flat_state(self.global_model, new)
         return {"update_norm": float((new - old).norm())}
@@ -253,7 +253,7 @@ class FedSGD(GlobalModelServer):
         cids = sorted(replies)
         stack = torch.stack([replies[c].gradient for c in cids])
         ns = torch.tensor([float(replies[c].num_samples) for c in cids])
-        g = self.aggregator(stack, ns)
+        g = self.aggregator(stack, ns, scratch=True)  # the stack is this call's own
         i = 0
         for p in self.global_model.parameters():
             p.grad = g[i : i + p.numel()].view_as(p).to(p.device).clone()
