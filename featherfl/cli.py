@@ -256,11 +256,14 @@ def leave(code: int) -> None:
     system takes back at once. What the teardown does that matters runs here first: every
     ``atexit`` hook (logging's flush, multiprocessing's and Ray's clean-up, any tracker's), then
     stdout and stderr are flushed. Where a thread that is not a daemon still runs (the normal exit
-    waits for it), or a flush fails (a closed pipe), the normal exit runs instead. Every file
-    featherfl writes is closed (and fsynced) before :func:`main` returns."""
+    waits for it), a profiler or tracer watches the process (``python -m cProfile -m featherfl``
+    writes its file after the command returns), or a flush fails (a closed pipe), the normal exit
+    runs instead. Every file featherfl writes is closed (and fsynced) before :func:`main` returns."""
     import atexit
     import threading
 
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     atexit._run_exitfuncs()

@@ -73,6 +73,13 @@ def test_leave_waits_for_a_thread_that_is_not_a_daemon(tmp_path):
     assert (tmp_path / "late").read_text() == "done"
 
 
+def test_a_profiled_command_still_writes_its_profile(tmp_path):
+    # cProfile writes its file after the command returns: the command must not end the process first
+    r = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(tmp_path / "p.prof"), "-m", "featherfl", "config-doc"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "p.prof").stat().st_size > 0
+
+
 def test_command_run_exits_without_teardown_yet_complete(tmp_path):
     # python -m featherfl ends through leave: every file written and closed, exit 0
     out = tmp_path / "r"
