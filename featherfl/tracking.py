@@ -107,6 +107,8 @@ class Trackers:
             (self.out / MLFLOW_RUN_FILE).write_text(self.run_id + "\n")
 
     def log(self, row: dict) -> None:
+        if self.tb is None and self.mlflow is None:  # no tracker: nothing to flatten (a cohort of 500's row holds 1,000 per-client counts)
+            return
         step = int(row["round"])
         values = {k: v for k, v in numeric_items(row).items() if k != "round"}
         if self.tb is not None:
