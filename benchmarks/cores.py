@@ -85,17 +85,36 @@ def _spin(_=None) -> float:
     return time.perf_counter() - t
 
 
-def capacity() -> float:
-    """What two cores give two processes now: a pure-Python loop's seconds alone on core 0 over
-    its seconds when two copies run at once on cores 0 and 1 (2.0 on an idle machine; less where
-    other work holds the second core). Measured beside the runs: the ceiling of their speedup."""
+def _products(_=None) -> float:
+    """The batched step's kind of arithmetic: products of 250 clients' batches of 10 rows with their
+    64 x 64 weights and the gradients' products, one thread, as the job's step runs them."""
+    import torch
+
+    torch.set_num_threads(1)
+    x, w, g = torch.randn(250, 10, 64), torch.randn(250, 64, 64), torch.randn(250, 10, 64)
+    t = time.perf_counter()
+    for _ in range(150):
+        torch.bmm(x, w)
+        torch.bmm(x.transpose(1, 2), g)
+        torch.bmm(g, w.transpose(1, 2))
+    return time.perf_counter() - t
+
+
+def capacity(work=_spin) -> float:
+    """What two cores give two processes now: ``work``'s seconds alone on core 0 over its seconds
+    when two copies run at once on cores 0 and 1 (2.0 on an idle machine; less where other work
+    holds the second core, or where the two cores share the host's arithmetic units or memory).
+    Measured beside the runs: the ceiling of their speedup. ``_spin`` is a pure-Python loop,
+    ``_products`` the batched products the job's training is made of."""
     import multiprocessing
 
+    ctx = multiprocessing.get_context("fork")
     os.sched_setaffinity(0, {0})
-    alone = min(_spin() for _ in range(3))
+    with ctx.Pool(1) as pool:  # alone, in a forked process as the pair below: the same start for both
+        alone = min(pool.map(work, [0])[0] for _ in range(3))
     os.sched_setaffinity(0, {0, 1})
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        both = min(max(pool.map(_spin, [0, 1])) for _ in range(3))
+    with ctx.Pool(2) as pool:
+        both = min(max(pool.map(work, [0, 1])) for _ in range(3))
     return 2 * alone / both
 
 
@@ -189,7 +208,7 @@ def main() -> None:
     load_start = os.getloadavg()
     uptime_start = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     res: dict[str, list[dict]] = {label: [] for label, _, _ in VARIANTS}
-    caps = [capacity()]
+    caps, tcaps = [capacity()], [capacity(_products)]
     for i in range(a.pairs):
         order = VARIANTS[i % len(VARIANTS):] + VARIANTS[: i % len(VARIANTS)]
         for label, w, parallel in order:
@@ -200,7 +219,8 @@ def main() -> None:
             res[label].append(r)
             print(f"pass {i} {label}: {r['per_round']:.4f} s/round, wall {r['wall']:.2f} s (cores {idle:.0%} idle before)", flush=True)
         caps.append(capacity())
-        print(f"two-core capacity {caps[-1]:.2f}", flush=True)
+        tcaps.append(capacity(_products))
+        print(f"two-core capacity {caps[-1]:.2f} (Python), {tcaps[-1]:.2f} (batched products)", flush=True)
     split = cpu_split(npz, init, a.clients, a.rounds, env)
     uptime_end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     load_end = os.getloadavg()
@@ -249,6 +269,8 @@ def main() -> None:
         "",
         f"Two-core capacity (a pure-Python loop alone on core 0 against two copies on cores 0 and 1; 2.00 on an idle machine), measured before",
         f"the first pass and after each: {', '.join(f'{c:.2f}' for c in caps)} (median {statistics.median(caps):.2f}): the ceiling for any speedup above.",
+        f"The same for the batched products the training is made of (`torch.bmm` of 250 clients' batches, one thread each): {', '.join(f'{c:.2f}' for c in tcaps)}",
+        f"(median {statistics.median(tcaps):.2f}). Two processes' speedup per round is {statistics.median(x['per_round'] / y['per_round'] for x, y in zip(one, res['2 cores, 2 processes'])) / statistics.median(tcaps):.0%} of that median.",
         "",
         "CPU seconds per round (medians over rounds 2 on; CPU time, which other work on the machine does not inflate much). With two",
         "processes the engine's process trains one of the two groups itself and one forked worker the other:",
