@@ -323,3 +323,51 @@ def test_active_schedule_holds_only_the_clients_still_training():
         active = torch.arange(len(counts)).view(-1, 1) < torch.tensor(steps).view(1, -1)
         part = V._active_part(idx[:, order], dense_mask[:, order], active, torch.tensor([ns[c] for c in order]))
         assert part[0] == counts and part[1] == offsets and torch.equal(part[2], placed) and torch.equal(part[3], mask)
+
+
+def test_cache_parts_cut_a_plain_mlps_clients_into_near_equal_calls():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))  # 4,810 parameters
+    most = V.CACHE_BUDGET // (4 * 4810)
+    for n in (1, 50, most, most + 1, 250, 500):
+        parts = V.cache_parts(mlp, list(range(n)))
+        assert [c for p in parts for c in p] == list(range(n))  # every client once, in order
+        assert max(map(len, parts)) <= most and max(map(len, parts)) - min(map(len, parts)) <= 1
+        assert len(parts) == -(-n // most)  # the fewest that fit
+    assert V.cache_parts(mlp, []) == [[]]
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    assert V.cache_parts(conv, list(range(500))) == [list(range(500))]  # measured for the MLP only: other models keep one call
+
+
+def test_fedavg_calls_cut_for_the_cache_give_the_rows_of_one_call(tmp_path, monkeypatch):
+    calls = []
+    real = V.train_clients_stacked
+    monkeypatch.setattr(V, "train_clients_stacked", lambda model, runs, *a, **k: calls.append(len(runs)) or real(model, runs, *a, **k))
+    over = {"model.name": "mlp", "engine.group_clients": 256}
+    _, one = _run(tmp_path / "one", "auto", **over)
+    assert set(calls) == {6}
+    calls.clear()
+    monkeypatch.setattr(V, "CACHE_BUDGET", 1)  # one client per call
+    _, cut = _run(tmp_path / "cut", "auto", **over)
+    assert calls and set(calls) == {1}
+    drop = ("seconds", "wall_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in one] == [{k: v for k, v in r.items() if k not in drop} for r in cut]  # bit for bit
+
+
+@pytest.mark.parametrize("momentum,wd", [(0.0, 0.0), (0.9, 0.0), (0.9, 1e-3), (0.0, 1e-3)])
+def test_stacked_sgd_updates_round_as_torch_optim_sgd(momentum, wd):
+    # the same gradients, step after step: every client's weights as torch.optim.SGD leaves them, bit for bit
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3, 7, 5, generator=g)
+    grads = [torch.randn(3, 7, 5, generator=g) for _ in range(4)]
+    stacked = {"w": w.clone()}
+    opt = V._Optimizer(stacked, {"optimizer": "sgd", "lr": 0.07, "momentum": momentum, "weight_decay": wd})
+    opt.owned.add("w")
+    for gr in grads:
+        stacked = opt.step(stacked, {"w": gr.clone()}, None, n=3)
+    for c in range(3):
+        p = nn.Parameter(w[c].clone())
+        ref = torch.optim.SGD([p], lr=0.07, momentum=momentum, weight_decay=wd)
+        for gr in grads:
+            p.grad = gr[c].clone()
+            ref.step()
+        assert torch.equal(stacked["w"][c], p.detach())

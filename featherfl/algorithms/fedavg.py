@@ -114,6 +114,7 @@ class WeightsClient(ClientHalf):
         stacked = all(t.dtype == torch.float32 for _, t in state_tensors(self.model))
         finals: list = [None] * len(runs)
         groups = vectorized.client_groups([len(r.y) for r in runs], params, runs[0].x.shape[1:].numel())
+        groups = [part for g in groups for part in vectorized.cache_parts(self.model, g)]  # a plain MLP's calls sized for the cache
         rows = None  # each client's uplink vector (flat_state's layout)
         for group in groups:
             flat, _ = vectorized.train_clients_stacked(self.model, [runs[i] for i in group], self.opts, self.opts.local_epochs, self.opts.batch_size, self.opts.max_steps, train_loss=False)

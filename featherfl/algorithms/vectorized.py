@@ -80,6 +80,34 @@ def client_groups(sizes: list[int], params: int, sample_numel: int, budget: int 
     return groups
 
 
+#: Stacked weights (4 bytes x parameters x clients) that one batched call of a plain MLP holds at
+#: most. Its steps stream every client's weights and gradients, which stay in the cache from one
+#: kernel to the next when they are a few MiB; smaller calls pay more steps of per-call overhead
+#: (a call runs to its longest client's steps). For the 4,810-parameter MLP this makes calls of at
+#: most 163 clients: a group of 250 trains as 2 calls of 125, a cohort of 500 as 4
+#: (``benchmarks/results/call_size.md`` has the curve on one core).
+CACHE_BUDGET = 3 << 20
+
+
+def cache_parts(model: nn.Module, group: list[int]) -> list[list[int]]:
+    """``group`` (clients, in order) cut into the fewest near-equal parts whose stacked weights fit
+    :data:`CACHE_BUDGET`, for a plain MLP (:func:`_mlp_plan`, every parameter trained); ``[group]``
+    for any other model. A plain MLP's client gets the same bits whatever clients share its call
+    (:func:`computes_only_active`), so the parts change the time only."""
+    params = sum(p.numel() for p in model.parameters())
+    if not group or _mlp_plan(model, [k for k, _ in model.named_parameters()]) is None:
+        return [group]
+    most = max(1, CACHE_BUDGET // (4 * max(params, 1)))
+    parts = -(-len(group) // most)
+    size, extra = divmod(len(group), parts)
+    out, at = [], 0
+    for i in range(parts):
+        n = size + (1 if i < extra else 0)
+        out.append(group[at : at + n])
+        at += n
+    return out
+
+
 @dataclass
 class ClientRun:
     """One client's input to a vectorised training call."""
@@ -240,7 +268,6 @@ class _Optimizer:
     def __init__(self, params: dict[str, torch.Tensor], opts: dict):
         self.kind = opts["optimizer"]
         self.lr = float(opts["lr"])
-        self._lr: torch.Tensor | None = None
         self.wd = float(opts.get("weight_decay", 0.0))
         self.momentum = float(opts.get("momentum", 0.0))
         self.betas = tuple(opts.get("betas", (0.9, 0.999)))
@@ -258,16 +285,16 @@ class _Optimizer:
         self.t += 1
         every = n is not None or bool(active.all())
         if every and self.kind == "sgd" and not self.momentum and not self.wd and self.owned.issuperset(params):
-            # plain SGD on tensors it owns: p - lr * g for all of them in two calls, the same two roundings
-            if self._lr is None:  # a 0-dim tensor of the parameters' dtype: the value a Python float becomes in mul
-                self._lr = torch.tensor(self.lr, dtype=next(iter(params.values())).dtype)
-            torch._foreach_sub_(list(params.values()), torch._foreach_mul([grads[k] for k in params], self._lr))
+            # plain SGD on tensors it owns: p + (-lr) g for all of them in one call, as torch.optim.SGD
+            # updates (``add_`` with ``alpha``: the same kernel, so the same rounding) and in one pass
+            # over the weights, where a product then a subtraction took two and a temporary
+            torch._foreach_add_(list(params.values()), [grads[k] for k in params], alpha=-self.lr)
             return params
         new = {}
         for k, p in params.items():
             g = grads[k]
             if self.wd:
-                g = g + self.wd * p
+                g = g.add(p, alpha=self.wd)  # as torch.optim.SGD adds its weight decay
             st = self.state[k]
             mask = None if every else active.view([-1] + [1] * (p.dim() - 1))
             if self.kind == "adam":
@@ -299,16 +326,11 @@ class _Optimizer:
                     else:
                         st["buf"] = g = _keep(mask, buf * self.momentum + g, buf)
                 if mask is None and k in self.owned:
-                    # in place, through one scratch buffer reused every step: the same two roundings as
-                    # p - lr * g, without allocating two (clients x entries) tensors per step. The
-                    # scratch takes the gradient's layout (a weight's gradient comes back transposed),
-                    # so only the subtraction reads across the grain
-                    scratch = st.get("scratch")
-                    if scratch is None or scratch.shape[1:] != g.shape[1:] or scratch.shape[0] < g.shape[0] or scratch[: g.shape[0]].stride() != g.stride():
-                        scratch = st["scratch"] = torch.empty_like(g)
-                    new[k] = p.sub_(torch.mul(g, self.lr, out=scratch[: g.shape[0]]))
+                    # in place, as torch.optim.SGD updates (``add_`` with ``alpha``: its rounding), in one
+                    # pass and without a (clients x entries) temporary
+                    new[k] = p.add_(g, alpha=-self.lr)
                     continue
-                new[k] = _keep(mask, p - self.lr * g, p)
+                new[k] = _keep(mask, torch.add(p, g, alpha=-self.lr), p)
             if k in self.owned:
                 new[k] = p.copy_(new[k])
         return new
