@@ -37,9 +37,13 @@ SIZES = (500, 250, 167, 125, 100, 84, 64, 50, 32)
 COHORT = 500
 
 
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
 def cohort(rows: list[int], seed: int = 0) -> tuple[nn.Module, list]:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = _mlp()
     start = {k: v.detach().clone() for k, v in model.named_parameters()}
     g = torch.Generator().manual_seed(seed)
     runs = [vectorized.ClientRun(start, torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g), torch.Generator()) for n in rows]
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(label, {n: round(statistics.median(v) * 1e3, 1) for n, v in times.items()}, flush=True)
     load1 = os.getloadavg()
     params = 64 * 64 + 64 + 64 * 10 + 10
-    chosen = len(vectorized.cache_parts(nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), list(range(COHORT)))[0])
+    chosen = len(vectorized.cache_parts(_mlp(), list(range(COHORT)))[0])
     lines = [
         "# Clients per batched call of a plain MLP",
         "",
@@ -97,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{COHORT} clients of the MLP 64-64-10 ({params:,} parameters, {4 * params / 1e3:.1f} KB of weights each), SGD lr 0.1, batch 10, one epoch,",
         f"trained by `train_clients_stacked` in consecutive calls of N clients; median over {a.passes} passes of the milliseconds for all {COHORT}.",
-        f"`vectorized.CACHE_BUDGET` ({vectorized.CACHE_BUDGET / 2**20:.0f} MiB of stacked weights) makes FedAvg's calls of this model {chosen} clients at most",
-        f"({COHORT} clients: {len(vectorized.cache_parts(nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), list(range(COHORT))))} calls).",
+        f"`vectorized.CACHE_BUDGET` ({vectorized.CACHE_BUDGET / 2**20:.0f} MiB of stacked weights) allows {vectorized.CACHE_BUDGET // (4 * params)} clients of this model a call:",
+        f"FedAvg cuts a group of 250 into {len(vectorized.cache_parts(_mlp(), list(range(250))))} calls of {len(vectorized.cache_parts(_mlp(), list(range(250)))[0])}"
+        f" and {COHORT} clients into {len(vectorized.cache_parts(_mlp(), list(range(COHORT))))} calls of {chosen}.",
         "",
         "| N clients per call | stacked weights per call | " + " | ".join(f"{label}: ms (ratio to one call)" for label in table) + " |",
         "|---:|---:|" + "---:|" * len(table),

@@ -128,7 +128,7 @@ def prepare(cfg: Config) -> Prepared:
     checks.check_setup_memory(cfg, alg_cls, ds.input_shape, ds.num_classes)  # estimates before the method allocates
     if checks.is_user_model(cfg["model.name"]):
         checks.check_model(ctx, ds.train_x)  # one forward on one batch: shapes, parameters
-    client_data = ClientPopulation(ds.train_x, ds.train_y, parts, ds.num_classes)
+    client_data = ClientPopulation(ds.train_x, ds.train_y, parts, ds.num_classes, release=ds.train_pages)
     algorithm = build_algorithm(ctx)
     checks.check_client_state_memory(cfg, alg_cls, algorithm.model_parameters(), states_on_disk(cfg))
     checks.check_payload_cap(cfg, algorithm)  # a cap no reply can fit under: refused now

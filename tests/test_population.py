@@ -141,6 +141,45 @@ def test_npz_mapped_training_rows_are_checked_and_read_back_whole(tmp_path, cfg_
         load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "n.npz")))
 
 
+def test_a_mapped_population_lets_go_of_each_clients_pages_after_gathering(tmp_path, cfg_factory):
+    from featherfl.data.files import load_npz
+
+    rng = np.random.default_rng(4)
+    x = rng.random((3_000, 8), dtype=np.float32)
+    y = np.arange(3_000) % 3
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    ds = load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "d.npz")))
+    assert ds.train_pages is not None
+    seen = []
+
+    def release(start, stop):
+        seen.append((start, stop))
+        ds.train_pages(start, stop)
+
+    parts = [np.arange(0, 1_000), np.arange(1_000, 1_100), np.arange(1_100, 3_000, 7)]  # two runs, one scattered client
+    pop = ClientPopulation(ds.train_x, ds.train_y, parts, 3, release=release)
+    for _ in range(2):  # read, let go, read again: the same rows from the file
+        for cid, rows in enumerate(parts):
+            d = pop[cid]
+            assert np.array_equal(d.x.numpy(), x[rows]) and np.array_equal(d.y.numpy(), y[rows])
+    assert seen == [(0, 1_000), (1_000, 1_100)] * 2  # scattered rows are not let go of (one call each would cost more than it saves)
+
+
+def test_only_the_files_own_rows_are_let_go_of(tmp_path, cfg_factory):
+    from featherfl.data.files import load_npz
+    from featherfl.data.sources import load_dataset
+
+    x = np.random.default_rng(5).random((400, 4), dtype=np.float32)
+    y = np.arange(400) % 2
+    np.savez(tmp_path / "t.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    np.savez(tmp_path / "s.npz", x_train=x, y_train=y)  # no test split in the file: the training rows are a split's copy
+    np.savez_compressed(tmp_path / "c.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])  # not mapped
+    assert load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "t.npz"))).train_pages is not None
+    assert load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "s.npz"))).train_pages is None
+    assert load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "c.npz"))).train_pages is None
+    assert load_dataset(cfg_factory(dataset="npz", data__dir=str(tmp_path / "t.npz"), data__max_train=100)).train_pages is None  # a subset is a copy
+
+
 def test_a_population_the_machine_cannot_hold_is_refused_before_training(cfg_factory, monkeypatch, tmp_path):
     import featherfl.checks as checks
     from featherfl.experiment import prepare

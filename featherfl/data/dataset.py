@@ -32,6 +32,9 @@ class Dataset:
     train_groups: torch.Tensor | None = None
     #: the reader already checked that every input is finite (the npz reader, block by block)
     inputs_checked: bool = False
+    #: where ``train_x`` is a memory-mapped file (an uncompressed npz): ``release(start, stop)`` lets
+    #: go of the pages of rows [start, stop), clean copies of the file the kernel maps again when read
+    train_pages: Callable[[int, int], None] | None = None
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

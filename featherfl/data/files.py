@@ -232,7 +232,7 @@ def _array(z, key: str, path: Path) -> np.ndarray:
     return a
 
 
-def _features(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
+def _features(a: np.ndarray, key: str, path: Path, pages: list | None = None) -> torch.Tensor:
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise ConfigError(f"dataset npz: {path} array {key!r} is {a.dtype}, expected numbers")
     if a.ndim < 2:
@@ -242,6 +242,8 @@ def _features(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
     release = _page_releaser(a) if t.data_ptr() == a.ctypes.data else None
     if first_nonfinite_row(t, after_block=release) is not None:  # a block at a time: no mask the size of the data
         raise ConfigError(f"dataset npz: {path} array {key!r} holds NaN or infinite values")
+    if pages is not None:
+        pages.append(release)
     return t
 
 
@@ -294,7 +296,8 @@ def load_npz(cfg) -> Dataset:
         missing = [k for k in ("x_train", "y_train") if k not in z.files]
         if missing:
             raise ConfigError(f"dataset npz: {path} lacks {', '.join(missing)} (it has {', '.join(z.files) or 'nothing'})")
-        x = _features(_array(z, "x_train", path), "x_train", path)
+        pages: list = []
+        x = _features(_array(z, "x_train", path), "x_train", path, pages)
         y = _int_labels(_array(z, "y_train", path), "y_train", path, len(x))
         groups = _int_labels(_array(z, "client_train", path), "client_train", path, len(x)) if "client_train" in z.files else None
         if "x_test" in z.files:
@@ -310,6 +313,8 @@ def load_npz(cfg) -> Dataset:
     ds = Dataset("npz", x, y, tx, ty, classes, tuple(x.shape[1:]), f"npz {path}: {len(y)} train / {len(ty)} test, {classes} classes")
     ds.train_groups = groups
     ds.inputs_checked = True  # _features checked every split, block by block
+    if "x_test" in z.files:  # x_train is the file's rows as they are (not split here): its pages can be let go of by row
+        ds.train_pages = pages[0]
     return ds
 
 

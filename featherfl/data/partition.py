@@ -41,7 +41,11 @@ def _stable_order(keys: np.ndarray, span: int | None = None) -> np.ndarray:
     if span <= 1 << 16:
         return np.argsort(k.astype(np.uint16), kind="stable")
     order = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
-    return order[np.argsort((k[order] >> 16).astype(np.uint16), kind="stable")]
+    high = (k >> 16).astype(np.uint16)[order]  # the high halves in that order: a gather of 2-byte, not 8-byte, keys
+    if span <= 1 << 17:  # high halves 0 and 1 only: a stable partition (two sequential selections, no second sort and gather)
+        low = high == 0
+        return np.concatenate((order[low], order[~low]))
+    return order[np.argsort(high, kind="stable")]
 
 
 def _classes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

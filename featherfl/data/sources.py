@@ -273,6 +273,7 @@ def load_dataset(cfg) -> Dataset:
     if cfg["data.max_train"]:
         keep = stratified_subset(ds.train_y.numpy(), cfg["data.max_train"], seed=cfg["seed"])
         ds.train_x, ds.train_y = ds.train_x[keep], ds.train_y[keep]
+        ds.train_pages = None  # a copy of some rows now, not the file's
         if ds.train_groups is not None:
             ds.train_groups = ds.train_groups[keep]
     if cfg["data.max_test"]:
