@@ -141,11 +141,13 @@ def test_npz_mapped_training_rows_are_checked_and_read_back_whole(tmp_path, cfg_
         load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "n.npz")))
 
 
-def test_a_mapped_population_lets_go_of_each_clients_pages_after_gathering(tmp_path, cfg_factory):
+def test_a_mapped_population_lets_go_of_its_pages_once_the_gathers_may_have_mapped_the_budget(tmp_path, cfg_factory, monkeypatch):
+    from featherfl.data import population
+
     from featherfl.data.files import load_npz
 
     rng = np.random.default_rng(4)
-    x = rng.random((3_000, 8), dtype=np.float32)
+    x = rng.random((3_000, 8), dtype=np.float32)  # 32 bytes a row
     y = np.arange(3_000) % 3
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
     ds = load_npz(cfg_factory(dataset="npz", data__dir=str(tmp_path / "d.npz")))
@@ -158,11 +160,14 @@ def test_a_mapped_population_lets_go_of_each_clients_pages_after_gathering(tmp_p
 
     parts = [np.arange(0, 1_000), np.arange(1_000, 1_100), np.arange(1_100, 3_000, 7)]  # two runs, one scattered client
     pop = ClientPopulation(ds.train_x, ds.train_y, parts, 3, release=release)
+    fa = population.FAULT_AROUND
+    per = [min(1_000 * 32, 1_000 * fa) + fa, min(100 * 32, 100 * fa) + fa, min((2_997 - 1_100) * 32, 272 * fa) + fa]  # what each gather may map
+    monkeypatch.setattr(ClientPopulation, "MAPPED_BUDGET", per[0] + per[1] + 1)  # the third gather crosses it
     for _ in range(2):  # read, let go, read again: the same rows from the file
         for cid, rows in enumerate(parts):
             d = pop[cid]
             assert np.array_equal(d.x.numpy(), x[rows]) and np.array_equal(d.y.numpy(), y[rows])
-    assert seen == [(0, 1_000), (1_000, 1_100)] * 2  # scattered rows are not let go of (one call each would cost more than it saves)
+    assert seen == [(0, 3_000), (0, 3_000)]  # the whole map, once per budget's worth of gathers
 
 
 def test_only_the_files_own_rows_are_let_go_of(tmp_path, cfg_factory):
