@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Same trained weights for every N, bit for bit: " + ", ".join(f"{label} {'yes' if same else 'NO'}" for label, (_, same, _) in table.items()) + ".",
         "",
-        "The steps stream every client's weights and gradients (the update is a product and a subtraction over them): with",
+        "The steps stream every client's weights and gradients (the update reads and writes every weight): with",
         "the weights of a call within a couple of MiB they stay in the cache from one kernel to the next; smaller calls",
         "pay more per-call and per-step overhead (Python and kernel launches) for the same arithmetic.",
         "",
