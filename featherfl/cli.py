@@ -252,8 +252,8 @@ def leave(code: int) -> None:
     """End the process with ``code`` without the interpreter's teardown, where that loses nothing.
 
     The teardown frees every object of every imported module one by one: with torch loaded that
-    is 0.1 to 0.2 s of a run's wall time (benchmarks/results/startup.md), for memory the operating
-    system takes back at once. What the teardown does that matters runs here first: every
+    is about 0.1 s of a run's wall time (0.086-0.128 s in benchmarks/results/startup.md), for
+    memory the operating system takes back at once. What the teardown does that matters runs here first: every
     ``atexit`` hook (logging's flush, multiprocessing's and Ray's clean-up, any tracker's), then
     stdout and stderr are flushed. Where a thread that is not a daemon still runs (the normal exit
     waits for it), a profiler or tracer watches the process (``python -m cProfile -m featherfl``
