@@ -190,6 +190,10 @@ def test_stable_order_is_argsorts():
     rng = np.random.default_rng(0)
     for keys in (rng.integers(-5, 7, 1_000), rng.integers(0, 70_000, 5_000), rng.integers(-(2**33), 2**33, 300), rng.integers(0, 200, 100).astype(np.uint8), rng.integers(-100, 100, 400).astype(np.int8), np.zeros(0, dtype=np.int64)):
         assert np.array_equal(P._stable_order(keys), np.argsort(keys, kind="stable"))
+    # 4-byte and unsigned keys, a 17-bit span from an offset, and the span given by the caller
+    wide = rng.integers(0, 100_000, 20_000)
+    for keys, span in ((wide.astype(np.int32), None), (wide.astype(np.int32), 100_000), (wide.astype(np.uint32), None), (wide + 70_000, None), (wide.astype(np.uint64), 1 << 17), (rng.integers(0, 300_000, 4_000).astype(np.int32), None)):
+        assert np.array_equal(P._stable_order(keys, span), np.argsort(keys, kind="stable"))
 
 
 # --- bad inputs stay one line ---------------------------------------------------------------------

@@ -35,16 +35,21 @@ def _stable_order(keys: np.ndarray, span: int | None = None) -> np.ndarray:
         span = hi - lo + 1
     if span > 1 << 32:
         return np.argsort(keys, kind="stable")
-    k = keys.astype(np.uint64 if keys.dtype.kind == "u" else np.int64, copy=False)
+    k = keys
     if lo:
-        k = k - k.dtype.type(lo)
+        k = keys.astype(np.uint64 if keys.dtype.kind == "u" else np.int64) - lo
+    # the low 16 bits by a wrapping cast (keys are non-negative here), without a masked 8-byte copy
     if span <= 1 << 16:
         return np.argsort(k.astype(np.uint16), kind="stable")
-    order = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
-    high = (k >> 16).astype(np.uint16)[order]  # the high halves in that order: a gather of 2-byte, not 8-byte, keys
+    order = np.argsort(k.astype(np.uint16), kind="stable")
     if span <= 1 << 17:  # high halves 0 and 1 only: a stable partition (two sequential selections, no second sort and gather)
-        low = high == 0
-        return np.concatenate((order[low], order[~low]))
+        high = (k >= 1 << 16)[order]  # in that order: a gather of 1-byte flags
+        out = np.empty_like(order)
+        first = len(order) - int(np.count_nonzero(high))
+        np.compress(~high, order, out=out[:first])
+        np.compress(high, order, out=out[first:])
+        return out
+    high = (k >> 16).astype(np.uint16)[order]  # the high halves in that order: a gather of 2-byte, not 8-byte, keys
     return order[np.argsort(high, kind="stable")]
 
 
@@ -117,9 +122,10 @@ def dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int, min_s
             break
     # rows are given their owner only for the draw that is kept: a scatter over every row per
     # rejected try was most of the time at 10^5 clients
-    owner = np.empty(n, dtype=np.int64)
+    owner = np.empty(n, dtype=np.int32 if n_clients < 1 << 31 else np.int64)  # 4-byte owners: half the scatter's and the grouping's memory traffic
+    clients = np.arange(n_clients, dtype=owner.dtype)
     for idx, sizes in draw:
-        owner[idx] = np.repeat(np.arange(n_clients), sizes)
+        owner[idx] = np.repeat(clients, sizes)
     if short:
         _top_up(owner, counts, min_samples, rng)
     return _groups(owner, n_clients)
@@ -147,8 +153,8 @@ def _groups(owner: np.ndarray, n_clients: int) -> Parts:
     offsets = np.zeros(n_clients + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner, minlength=n_clients), out=offsets[1:])
     n = len(owner)
-    run_start = np.flatnonzero(owner[1:] != owner[:-1]) + 1 if n else np.zeros(0, dtype=np.int64)
-    if len(run_start) < n // 4:
+    if n and np.count_nonzero(owner[1:] != owner[:-1]) < n // 4:  # counted first: scattered owners need no list of run starts
+        run_start = np.flatnonzero(owner[1:] != owner[:-1]) + 1
         starts = np.concatenate(([0], run_start)).astype(np.int64)
         by_owner = _stable_order(owner[starts], n_clients)
         return Parts(_expand_runs(starts[by_owner], np.diff(np.append(starts, n))[by_owner]), offsets)
