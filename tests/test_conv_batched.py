@@ -204,3 +204,25 @@ def test_observe_sees_the_vmap_steps_outputs(monkeypatch):
     assert len(lowered) == len(via_vmap) == 3
     for (a, ya, ma), (b, yb, mb) in zip(lowered, via_vmap):
         assert torch.equal(ma, mb) and torch.equal(ya, yb) and torch.allclose(a, b, atol=1e-5)
+
+
+def test_forward_backward_takes_samples_in_any_client_order():
+    """The linear layers set a step's samples out per client themselves when the caller gives no
+    slots; samples of clients in any order (and a hidden linear layer) give each client the
+    gradient autograd gives it."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 5 * 5, 12), nn.ReLU(), nn.Linear(12, 10))
+    steps = CB.plan(model, [k for k, _ in model.named_parameters()])
+    clients = 4
+    g = torch.Generator().manual_seed(9)
+    p = {k: v.detach().unsqueeze(0) + 0.1 * torch.randn((clients,) + v.shape, generator=g) for k, v in model.named_parameters()}
+    client = torch.tensor([2, 0, 3, 2, 2, 0, 3, 2, 0])  # client 1 has none
+    x, y = torch.randn(len(client), 1, 12, 12, generator=g), torch.randint(0, 10, (len(client),), generator=g)
+    denom = torch.bincount(client, minlength=clients).clamp(min=1).float()
+    grads, per, _ = CB.forward_backward(steps, p, x, y, client, 1.0 / denom[client], clients)
+    assert float(grads["4.weight"][1].abs().max()) == 0.0 and float(grads["0.weight"][1].abs().max()) == 0.0
+    loss = torch.zeros(clients).index_add_(0, client, per) / denom
+    assert CB._autograd_agrees(model, p, x[client.argsort(stable=True)], y[client.argsort(stable=True)], client.sort(stable=True).values, denom, grads, loss)
+    # a gradient off by a little in one client is caught: the check can fail
+    grads["6.weight"][3] += 1e-2
+    assert not CB._autograd_agrees(model, p, x[client.argsort(stable=True)], y[client.argsort(stable=True)], client.sort(stable=True).values, denom, grads, loss)

@@ -18,7 +18,9 @@ Here a model that is an ``nn.Sequential`` of ``Conv2d``, ``ReLU``, ``MaxPool2d``
   with a group per sample, forward and backward through ATen's convolution kernels;
 * max pooling calls ATen's kernels on a channels-last copy (ties go where
   ``torch.nn.functional.max_pool2d`` sends them); a ReLU right before it runs after it, on the
-  smaller tensor (the same values and gradients); a linear layer is a product and a sum;
+  smaller tensor (the same values and gradients); a linear layer sets the step's samples out in
+  its clients x batch layout and is one batched product per client, so its weight gradient is
+  each client's sum as it comes (no per-sample gradients);
 * the loss is the per-sample cross-entropy over the client's real samples, as
   ``train_clients_stacked`` defines it, and its gradient is ``softmax - one_hot`` scaled by the
   client's count of samples.
@@ -104,15 +106,34 @@ def _cols(x: torch.Tensor, k, d, pad, s) -> tuple[torch.Tensor, int, int]:
     return view.reshape(n, c * k[0] * k[1], ho * wo), ho, wo
 
 
-def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, client: torch.Tensor, scale: torch.Tensor, clients: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def _slots(client: torch.Tensor, clients: int) -> tuple[torch.Tensor, int]:
+    """Each sample's row in a clients x width block that holds every client's samples in order
+    (client ``c``'s ``j``-th sample at ``c * width + j``), and that width: the most samples one
+    client has."""
+    n = client.shape[0]
+    counts = torch.bincount(client, minlength=clients)
+    width = max(int(counts.max()), 1) if n else 1
+    order = torch.argsort(client, stable=True)
+    starts = counts.cumsum(0) - counts
+    rank = torch.empty_like(client)
+    rank[order] = torch.arange(n) - starts[client[order]]
+    return client * width + rank, width
+
+
+def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, client: torch.Tensor, scale: torch.Tensor, clients: int, slots: tuple[torch.Tensor, int] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """For ``x`` (samples x ...) with labels ``y``, each sample of client ``client[i]`` weighted by
     ``scale[i]``: the gradient of sum_i scale_i * cross_entropy_i with respect to every client's
     stacked tensors in ``p`` (clients x ...), the per-sample losses and the logits.
 
     The first layer's convolution (its input is data: no input gradient) is im2col and a batched
     product; a later one is a grouped convolution with one group per sample (its weights are the
-    sample's client's), forward and backward through ATen's convolution kernels."""
+    sample's client's), forward and backward through ATen's convolution kernels. A linear layer
+    sets the samples out per client (``slots``: each sample's row in a clients x width block and
+    that width, as :func:`_slots` gives; worked out here when None) and is one batched product per
+    client, whose weight gradient is the client's sum over its samples as it comes."""
     saved = []
+    if slots is None and any(st[0] == "linear" for st in plan_):
+        slots = _slots(client, clients)
     h = x.contiguous()
     n = h.shape[0]
     for i, st in enumerate(plan_):
@@ -137,13 +158,14 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
                 h = out.view(n, cout, out.shape[2], out.shape[3])
         elif kind == "linear":
             _, wn, bn = st
-            wg = p[wn][client]
-            # a product and a sum, not bmm: bmm of matrix-vector products is one BLAS call per sample
-            out = (wg * h.unsqueeze(1)).sum(2)
-            if bn is not None:
-                out = out + p[bn][client]
-            saved.append((h, wg))
-            h = out
+            w = p[wn]
+            rows, width = slots
+            # the samples set out per client (zero rows where a client has fewer): one product per
+            # client, not a gather of every sample's weights and a product and sum per sample
+            hp = h.new_zeros(clients * width, h.shape[1]).index_copy_(0, rows, h).view(clients, width, -1)
+            out = torch.bmm(hp, w.transpose(1, 2)) if bn is None else torch.baddbmm(p[bn].unsqueeze(1), hp, w.transpose(1, 2))
+            saved.append(hp)
+            h = out.view(clients * width, -1).index_select(0, rows)
         elif kind == "relu":
             h = torch.relu(h)
             saved.append(h)
@@ -171,10 +193,14 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
         if kind == "conv":
             _, wn, bn, k, d, pad, s = st
             cout = p[wn].shape[1]
-            go = g.reshape(n, cout, -1)  # samples x cout x positions
             if i == 0:
-                gw = torch.bmm(go, sv.transpose(1, 2))
+                # samples x positions x cout: a view of the channels-last gradient the pooling gives
+                # back (the product reads it transposed; no copy to samples x cout x positions)
+                gt = g.permute(0, 2, 3, 1).reshape(n, -1, cout)
+                gw = torch.bmm(gt.transpose(1, 2), sv.transpose(1, 2))
+                go = gt.transpose(1, 2)
             else:
+                go = g.reshape(n, cout, -1)  # samples x cout x positions
                 hin, flatw = sv
                 gi, gw, _ = _aten.convolution_backward(go.reshape(1, n * cout, g.shape[2], g.shape[3]), hin, flatw, None, list(s), list(pad), list(d), False, [0, 0], n, [True, True, False])
                 g = gi.view(n, -1, hin.shape[2], hin.shape[3])
@@ -183,13 +209,14 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
                 grads[bn] = torch.zeros(clients, cout).index_add_(0, client, go.sum(2))
         elif kind == "linear":
             _, wn, bn = st
-            h_in, wg = sv
-            gw = g.unsqueeze(2) * h_in.unsqueeze(1)
-            grads[wn] = torch.zeros(p[wn].shape).index_add_(0, client, gw)
+            hp = sv
+            rows, width = slots
+            gp = g.new_zeros(clients * width, g.shape[1]).index_copy_(0, rows, g).view(clients, width, -1)
+            grads[wn] = torch.bmm(gp.transpose(1, 2), hp)  # each client's sum over its samples (zero rows add nothing)
             if bn is not None:
-                grads[bn] = torch.zeros(p[bn].shape).index_add_(0, client, g)
+                grads[bn] = gp.sum(1)
             if i > 0:
-                g = (g.unsqueeze(2) * wg).sum(1)
+                g = torch.bmm(gp, p[wn]).view(clients * width, -1).index_select(0, rows)
         elif kind == "relu":
             g = _aten.threshold_backward(g, sv, 0)
         elif kind == "maxpool":
@@ -248,13 +275,15 @@ def stepper(plan_: tuple, reference: Callable, model: nn.Module) -> Callable:
             sel = None
             x, y = xb.flatten(0, 1), yb.reshape(-1)
             client = torch.arange(C).repeat_interleave(B)
+            slots = (torch.arange(C * B), B)
         else:
             sel = flat_mask.nonzero().squeeze(1)
             x, y = xb.flatten(0, 1)[sel], yb.reshape(-1)[sel]
             client = sel // B
+            slots = (sel, B)  # a sample's slot in the step's clients x batch layout
         scale = (1.0 / denom)[client]
         try:
-            grads, per, logits = forward_backward(plan_, p, x, y, client, scale, C)
+            grads, per, logits = forward_backward(plan_, p, x, y, client, scale, C, slots)
         except Exception:  # a shape or dtype the lowering cannot take: the vmap step, from now on
             if known:
                 raise
