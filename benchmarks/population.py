@@ -40,6 +40,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -611,6 +612,76 @@ def _row(job: Job, r: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _cores_figures(path: Path) -> tuple[float, float] | None:
+    """(two processes' speedup per round, the median two-core capacity of the batched products)
+    from ``benchmarks/cores.py``'s table, or None where it is missing or unreadable."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    speed = re.search(r"^\| 2 cores, 2 processes \|[^|]*\|[^|]*\| \*\*([0-9.]+)\*\*", text, re.M)
+    cap = re.search(r"batched products the training is made of.*?\(median ([0-9.]+)\)", text.replace("\n", " "))
+    return (float(speed.group(1)), float(cap.group(1))) if speed and cap else None
+
+
+def goals(results: list, acc: list, fd: list, parts: list, work: Path, cores_md: Path) -> list[str]:
+    """The issue's goals against this run's figures (and cores.py's last table for the two cores):
+    each row's verdict is computed from the figure beside it."""
+    rows = []
+
+    def add(goal: str, figure: str, met: bool | None) -> None:
+        rows.append(f"| {goal} | {figure} | {'met' if met else ('**not met**' if met is False else 'not measured')} |")
+
+    def ratio(r: dict, key: str) -> float | None:
+        return statistics.median(f[key] / q[key] for f, q in zip(r["fl"], r["pfl"])) if r["fl"] and r["pfl"] else None
+
+    at = {(j.model, j.clients, j.cohort): r for j, r in results}
+    small = [(j, r) for j, r in results if j.clients == 1_000 or j.model == "cnn"]
+    for key, goal, limit in (("wall", "1,000 clients: whole process <= 0.40 of pfl", 0.40), ("per_round", "1,000 clients: in process <= 0.20 of pfl", 0.20)):
+        figs = [(j, ratio(r, key)) for j, r in small]
+        figs = [(j, x) for j, x in figs if x is not None]
+        if figs:
+            add(goal, "; ".join(f"{j.label} {x:.2f}" for j, x in figs), all(x <= limit for _, x in figs))
+    first = results[0][1] if results else None
+    if first and first["fl_off"] and first["pfl"]:
+        x = statistics.median(f["wall"] / q["wall"] for f, q in zip(first["fl_off"], first["pfl"]))
+        add("1,000 clients: `vectorize=off` <= 1.0 of pfl", f"{x:.2f}", x <= 1.0)
+    tens = [(j, r) for j, r in results if j.model == "mlp" and j.clients == 10_000 and r["fl"] and r["pfl"]]
+    if tens:
+        walls = [ratio(r, "wall") for _, r in tens]
+        rss = [(_med(r["fl"], "rss"), _med(r["pfl"], "rss")) for _, r in tens]
+        add("10,000 clients: wall <= 0.5 of pfl, peak RSS <= pfl's", "; ".join(f"{j.label} {w:.2f}, {a:.0f} / {b:.0f} MB" for (j, _), w, (a, b) in zip(tens, walls, rss)),
+            all(w <= 0.5 for w in walls) and all(a <= b for a, b in rss))
+    big = [(j, r) for j, r in results if j.model == "mlp" and j.clients == 100_000]
+    if big:
+        limit = 1.3 * _train_mb(work / big[0][0].data_name) + (FEATURES * 64 + 64 + 64 * CLASSES + CLASSES) * 4 / 2**20
+        ok = all(r["fl"] for _, r in big)
+        add(f"100,000 clients: runs, peak RSS <= 1.3 x the training array plus the model ({limit:,.0f} MB)",
+            "; ".join(f"{j.label} {_med(r['fl'], 'rss'):,.0f} MB" if r["fl"] else f"{j.label} failed" for j, r in big), ok and all(_med(r["fl"], "rss") <= limit for _, r in big))
+    if parts:
+        worst = max(parts, key=lambda t: t[1])
+        add("partitioning 100,000 x 60 rows <= 1 s each", f"{min(s for _, s in parts):.2f}-{worst[1]:.2f} s (slowest: {worst[0]})", worst[1] <= 1.0)
+    ok = [f for f in fd if "failed" not in f]
+    if len(ok) == 2:
+        d_rss, d_data = ok[1]["rss"] - ok[0]["rss"], ok[1]["train_mb"] - ok[0]["train_mb"]
+        add("FD at 100,000 clients: RAM flat in the population (peak RSS grows by less than the data)", f"+{d_rss:.0f} MB against +{d_data:,.0f} MB of data", d_rss < d_data)
+    paired = [(j, r["paired"]) for j, r in acc if r.get("paired")]
+    if paired:
+        figs = []
+        for j, pr in paired:
+            mean = statistics.mean(x for x, _ in pr) - statistics.mean(y for _, y in pr)
+            figs.append((j, mean, max((x - y for x, y in pr), key=abs)))
+        add("accuracy within 0.005 of pfl on each shared job (pfl replaying featherfl's cohorts, the same seeds)",
+            "; ".join(f"{j.label} {m:+.4f} (means), {w:+.4f} (largest seed)" for j, m, w in figs), all(abs(m) <= 0.005 for _, m, _ in figs))
+    cores = _cores_figures(cores_md)
+    add("two cores >= 1.7x one (cohort 500, the same rows), from `benchmarks/results/cores.md`",
+        f"{cores[0]:.2f}x, against a measured two-core capacity of {cores[1]:.2f} for the batched products the training is made of" if cores else "no readable cores.md",
+        None if cores is None else cores[0] >= 1.7)
+    if not rows:
+        return []
+    return ["", "## The goals against these figures", "", "| goal | figure | |", "|---|---|---|"] + rows
+
+
 def main() -> None:
     global MNIST
     if sys.argv[1:2] == ["--make"]:
@@ -783,6 +854,10 @@ def main() -> None:
             "|---:|---:|---:|---:|---:|",
         ]
         lines += [f"| {p:,} | {rss:.0f} | {s:.3f} | {f:.0f} | {i:.2f} |" for p, rss, s, f, i in store]
+    try:
+        lines += goals(results, acc, fd, parts, work, ROOT / "benchmarks" / "results" / "cores.md")
+    except Exception as e:  # the tables above are measured: a fault in the summary must not lose them
+        lines += ["", f"(The goals table could not be written: {e.__class__.__name__}: {e})"]
     import resource
 
     lines += ["", f"Peak RSS comes from `wait4` on each job; the process that starts them peaked at {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, the floor of any figure (a child's peak starts at its parent's size)."]
