@@ -223,6 +223,12 @@ def test_forward_backward_takes_samples_in_any_client_order():
     assert float(grads["4.weight"][1].abs().max()) == 0.0 and float(grads["0.weight"][1].abs().max()) == 0.0
     loss = torch.zeros(clients).index_add_(0, client, per) / denom
     assert CB._autograd_agrees(model, p, x[client.argsort(stable=True)], y[client.argsort(stable=True)], client.sort(stable=True).values, denom, grads, loss)
+    # one client's samples alone (a long client's last steps)
+    one = {k: v[2:3].clone() for k, v in p.items()}
+    mine = client == 2
+    g1, per1, _ = CB.forward_backward(steps, one, x[mine], y[mine], torch.zeros(int(mine.sum()), dtype=torch.long), torch.full((int(mine.sum()),), 1.0 / float(denom[2])), 1)
+    assert CB._autograd_agrees(model, one, x[mine], y[mine], torch.zeros(int(mine.sum()), dtype=torch.long), denom[2:3], g1, per1.sum().view(1) / denom[2])
+    assert all(torch.allclose(g1[k][0], grads[k][2], atol=1e-6) for k in grads)
     # a gradient off by a little in one client is caught: the check can fail
     grads["6.weight"][3] += 1e-2
     assert not CB._autograd_agrees(model, p, x[client.argsort(stable=True)], y[client.argsort(stable=True)], client.sort(stable=True).values, denom, grads, loss)

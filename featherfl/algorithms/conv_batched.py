@@ -106,21 +106,24 @@ def _cols(x: torch.Tensor, k, d, pad, s) -> tuple[torch.Tensor, int, int]:
     return view.reshape(n, c * k[0] * k[1], ho * wo), ho, wo
 
 
-def _slots(client: torch.Tensor, clients: int) -> tuple[torch.Tensor, int]:
-    """Each sample's row in a clients x width block that holds every client's samples in order
-    (client ``c``'s ``j``-th sample at ``c * width + j``), and that width: the most samples one
-    client has."""
+def _slots(client: torch.Tensor, clients: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """Each sample's row in a block that holds the step's clients' samples in order, width rows a
+    client (the ``j``-th sample of the ``g``-th client present at ``g * width + j``), that width
+    (the most samples one client has), and the clients present in block order (None: all of
+    them, in order)."""
     n = client.shape[0]
-    counts = torch.bincount(client, minlength=clients)
+    present = torch.unique(client)
+    group = torch.searchsorted(present, client)
+    counts = torch.bincount(group, minlength=len(present))
     width = max(int(counts.max()), 1) if n else 1
-    order = torch.argsort(client, stable=True)
+    order = torch.argsort(group, stable=True)
     starts = counts.cumsum(0) - counts
     rank = torch.empty_like(client)
-    rank[order] = torch.arange(n) - starts[client[order]]
-    return client * width + rank, width
+    rank[order] = torch.arange(n) - starts[group[order]]
+    return group * width + rank, width, (None if len(present) == clients else present)
 
 
-def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, client: torch.Tensor, scale: torch.Tensor, clients: int, slots: tuple[torch.Tensor, int] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, client: torch.Tensor, scale: torch.Tensor, clients: int, slots: tuple[torch.Tensor, int, torch.Tensor | None] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """For ``x`` (samples x ...) with labels ``y``, each sample of client ``client[i]`` weighted by
     ``scale[i]``: the gradient of sum_i scale_i * cross_entropy_i with respect to every client's
     stacked tensors in ``p`` (clients x ...), the per-sample losses and the logits.
@@ -128,9 +131,10 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
     The first layer's convolution (its input is data: no input gradient) is im2col and a batched
     product; a later one is a grouped convolution with one group per sample (its weights are the
     sample's client's), forward and backward through ATen's convolution kernels. A linear layer
-    sets the samples out per client (``slots``: each sample's row in a clients x width block and
-    that width, as :func:`_slots` gives; worked out here when None) and is one batched product per
-    client, whose weight gradient is the client's sum over its samples as it comes."""
+    sets the samples out per client present (``slots``: each sample's row in a block of width rows
+    per client present, that width and those clients, as :func:`_slots` gives; worked out here
+    when None) and is one batched product per client, whose weight gradient is the client's sum
+    over its samples as it comes."""
     saved = []
     if slots is None and any(st[0] == "linear" for st in plan_):
         slots = _slots(client, clients)
@@ -158,14 +162,17 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
                 h = out.view(n, cout, out.shape[2], out.shape[3])
         elif kind == "linear":
             _, wn, bn = st
-            w = p[wn]
-            rows, width = slots
+            rows, width, present = slots
+            w, bias = p[wn], (p[bn] if bn is not None else None)
+            if present is not None:  # only the clients with samples in this step
+                w, bias = w.index_select(0, present), (bias.index_select(0, present) if bias is not None else None)
+            groups = w.shape[0]
             # the samples set out per client (zero rows where a client has fewer): one product per
             # client, not a gather of every sample's weights and a product and sum per sample
-            hp = h.new_zeros(clients * width, h.shape[1]).index_copy_(0, rows, h).view(clients, width, -1)
-            out = torch.bmm(hp, w.transpose(1, 2)) if bn is None else torch.baddbmm(p[bn].unsqueeze(1), hp, w.transpose(1, 2))
-            saved.append(hp)
-            h = out.view(clients * width, -1).index_select(0, rows)
+            hp = h.new_zeros(groups * width, h.shape[1]).index_copy_(0, rows, h).view(groups, width, -1)
+            out = torch.bmm(hp, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), hp, w.transpose(1, 2))
+            saved.append((hp, w, present))
+            h = out.view(groups * width, -1).index_select(0, rows)
         elif kind == "relu":
             h = torch.relu(h)
             saved.append(h)
@@ -209,14 +216,17 @@ def forward_backward(plan_: tuple, p: dict[str, torch.Tensor], x: torch.Tensor, 
                 grads[bn] = torch.zeros(clients, cout).index_add_(0, client, go.sum(2))
         elif kind == "linear":
             _, wn, bn = st
-            hp = sv
-            rows, width = slots
-            gp = g.new_zeros(clients * width, g.shape[1]).index_copy_(0, rows, g).view(clients, width, -1)
-            grads[wn] = torch.bmm(gp.transpose(1, 2), hp)  # each client's sum over its samples (zero rows add nothing)
+            hp, w, present = sv
+            rows, width = slots[:2]
+            groups = w.shape[0]
+            gp = g.new_zeros(groups * width, g.shape[1]).index_copy_(0, rows, g).view(groups, width, -1)
+            gw = torch.bmm(gp.transpose(1, 2), hp)  # each client's sum over its samples (zero rows add nothing)
+            grads[wn] = gw if present is None else gw.new_zeros(p[wn].shape).index_copy_(0, present, gw)
             if bn is not None:
-                grads[bn] = gp.sum(1)
+                gb = gp.sum(1)
+                grads[bn] = gb if present is None else gb.new_zeros(p[bn].shape).index_copy_(0, present, gb)
             if i > 0:
-                g = torch.bmm(gp, p[wn]).view(clients * width, -1).index_select(0, rows)
+                g = torch.bmm(gp, w).view(groups * width, -1).index_select(0, rows)
         elif kind == "relu":
             g = _aten.threshold_backward(g, sv, 0)
         elif kind == "maxpool":
@@ -275,12 +285,16 @@ def stepper(plan_: tuple, reference: Callable, model: nn.Module) -> Callable:
             sel = None
             x, y = xb.flatten(0, 1), yb.reshape(-1)
             client = torch.arange(C).repeat_interleave(B)
-            slots = (torch.arange(C * B), B)
+            slots = (torch.arange(C * B), B, None)
         else:
             sel = flat_mask.nonzero().squeeze(1)
             x, y = xb.flatten(0, 1)[sel], yb.reshape(-1)[sel]
             client = sel // B
-            slots = (sel, B)  # a sample's slot in the step's clients x batch layout
+            present = torch.unique_consecutive(client)  # sel ascends, so clients come in order
+            if len(present) == C:
+                slots = (sel, B, None)  # a sample's slot in the step's clients x batch layout
+            else:  # the same layout over only the clients with samples in this step
+                slots = (torch.searchsorted(present, client) * B + sel % B, B, present)
         scale = (1.0 / denom)[client]
         try:
             grads, per, logits = forward_backward(plan_, p, x, y, client, scale, C, slots)
