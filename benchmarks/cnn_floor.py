@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,13 +68,13 @@ def record(args: list[str], out_json: str) -> None:
     conv_batched.forward_backward, vectorized.train_clients_stacked = fb, train
     from featherfl.cli import main
 
-    sys.argv = ["featherfl"] + args
-    try:
-        main()
-    except SystemExit as e:
-        if e.code:
-            raise
     out = Path(args[args.index("--out") + 1])
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (the CLI refuses a folder that holds one)
+    code = main(args)
+    if code:
+        raise SystemExit(f"the featherfl run exited {code}")
+    if not any(steps):
+        raise SystemExit("the run made no batched conv steps (the lowering was not used): nothing to replay")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     Path(out_json).write_text(json.dumps({"steps": steps, "train": spent, "seconds": [r["seconds"] for r in rows], "accuracy": rows[-1]["accuracy"]}))
 
