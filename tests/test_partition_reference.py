@@ -217,3 +217,12 @@ def test_bad_inputs_are_one_line_errors(cfg_factory):
     _one_line(lambda: P.natural(None, 5), "client ids")
     _one_line(lambda: P.partition(cfg_factory(clients=3, partition__name="label-deficient", partition__target_keep=0, partition__target_labels=1), np.zeros(30, dtype=np.int64)), "no data")
     _one_line(lambda: cfg_factory(clients=10, engine__cohort=11), "engine.cohort")
+
+
+def test_sort_runs_sorts_each_run():
+    rng = np.random.default_rng(1)
+    for sizes in (np.full(50, 7), np.array([0, 1, 5, 64, 65, 3, 0, 200]), np.full(4, 1), np.array([3])):
+        values = rng.permutation(int(sizes.sum()) * 3)[: int(sizes.sum())]
+        ends = np.cumsum(sizes)
+        want = np.concatenate([np.sort(values[e - k : e]) for e, k in zip(ends, sizes)] or [np.zeros(0, dtype=values.dtype)])
+        assert np.array_equal(P._sort_runs(values, sizes), want)
