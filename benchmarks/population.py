@@ -533,24 +533,22 @@ def _spread(rows: list[dict], key: str) -> str:
 # --- partitioning and the state store at 10^5 clients --------------------------------------------
 
 
-def partition_times() -> list[tuple[str, float]]:
-    r = subprocess.run([sys.executable, __file__, "--partition-times"], capture_output=True, text=True, env={**os.environ, **ENV})
-    if r.returncode != 0:
-        print(r.stderr[-1500:], file=sys.stderr)
-        return []
-    return [tuple(x) for x in json.loads(r.stdout.strip().splitlines()[-1])]
-
-
-def _partition_times(clients: int = 100_000, rows: int = ROWS) -> list[tuple[str, float]]:
+def partition_times(clients: int = 100_000, rows: int = ROWS) -> list[tuple[str, float]]:
+    """Each partitioner's seconds on ``clients x rows`` labels, one call in a fresh process each
+    (``benchmarks/partition_speed.py --one``: the data made before the clock starts), as a run
+    partitions once; [] where one fails."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from partition_speed import jobs as partition_jobs  # the same data and partitioner settings, one definition
 
-    jobs = partition_jobs(clients, rows, CLASSES)
+    names = [name for name, _ in partition_jobs(10, 1)]
     out = []
-    for name, fn in jobs:
-        t = time.perf_counter()
-        fn()
-        out.append((name, time.perf_counter() - t))
+    for i, name in enumerate(names):
+        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "partition_speed.py"), "--one", str(i), "--clients", str(clients), "--rows", str(rows)],
+                           capture_output=True, text=True, env={**os.environ, **ENV})
+        if r.returncode != 0:
+            print(f"partition {name} failed: {r.stderr[-1500:]}", file=sys.stderr)
+            return []
+        out.append((name, float(r.stdout.strip().splitlines()[-1])))
         print(f"  partition {name}: {out[-1][1]:.2f} s", file=sys.stderr, flush=True)
     return out
 
@@ -697,9 +695,6 @@ def main() -> None:
         make_npz(Path(sys.argv[2]), int(sys.argv[4]))
         make_init(Path(sys.argv[3]))
         return
-    if sys.argv[1:2] == ["--partition-times"]:
-        print(json.dumps(_partition_times()))
-        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,100000", help="populations of the MLP job")
     ap.add_argument("--cohorts", default="50,500", help="clients per round of the MLP job")
@@ -839,7 +834,7 @@ def main() -> None:
             lines += ["", f"Peak RSS grew by {d_rss:.0f} MB from {ok[0]['clients']:,} to {ok[1]['clients']:,} clients, against {d_data:.0f} MB more data: "
                       + ("**flat in the population** (less than the data)." if d_rss < d_data else "**not** below the data.")]
     if parts:
-        lines += ["", "## Partitioning 100,000 clients x 60 rows (6,000,000 labels), in process", "", "| partitioner | seconds |", "|---|---:|"]
+        lines += ["", "## Partitioning 100,000 clients x 60 rows (6,000,000 labels), one call in a fresh process each", "", "| partitioner | seconds |", "|---|---:|"]
         lines += [f"| {name} | {s:.2f} |" for name, s in parts]
     if store:
         lines += [
