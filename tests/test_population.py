@@ -59,8 +59,9 @@ def test_npz_float32_features_are_not_copied(tmp_path):
     from featherfl.data.files import _features
 
     a = np.ones((4, 3), dtype=np.float32)
-    t = _features(a, "x_train", tmp_path / "d.npz")
+    t, release = _features(a, "x_train", tmp_path / "d.npz")
     assert t.data_ptr() == a.ctypes.data  # the same memory
+    assert release is None  # an array in RAM, not a mapped file: no pages to let go of
 
 
 def test_npz_object_array_is_refused_when_mapped(tmp_path, cfg_factory):

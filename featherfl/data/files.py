@@ -24,6 +24,7 @@ import csv
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -232,7 +233,9 @@ def _array(z, key: str, path: Path) -> np.ndarray:
     return a
 
 
-def _features(a: np.ndarray, key: str, path: Path, pages: list | None = None) -> torch.Tensor:
+def _features(a: np.ndarray, key: str, path: Path) -> tuple[torch.Tensor, Callable[[int, int], None] | None]:
+    """The checked float32 rows of ``a`` and, where they are the memory-mapped file's own bytes,
+    the function that lets go of their pages (:func:`_page_releaser`; None otherwise)."""
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise ConfigError(f"dataset npz: {path} array {key!r} is {a.dtype}, expected numbers")
     if a.ndim < 2:
@@ -242,9 +245,7 @@ def _features(a: np.ndarray, key: str, path: Path, pages: list | None = None) ->
     release = _page_releaser(a) if t.data_ptr() == a.ctypes.data else None
     if first_nonfinite_row(t, after_block=release) is not None:  # a block at a time: no mask the size of the data
         raise ConfigError(f"dataset npz: {path} array {key!r} holds NaN or infinite values")
-    if pages is not None:
-        pages.append(release)
-    return t
+    return t, release
 
 
 def _page_releaser(a: np.ndarray):
@@ -296,12 +297,11 @@ def load_npz(cfg) -> Dataset:
         missing = [k for k in ("x_train", "y_train") if k not in z.files]
         if missing:
             raise ConfigError(f"dataset npz: {path} lacks {', '.join(missing)} (it has {', '.join(z.files) or 'nothing'})")
-        pages: list = []
-        x = _features(_array(z, "x_train", path), "x_train", path, pages)
+        x, release = _features(_array(z, "x_train", path), "x_train", path)
         y = _int_labels(_array(z, "y_train", path), "y_train", path, len(x))
         groups = _int_labels(_array(z, "client_train", path), "client_train", path, len(x)) if "client_train" in z.files else None
         if "x_test" in z.files:
-            tx = _features(_array(z, "x_test", path), "x_test", path)
+            tx = _features(_array(z, "x_test", path), "x_test", path)[0]
             if "y_test" not in z.files:
                 raise ConfigError(f"dataset npz: {path} has x_test but no y_test")
             ty = _int_labels(_array(z, "y_test", path), "y_test", path, len(tx))
@@ -314,7 +314,7 @@ def load_npz(cfg) -> Dataset:
     ds.train_groups = groups
     ds.inputs_checked = True  # _features checked every split, block by block
     if "x_test" in z.files:  # x_train is the file's rows as they are (not split here): its pages can be let go of by row
-        ds.train_pages = pages[0]
+        ds.train_pages = release
     return ds
 
 
